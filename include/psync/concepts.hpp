@@ -1,0 +1,83 @@
+#pragma once
+/// @file
+/// @brief The concepts psync's class templates require: ParameterSet, Model,
+/// Transport and SyncPolicy. A type that does not model one is reported where it
+/// is used as a template argument.
+
+#include "psync/core/message.hpp"
+
+#include <Eigen/Core>
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace psync {
+
+/// @brief Clock used for every deadline in psync.
+using Clock = std::chrono::steady_clock;
+
+/// @brief Something with one contiguous float parameter vector: all the server needs.
+template <class M>
+concept ParameterSet = std::copy_constructible<M> && requires(M& m, const M& cm) {
+  { cm.parameters() } -> std::convertible_to<Eigen::Ref<const Eigen::VectorXf>>;
+  { m.parameters() } -> std::convertible_to<Eigen::Ref<Eigen::VectorXf>>;
+};
+
+/// @brief A trainable model: parameters, a loss and an analytic gradient for a batch.
+///
+/// `gradient(batch, g)` writes the gradient of the mean loss over the batch into `g`
+/// (already sized to the parameter count) and must not allocate in steady state.
+template <class M>
+concept Model = ParameterSet<M> && requires { typename M::Batch; } &&
+    requires(const M& cm, const typename M::Batch& b, Eigen::Ref<Eigen::VectorXf> g) {
+      { cm.loss(b) } -> std::convertible_to<double>;
+      cm.gradient(b, g);
+    };
+
+/// @brief Moves typed messages between peers.
+///
+/// - `self()` is this endpoint's peer id (`server_peer` for the server).
+/// - `send(to, message)` hands the message over (moved); throws `TransportError`
+///   if the peer is unknown or gone.
+/// - `receive(deadline)` blocks until a message arrives or the deadline passes
+///   (then returns `std::nullopt`); `try_receive()` never blocks.
+/// - A lost peer is reported as a `msg::Leave{disconnected}` from that peer.
+template <class T>
+concept Transport = requires(T& t, PeerId to, Message&& m, Clock::time_point deadline) {
+  { t.self() } -> std::convertible_to<PeerId>;
+  t.send(to, std::move(m));
+  { t.receive(deadline) } -> std::same_as<std::optional<Envelope>>;
+  { t.try_receive() } -> std::same_as<std::optional<Envelope>>;
+};
+
+/// @brief How the server applies pushes.
+enum class ServerMode {
+  apply_on_arrival,  ///< each push is added to the model when it arrives (ASP, SSP)
+  round_barrier,     ///< all live workers' pushes of round r are averaged, then applied (BSP, OSP)
+};
+
+/// @brief A synchronization policy: pure decisions, no threads, clocks or I/O.
+///
+/// - `server_mode`: how the server applies pushes.
+/// - `overlaps`: true if the worker computes while a background sender communicates (OSP).
+/// - `read_ready(c, m)`: may a read at worker clock `c` be answered when the slowest
+///   live worker's clock is `m`?
+/// - `compute_must_wait(pending)`: must compute stop when `pending` local steps are
+///   not yet reflected in the installed global model?
+/// - `name()`: the runtime spelling, e.g. "ssp:3", accepted by `parse_policy`.
+template <class P>
+concept SyncPolicy = std::is_nothrow_copy_constructible_v<P> &&
+    requires(const P& p, std::uint64_t c, std::uint64_t m, std::uint32_t pending) {
+      { P::server_mode } -> std::convertible_to<ServerMode>;
+      { P::overlaps } -> std::convertible_to<bool>;
+      { P::local_compensation } -> std::convertible_to<bool>;
+      { p.read_ready(c, m) } -> std::same_as<bool>;
+      { p.compute_must_wait(pending) } -> std::same_as<bool>;
+      { p.name() } -> std::convertible_to<std::string>;
+    };
+
+}  // namespace psync

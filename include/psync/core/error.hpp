@@ -1,0 +1,47 @@
+#pragma once
+/// @file
+/// @brief Exception types thrown by psync. Each names what was wrong.
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace psync {
+
+/// @brief Base of every exception psync throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// @brief A wait ran past its deadline (a peer is too slow, dead, or never came).
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// @brief A transport failed: connection refused or lost, peer unknown, endpoint closed.
+class TransportError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// @brief A peer broke the protocol: bad frame, wrong dimension, duplicate id, bad clock.
+class ProtocolError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// @brief A data file is missing, truncated or malformed; the message names the file.
+class DataError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// @brief A configuration value is invalid (zero workers, negative learning rate, ...).
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace psync

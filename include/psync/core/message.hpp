@@ -1,0 +1,123 @@
+#pragma once
+/// @file
+/// @brief The typed messages exchanged between workers and the server.
+///
+/// Every transport moves these values; only the wire codec (transport/wire.hpp)
+/// turns them into bytes. Large vectors travel by move: a worker's push buffer
+/// comes back to it filled with the model, so the hot path allocates nothing.
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace psync {
+
+/// @brief Identifies a participant: workers are 0..N-1, the server is `server_peer`.
+using PeerId = std::uint32_t;
+
+/// @brief The server's peer id on every transport.
+inline constexpr PeerId server_peer = std::numeric_limits<PeerId>::max();
+
+namespace msg {
+
+/// @brief Worker -> server: "I am worker `worker`, my model has `dimension` floats,
+/// I run policy `policy`". Answered by a `Model` (the initial parameters) or an `Error`.
+struct Join {
+  PeerId worker = 0;
+  std::uint64_t dimension = 0;
+  std::string policy;  ///< e.g. "ssp:3"; the server refuses a worker whose policy differs
+};
+
+/// @brief Why a peer left.
+enum class LeaveReason : std::uint8_t {
+  finished = 0,      ///< the worker completed its work and said goodbye
+  disconnected = 1,  ///< the transport lost the connection (synthesised by the transport)
+  timed_out = 2,     ///< silent past the deadline (synthesised by the server)
+  failed = 3,        ///< the peer hit an error and gave up
+};
+
+/// @brief Any peer -> the other side: this peer is gone. Transports synthesise one
+/// (reason `disconnected`) when a connection dies, so the server sees every loss.
+struct Leave {
+  LeaveReason reason = LeaveReason::finished;
+};
+
+/// @brief Worker -> server: an update (u = -lr * sum of gradients over `steps`
+/// local steps) stamped with the worker's clock. Every push is also a pull: the
+/// server answers with a `Model` once the policy allows the read at clock + 1.
+struct Push {
+  std::uint64_t clock = 0;         ///< this worker's push count before this push
+  std::uint64_t base_version = 0;  ///< version of the model the first step was computed on
+  std::uint32_t steps = 0;         ///< local steps summed into `update`
+  Eigen::VectorXf update;
+};
+
+/// @brief Worker -> server: send me the model for a read at `clock` (no update).
+struct Pull {
+  std::uint64_t clock = 0;
+  Eigen::VectorXf buffer;  ///< optional buffer the server may fill and send back
+};
+
+/// @brief Server -> worker: the global parameters.
+struct Model {
+  std::uint64_t version = 0;    ///< updates (async) or rounds (barrier) applied so far
+  std::uint64_t min_clock = 0;  ///< slowest live worker's clock when this was sent
+  std::uint64_t held_ns = 0;    ///< how long the server held the read for the policy
+  Eigen::VectorXf parameters;
+};
+
+/// @brief Why a request was refused.
+enum class ErrorCode : std::uint8_t {
+  bad_frame = 1,         ///< malformed bytes on the wire
+  wrong_dimension = 2,   ///< parameter vector size differs from the model's
+  duplicate_worker = 3,  ///< worker id already taken
+  policy_mismatch = 4,   ///< worker and server run different policies
+  bad_clock = 5,         ///< a push stamped with an impossible clock
+  not_joined = 6,        ///< a push or pull before join
+  shutting_down = 7,     ///< the server is stopping
+  internal = 8,
+};
+
+/// @brief Either side -> the other: a request was refused; the connection closes after it.
+struct Error {
+  ErrorCode code = ErrorCode::internal;
+  std::string text;
+};
+
+}  // namespace msg
+
+/// @brief One message of any kind; `std::visit` it or test with `std::get_if`.
+using Message = std::variant<msg::Join, msg::Leave, msg::Push, msg::Pull, msg::Model, msg::Error>;
+
+/// @brief A received message with its sender.
+struct Envelope {
+  PeerId from = 0;
+  Message message;
+};
+
+/// @brief Human-readable name of a message's kind, for logs and errors.
+inline std::string_view message_name(const Message& m) noexcept {
+  constexpr std::string_view names[] = {"join", "leave", "push", "pull", "model", "error"};
+  return names[m.index()];
+}
+
+/// @brief Human-readable name of an error code.
+inline std::string_view error_code_name(msg::ErrorCode c) noexcept {
+  switch (c) {
+    case msg::ErrorCode::bad_frame: return "bad_frame";
+    case msg::ErrorCode::wrong_dimension: return "wrong_dimension";
+    case msg::ErrorCode::duplicate_worker: return "duplicate_worker";
+    case msg::ErrorCode::policy_mismatch: return "policy_mismatch";
+    case msg::ErrorCode::bad_clock: return "bad_clock";
+    case msg::ErrorCode::not_joined: return "not_joined";
+    case msg::ErrorCode::shutting_down: return "shutting_down";
+    case msg::ErrorCode::internal: return "internal";
+  }
+  return "unknown";
+}
+
+}  // namespace psync
