@@ -1,0 +1,131 @@
+#pragma once
+/// @file
+/// @brief What a run measured: per-worker time split, per-peer staleness, the
+/// server's snapshots and the evaluated loss/accuracy series.
+
+#include "psync/core/message.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace psync {
+
+/// @brief Running summary of a non-negative integer quantity (staleness).
+struct Summary {
+  std::uint64_t count = 0;
+  double sum = 0;
+  std::uint64_t max = 0;
+
+  /// @brief Adds one observation.
+  void add(std::uint64_t v) noexcept {
+    ++count;
+    sum += static_cast<double>(v);
+    max = std::max(max, v);
+  }
+  /// @brief Mean, 0 when empty.
+  double mean() const noexcept { return count ? sum / static_cast<double>(count) : 0.0; }
+  /// @brief Combines two summaries.
+  void merge(const Summary& o) noexcept {
+    count += o.count;
+    sum += o.sum;
+    max = std::max(max, o.max);
+  }
+};
+
+/// @brief What one worker measured about itself.
+struct WorkerReport {
+  PeerId id = 0;
+  std::uint64_t steps = 0;     ///< local SGD steps computed
+  std::uint64_t samples = 0;   ///< training samples consumed
+  std::uint64_t pushes = 0;    ///< updates sent
+  std::uint64_t installs = 0;  ///< global models installed
+  double wall_s = 0;           ///< from first step to leaving
+  double compute_s = 0;        ///< computing gradients (including straggler stretch)
+  double wait_s = 0;           ///< compute blocked on the network or on other workers
+  double comm_s = 0;           ///< push->model round trips, less what the server held them
+  double held_s = 0;           ///< time the server held this worker's reads for the policy
+  double last_loss = 0;        ///< loss of the last batch computed
+
+  /// @brief Share of communication that did not stall compute (OSP's "hidden"
+  /// communication); 0 for synchronous policies, whose compute waits for every reply.
+  double hidden_fraction() const noexcept {
+    const double total = comm_s + held_s;
+    if (total <= 0) return 0;
+    return std::clamp(1.0 - wait_s / total, 0.0, 1.0);
+  }
+};
+
+/// @brief What the server saw of one worker.
+struct PeerReport {
+  PeerId id = 0;
+  std::uint64_t pushes = 0;
+  Summary staleness;  ///< version applied minus version the update was computed on
+  msg::LeaveReason left = msg::LeaveReason::finished;
+  bool left_known = false;
+};
+
+/// @brief A copy of the global parameters at a moment of the run.
+struct Snapshot {
+  double seconds = 0;  ///< since the server started serving
+  std::uint64_t version = 0;
+  std::uint64_t steps = 0;  ///< local SGD steps folded into this version
+  Eigen::VectorXf parameters;
+};
+
+/// @brief What the server measured.
+struct ServerReport {
+  double wall_s = 0;
+  std::uint64_t version = 0;          ///< final model version
+  std::uint64_t updates_applied = 0;  ///< pushes folded into the model
+  std::uint64_t steps_applied = 0;    ///< local SGD steps those pushes covered
+  std::vector<PeerReport> peers;
+  std::vector<Snapshot> snapshots;
+  std::vector<std::string> events;  ///< joins, departures, timeouts, errors
+};
+
+/// @brief One evaluated point of a run's time series.
+struct SeriesPoint {
+  double seconds = 0;
+  std::uint64_t version = 0;
+  std::uint64_t steps = 0;  ///< local SGD steps folded into the model
+  double train_loss = 0;
+  double test_accuracy = -1;  ///< -1 when the model has no accuracy or no test set
+};
+
+/// @brief Everything a local run produced.
+struct RunReport {
+  std::string policy;
+  double wall_s = 0;
+  std::vector<WorkerReport> workers;
+  ServerReport server;
+  std::vector<SeriesPoint> series;
+  Eigen::VectorXf parameters;  ///< final global parameters
+
+  /// @brief Training samples per second over the whole run.
+  double throughput() const noexcept {
+    std::uint64_t s = 0;
+    for (const auto& w : workers) s += w.samples;
+    return wall_s > 0 ? static_cast<double>(s) / wall_s : 0;
+  }
+  /// @brief Staleness over all workers.
+  Summary staleness() const noexcept {
+    Summary s;
+    for (const auto& p : server.peers) s.merge(p.staleness);
+    return s;
+  }
+  /// @brief First time the test accuracy reached `target`, or a negative value if never.
+  double time_to_accuracy(double target) const noexcept {
+    for (const auto& p : series) {
+      if (p.test_accuracy >= target) return p.seconds;
+    }
+    return -1;
+  }
+  /// @brief Test accuracy of the last point, or -1.
+  double final_accuracy() const noexcept { return series.empty() ? -1 : series.back().test_accuracy; }
+};
+
+}  // namespace psync
