@@ -181,3 +181,34 @@ TEST_CASE("Clock table: minimum over live workers only", "[policy][clock]") {
   REQUIRE(t.leave(0));
   REQUIRE(t.min_clock() == 2);  // nobody live: nothing may be held back by the departed
 }
+
+#include <psync/policies/parse.hpp>
+
+TEST_CASE("Policies parse from strings and behave like their compile-time twins", "[policy][parse]") {
+  REQUIRE(std::holds_alternative<psync::Bsp>(psync::parse_policy("bsp")));
+  REQUIRE(std::holds_alternative<psync::Asp>(psync::parse_policy("asp")));
+  for (const char* spec : {"bsp", "asp", "ssp:0", "ssp:3", "osp:20", "losp:7"}) {
+    REQUIRE(psync::with_policy(spec, [](auto p) { return p.name(); }) == spec);
+  }
+  const auto ssp = std::get<psync::Ssp<psync::runtime_bound>>(psync::parse_policy("ssp:3"));
+  const psync::Ssp<3> fixed;
+  for (std::uint64_t c = 0; c < 12; ++c) {
+    for (std::uint64_t m = 0; m < 12; ++m) REQUIRE(ssp.read_ready(c, m) == fixed.read_ready(c, m));
+  }
+  const auto osp = std::get<psync::Osp<psync::runtime_bound>>(psync::parse_policy("osp:5"));
+  for (std::uint32_t p = 0; p < 10; ++p) REQUIRE(osp.compute_must_wait(p) == psync::Osp<5>{}.compute_must_wait(p));
+  REQUIRE(psync::Losp<psync::runtime_bound>::local_compensation);
+  STATIC_REQUIRE(psync::SyncPolicy<psync::Ssp<psync::runtime_bound>>);
+  STATIC_REQUIRE(psync::SyncPolicy<psync::Osp<psync::runtime_bound>>);
+}
+
+TEST_CASE("Bad policy strings are refused with the reason", "[policy][parse]") {
+  using psync_test::Contains;
+  REQUIRE_THROWS_WITH(psync::parse_policy("bps"), Contains("'bps'") && Contains("unknown policy"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("ssp:"), Contains("non-negative integer"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("ssp:-1"), Contains("non-negative integer"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("ssp:3x"), Contains("non-negative integer"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("osp:0"), Contains("at least 1"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("fsp:3"), Contains("unknown policy"));
+  REQUIRE_THROWS_AS(psync::parse_policy(""), psync::ConfigError);
+}
