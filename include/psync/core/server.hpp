@@ -39,7 +39,7 @@ struct ServerOptions {
   std::chrono::milliseconds peer_timeout{60000};
   /// @brief Copy the parameters this often (0: never) for a loss/accuracy series evaluated after the run.
   std::chrono::milliseconds snapshot_interval{0};
-  /// @brief At most this many snapshots (preallocated, so taking one never allocates).
+  /// @brief At most this many snapshots (each copies the parameters: keep the interval coarse).
   std::size_t max_snapshots = 0;
   /// @brief Where to print one line per event (joins, departures, errors); nullptr for silence.
   std::ostream* log = nullptr;

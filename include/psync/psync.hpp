@@ -1,0 +1,33 @@
+#pragma once
+/// @file
+/// @brief psync: parameter-server training with BSP, ASP, SSP and OSP, chosen by
+/// one template argument. Include this one header.
+
+#define PSYNC_VERSION_MAJOR 0
+#define PSYNC_VERSION_MINOR 1
+#define PSYNC_VERSION_PATCH 0
+/// @brief "major.minor.patch" of this psync.
+#define PSYNC_VERSION_STRING "0.1.0"
+
+#include "psync/concepts.hpp"
+#include "psync/core/clock_table.hpp"
+#include "psync/core/error.hpp"
+#include "psync/core/local_cluster.hpp"
+#include "psync/core/message.hpp"
+#include "psync/core/metrics.hpp"
+#include "psync/core/server.hpp"
+#include "psync/core/trace.hpp"
+#include "psync/core/worker.hpp"
+#include "psync/data/dataset.hpp"
+#include "psync/data/idx.hpp"
+#include "psync/data/synthetic.hpp"
+#include "psync/models/linear.hpp"
+#include "psync/models/mlp.hpp"
+#include "psync/models/softmax.hpp"
+#include "psync/policies/asp.hpp"
+#include "psync/policies/bsp.hpp"
+#include "psync/policies/osp.hpp"
+#include "psync/policies/parse.hpp"
+#include "psync/policies/ssp.hpp"
+#include "psync/transport/emulated.hpp"
+#include "psync/transport/in_process.hpp"
