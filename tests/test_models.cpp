@@ -104,6 +104,12 @@ static_assert(psync::ParameterSet<NoGradient>);
 static_assert(!psync::Model<NoGradient>);
 static_assert(!psync::ParameterSet<ScatteredParameters>);
 static_assert(!psync::ParameterSet<MoveOnly>);
+// Only a read-only view of the parameters: the server could not apply updates.
+struct ReadOnlyParameters {
+  Eigen::VectorXf p;
+  Eigen::Ref<const Eigen::VectorXf> parameters() const { return p; }
+};
+static_assert(!psync::ParameterSet<ReadOnlyParameters>);
 static_assert(psync::Model<LinearRegression>);
 static_assert(psync::Model<SoftmaxRegression>);
 static_assert(psync::Model<Mlp>);

@@ -21,10 +21,13 @@ namespace psync {
 using Clock = std::chrono::steady_clock;
 
 /// @brief Something with one contiguous float parameter vector: all the server needs.
+/// Writable access is checked through `data()`: Eigen's `Ref<VectorXf>` converting
+/// constructor is unconstrained, so convertibility alone would accept a read-only view.
 template <class M>
 concept ParameterSet = std::copy_constructible<M> && requires(M& m, const M& cm) {
   { cm.parameters() } -> std::convertible_to<Eigen::Ref<const Eigen::VectorXf>>;
   { m.parameters() } -> std::convertible_to<Eigen::Ref<Eigen::VectorXf>>;
+  { m.parameters().data() } -> std::same_as<float*>;
 };
 
 /// @brief A trainable model: parameters, a loss and an analytic gradient for a batch.
