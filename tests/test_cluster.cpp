@@ -242,3 +242,32 @@ TEST_CASE("The server gives up when no worker joins", "[cluster][errors]") {
   auto ep = hub.endpoint(psync::server_peer);
   REQUIRE_THROWS_AS(server.run(ep), psync::TimeoutError);
 }
+
+TEST_CASE("The server reports progress while training, at the requested pace", "[cluster]") {
+  psync::InProcessHub hub;
+  psync::ServerOptions so;
+  so.progress_interval = 20ms;
+  std::vector<std::uint64_t> versions;
+  so.on_progress = [&](const psync::ServerProgress& p) {
+    REQUIRE(p.parameters.size() == 4);
+    versions.push_back(p.version);
+  };
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(4), so);
+  auto ep = hub.endpoint(psync::server_peer);
+  auto done = std::async(std::launch::async, [&] { return server.run(ep); });
+  psync::WorkerOptions wo;
+  wo.max_steps = 30;
+  wo.straggler.slowdown = 1.0;
+  psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(4), hub.endpoint(0), wo);
+  Target t{Eigen::VectorXf::Ones(4)};
+  const auto start = psync::Clock::now();
+  w.run([&]() -> const Target& {
+    std::this_thread::sleep_for(5ms);  // 30 steps >= 150 ms: several progress periods
+    return t;
+  });
+  const double elapsed = std::chrono::duration<double>(psync::Clock::now() - start).count();
+  done.get();
+  REQUIRE(versions.size() >= 2);
+  REQUIRE(static_cast<double>(versions.size()) <= elapsed / 0.020 + 2);  // never more often than asked
+  REQUIRE(std::is_sorted(versions.begin(), versions.end()));
+}

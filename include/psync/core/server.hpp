@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <ostream>
 #include <string>
@@ -28,6 +29,15 @@ namespace psync {
 inline constexpr std::uint32_t server_track = 0;
 /// @brief Trace track of worker `w`'s compute; its communication uses the next track.
 constexpr std::uint32_t worker_track(PeerId w) noexcept { return 1 + 2 * w; }
+
+/// @brief What the server passes to its progress callback.
+struct ServerProgress {
+  double seconds = 0;                      ///< since serving started
+  std::uint64_t version = 0;               ///< model version
+  std::uint64_t steps_applied = 0;         ///< local SGD steps folded into the model
+  std::size_t live_workers = 0;
+  Eigen::Ref<const Eigen::VectorXf> parameters;  ///< the current global parameters (valid during the call)
+};
 
 /// @brief How a server runs.
 struct ServerOptions {
@@ -45,6 +55,11 @@ struct ServerOptions {
   std::ostream* log = nullptr;
   /// @brief Optional timeline recorder (not owned).
   Trace* trace = nullptr;
+  /// @brief Called on the server thread at most once per `progress_interval` while
+  /// training (e.g. to print a progress line); keep it short, it delays the server.
+  std::function<void(const ServerProgress&)> on_progress;
+  /// @brief Minimum time between two `on_progress` calls.
+  std::chrono::milliseconds progress_interval{1000};
 };
 
 /// @brief The parameter server for model type `M` under policy `P`.
@@ -99,6 +114,7 @@ class Server {
       if (options_.snapshot_interval.count() > 0) deadline = std::min(deadline, next_snapshot_);
       if (auto env = transport.receive(deadline)) handle(transport, std::move(*env));
       take_snapshot_if_due(Clock::now());
+      report_progress_if_due(Clock::now());
     }
     // Pushes accepted into an unfinished round are applied, not lost.
     if (round_pushes_ > 0) apply_round();
@@ -366,6 +382,13 @@ class Server {
     if (removed) progress(transport);
   }
 
+  void report_progress_if_due(Clock::time_point now) {
+    if (!options_.on_progress || !started_ || now < next_progress_) return;
+    next_progress_ = now + options_.progress_interval;
+    options_.on_progress(ServerProgress{seconds_since_start(now), version_, report_.steps_applied,
+                                        clocks_.live_count(), model_.parameters()});
+  }
+
   void take_snapshot_if_due(Clock::time_point now) {
     if (options_.snapshot_interval.count() <= 0 || now < next_snapshot_) return;
     force_snapshot(now);
@@ -395,6 +418,7 @@ class Server {
   std::atomic<bool> stop_{false};
   Clock::time_point start_{};
   Clock::time_point next_snapshot_{};
+  Clock::time_point next_progress_{};
   ServerReport report_;
 };
 
