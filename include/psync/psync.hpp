@@ -31,3 +31,5 @@
 #include "psync/policies/ssp.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/in_process.hpp"
+#include "psync/transport/tcp.hpp"
+#include "psync/transport/wire.hpp"

@@ -1,0 +1,449 @@
+#pragma once
+/// @file
+/// @brief The wire codec: the only code that turns bytes into `psync::Message`s and
+/// back. Every field is validated before anything is allocated, and every violation
+/// throws a `wire::FrameError` (a `ProtocolError`) naming what was wrong.
+///
+/// A frame is a fixed 20-byte header followed by a payload (see docs/wire-protocol.md):
+///
+/// | offset | size | field                                         |
+/// |-------:|-----:|-----------------------------------------------|
+/// | 0      | 4    | magic "PSYN"                                  |
+/// | 4      | 1    | protocol version (1)                          |
+/// | 5      | 1    | message type (= index in `psync::Message`)    |
+/// | 6      | 2    | reserved, 0                                   |
+/// | 8      | 4    | sender peer id                                |
+/// | 12     | 8    | payload length in bytes                       |
+///
+/// All integers and floats are little-endian. The codec assumes a little-endian host
+/// with IEEE-754 floats (checked at compile time), so float vectors go on and off the
+/// wire as the vector's own memory: encoding never copies a vector (the frame is a
+/// small prefix plus a span over `data()`), and decoding receives straight into it.
+///
+/// Decoding is staged so a stream reader never buffers a whole frame:
+/// `decode_header` (fixed size) -> read `fixed_size(type)` bytes -> `decode_fixed`
+/// (validates counts, then sizes the vector or string) -> read `body_bytes(message)`.
+/// `decode` runs the same stages over one complete frame in memory.
+
+#include "psync/core/error.hpp"
+#include "psync/core/message.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace psync {
+
+/// @brief What a receiver accepts; frames outside these limits are refused before
+/// any allocation.
+struct WireLimits {
+  /// @brief Largest payload (bytes after the header) accepted; also bounds the buffer
+  /// a `Pull` may ask for. 64 MiB holds 16.7M floats.
+  std::uint64_t max_payload_bytes = std::uint64_t{64} << 20;
+  /// @brief Float count every parameter vector must have; 0 = unknown, not checked.
+  std::uint64_t expected_dimension = 0;
+};
+
+namespace wire {
+
+static_assert(std::endian::native == std::endian::little,
+              "psync's wire codec sends floats as host memory: it needs a little-endian host");
+static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559, "psync needs IEEE-754 float32");
+
+/// @brief The 4 bytes every frame starts with.
+inline constexpr std::array<std::byte, 4> magic{std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'}};
+/// @brief The protocol version this codec speaks; any other is refused.
+inline constexpr std::uint8_t protocol_version = 1;
+/// @brief Size of the fixed frame header in bytes.
+inline constexpr std::size_t header_size = 20;
+/// @brief Longest `Join::policy` accepted, in bytes.
+inline constexpr std::size_t max_policy_bytes = 256;
+/// @brief Longest `Error::text` sent or accepted, in bytes (longer texts are cut on encode).
+inline constexpr std::size_t max_error_text_bytes = 1024;
+/// @brief Largest per-type fixed part (Model's).
+inline constexpr std::size_t max_fixed_size = 32;
+
+/// @brief Message type byte; the value is the alternative's index in `psync::Message`.
+enum class MessageType : std::uint8_t { join = 0, leave = 1, push = 2, pull = 3, model = 4, error = 5 };
+
+/// @brief Number of message types; type bytes at or above this are refused.
+inline constexpr std::uint8_t message_type_count = 6;
+static_assert(std::variant_size_v<Message> == message_type_count, "a new message kind needs a wire type");
+static_assert(std::is_same_v<std::variant_alternative_t<static_cast<std::size_t>(MessageType::model), Message>, msg::Model>);
+static_assert(std::is_same_v<std::variant_alternative_t<static_cast<std::size_t>(MessageType::error), Message>, msg::Error>);
+
+/// @brief A frame that breaks the protocol; `code()` is what to tell the peer.
+class FrameError : public ProtocolError {
+ public:
+  /// @brief `code` goes into the `msg::Error` sent back; `what` names the violation.
+  FrameError(msg::ErrorCode code, const std::string& what) : ProtocolError(what), code_(code) {}
+  /// @brief The error code for the `msg::Error` frame answering this violation.
+  msg::ErrorCode code() const noexcept { return code_; }
+
+ private:
+  msg::ErrorCode code_;
+};
+
+/// @brief A validated frame header.
+struct FrameHeader {
+  MessageType type = MessageType::join;  ///< what the payload holds
+  PeerId sender = 0;                     ///< the sender's peer id, as it claims
+  std::uint64_t payload_length = 0;      ///< bytes after the header, already checked against the limits
+};
+
+/// @brief The wire type of a message.
+inline MessageType message_type(const Message& m) noexcept { return static_cast<MessageType>(m.index()); }
+
+/// @brief Bytes of per-type fixed fields at the start of the payload (counts and
+/// string lengths included); the rest of the payload is `body_bytes`.
+constexpr std::size_t fixed_size(MessageType t) noexcept {
+  switch (t) {
+    case MessageType::join: return 4 + 8 + 4;       // worker, dimension, policy length
+    case MessageType::leave: return 1;              // reason
+    case MessageType::push: return 8 + 8 + 4 + 8;   // clock, base_version, steps, count
+    case MessageType::pull: return 8 + 8;           // clock, buffer size
+    case MessageType::model: return 8 + 8 + 8 + 8;  // version, min_clock, held_ns, count
+    case MessageType::error: return 1 + 4;          // code, text length
+  }
+  return 0;
+}
+
+/// @brief Lower-case name of a wire type, for error texts.
+constexpr const char* type_name(MessageType t) noexcept {
+  constexpr const char* names[] = {"join", "leave", "push", "pull", "model", "error"};
+  return static_cast<std::uint8_t>(t) < message_type_count ? names[static_cast<std::uint8_t>(t)] : "unknown";
+}
+
+namespace detail {
+
+template <class T>
+void put(std::byte* at, T value) noexcept {
+  std::memcpy(at, &value, sizeof(T));  // host is little-endian (asserted above)
+}
+
+template <class T>
+T get(const std::byte* at) noexcept {
+  T value;
+  std::memcpy(&value, at, sizeof(T));
+  return value;
+}
+
+inline std::string hex(std::uint64_t v, int digits) {
+  static constexpr char d[] = "0123456789ABCDEF";
+  std::string s = "0x";
+  for (int i = digits - 1; i >= 0; --i) s += d[(v >> (4 * i)) & 0xF];
+  return s;
+}
+
+[[noreturn]] inline void bad(const std::string& what) { throw FrameError(msg::ErrorCode::bad_frame, what); }
+
+inline void check_dimension(std::uint64_t count, const WireLimits& limits,
+                            const char* what = "parameter vector has ") {
+  if (limits.expected_dimension != 0 && count != limits.expected_dimension) {
+    throw FrameError(msg::ErrorCode::wrong_dimension, what + std::to_string(count) + " floats, model has " +
+                                                          std::to_string(limits.expected_dimension));
+  }
+}
+
+// Checks that `fixed + 4 * count == payload` without overflowing.
+inline void check_float_count(const FrameHeader& h, std::uint64_t count) {
+  const std::uint64_t fixed = fixed_size(h.type);
+  const std::uint64_t room = h.payload_length - fixed;  // decode_header guaranteed payload >= fixed
+  if (room % 4 != 0 || count != room / 4) {
+    bad(std::string(type_name(h.type)) + " payload length " + std::to_string(h.payload_length) +
+        " does not match its element count " + std::to_string(count) + " (" + std::to_string(fixed) +
+        " bytes of fields + 4 per float)");
+  }
+}
+
+inline void check_string(const FrameHeader& h, std::uint32_t length, std::size_t limit, const char* what) {
+  if (length > limit) {
+    bad(std::string(what) + " length " + std::to_string(length) + " above limit " + std::to_string(limit));
+  }
+  if (h.payload_length != fixed_size(h.type) + length) {
+    bad(std::string(type_name(h.type)) + " payload length " + std::to_string(h.payload_length) +
+        " does not match its " + what + " length " + std::to_string(length));
+  }
+}
+
+}  // namespace detail
+
+/// @brief Validates a frame header. `bytes` must hold at least `header_size` bytes
+/// (only those are read). Checks magic, version, type, reserved and the payload
+/// length against `limits` and against the type's fixed part.
+inline FrameHeader decode_header(std::span<const std::byte> bytes, const WireLimits& limits) {
+  if (bytes.size() < header_size) {
+    detail::bad("truncated frame: " + std::to_string(bytes.size()) + " bytes, the header needs " +
+                std::to_string(header_size));
+  }
+  const std::byte* p = bytes.data();
+  if (std::memcmp(p, magic.data(), magic.size()) != 0) {
+    std::uint64_t seen = 0;
+    for (int i = 0; i < 4; ++i) seen = (seen << 8) | std::to_integer<std::uint64_t>(p[i]);
+    detail::bad("bad magic " + detail::hex(seen, 8) + " (expected 'PSYN')");
+  }
+  const auto version = detail::get<std::uint8_t>(p + 4);
+  if (version != protocol_version) {
+    detail::bad("unsupported protocol version " + std::to_string(version) + " (expected " +
+                std::to_string(protocol_version) + ")");
+  }
+  const auto type = detail::get<std::uint8_t>(p + 5);
+  if (type >= message_type_count) detail::bad("unknown message type " + std::to_string(type));
+  const auto reserved = detail::get<std::uint16_t>(p + 6);
+  if (reserved != 0) detail::bad("reserved header field is " + detail::hex(reserved, 4) + " (must be 0)");
+  FrameHeader h;
+  h.type = static_cast<MessageType>(type);
+  h.sender = detail::get<std::uint32_t>(p + 8);
+  h.payload_length = detail::get<std::uint64_t>(p + 12);
+  if (h.payload_length > limits.max_payload_bytes) {
+    detail::bad("payload length " + std::to_string(h.payload_length) + " above limit " +
+                std::to_string(limits.max_payload_bytes));
+  }
+  if (h.payload_length < fixed_size(h.type)) {
+    detail::bad(std::string(type_name(h.type)) + " payload length " + std::to_string(h.payload_length) +
+                " shorter than its " + std::to_string(fixed_size(h.type)) + " bytes of fields");
+  }
+  return h;
+}
+
+/// @brief Default source of vectors for `decode_fixed`: a fresh allocation.
+struct NewVector {
+  /// @brief A vector of `n` floats (contents unspecified).
+  Eigen::VectorXf operator()(Eigen::Index n) const { return Eigen::VectorXf(n); }
+};
+
+/// @brief Parses the `fixed_size(h.type)` bytes after the header, validates counts,
+/// lengths, enum values and the dimension against `h` and `limits`, and only then
+/// returns the message with its vector (from `acquire(n)`, which must return a vector
+/// of exactly n floats) or string sized for the rest of the payload: fill
+/// `body_bytes(result)` with the next bytes of the frame.
+///
+/// A `Pull`'s buffer is sized from the count on the wire but its contents are not
+/// sent (it is scratch space the receiver may fill and send back), so it arrives
+/// with unspecified contents.
+template <class Acquire = NewVector>
+Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, const WireLimits& limits,
+                     Acquire&& acquire = {}) {
+  if (fixed.size() < fixed_size(h.type)) {
+    detail::bad("truncated frame: " + std::string(type_name(h.type)) + " fields need " +
+                std::to_string(fixed_size(h.type)) + " bytes, got " + std::to_string(fixed.size()));
+  }
+  const std::byte* p = fixed.data();
+  auto exact = [&] {
+    if (h.payload_length != fixed_size(h.type)) {
+      detail::bad(std::string(type_name(h.type)) + " payload length " + std::to_string(h.payload_length) +
+                  " (expected " + std::to_string(fixed_size(h.type)) + ")");
+    }
+  };
+  switch (h.type) {
+    case MessageType::join: {
+      msg::Join m;
+      m.worker = detail::get<std::uint32_t>(p);
+      m.dimension = detail::get<std::uint64_t>(p + 4);
+      const auto length = detail::get<std::uint32_t>(p + 12);
+      detail::check_string(h, length, max_policy_bytes, "policy string");
+      detail::check_dimension(m.dimension, limits, "join declares a model of ");
+      m.policy.resize(length);
+      return m;
+    }
+    case MessageType::leave: {
+      exact();
+      const auto reason = detail::get<std::uint8_t>(p);
+      if (reason > static_cast<std::uint8_t>(msg::LeaveReason::failed)) {
+        detail::bad("unknown leave reason " + std::to_string(reason));
+      }
+      return msg::Leave{static_cast<msg::LeaveReason>(reason)};
+    }
+    case MessageType::push: {
+      msg::Push m;
+      m.clock = detail::get<std::uint64_t>(p);
+      m.base_version = detail::get<std::uint64_t>(p + 8);
+      m.steps = detail::get<std::uint32_t>(p + 16);
+      const auto count = detail::get<std::uint64_t>(p + 20);
+      detail::check_float_count(h, count);
+      detail::check_dimension(count, limits);
+      m.update = acquire(static_cast<Eigen::Index>(count));
+      return m;
+    }
+    case MessageType::pull: {
+      exact();
+      msg::Pull m;
+      m.clock = detail::get<std::uint64_t>(p);
+      const auto count = detail::get<std::uint64_t>(p + 8);
+      // Nothing on the wire bounds this count, so bound it by what a reply may carry.
+      const std::uint64_t model_fields = fixed_size(MessageType::model);
+      const std::uint64_t room = limits.max_payload_bytes > model_fields ? limits.max_payload_bytes - model_fields : 0;
+      if (count > room / 4) {
+        detail::bad("pull asks for a buffer of " + std::to_string(count) + " floats, above the payload limit " +
+                    std::to_string(limits.max_payload_bytes));
+      }
+      if (count != 0) detail::check_dimension(count, limits);
+      if (count != 0) m.buffer = acquire(static_cast<Eigen::Index>(count));
+      return m;
+    }
+    case MessageType::model: {
+      msg::Model m;
+      m.version = detail::get<std::uint64_t>(p);
+      m.min_clock = detail::get<std::uint64_t>(p + 8);
+      m.held_ns = detail::get<std::uint64_t>(p + 16);
+      const auto count = detail::get<std::uint64_t>(p + 24);
+      detail::check_float_count(h, count);
+      detail::check_dimension(count, limits);
+      m.parameters = acquire(static_cast<Eigen::Index>(count));
+      return m;
+    }
+    case MessageType::error: {
+      const auto code = detail::get<std::uint8_t>(p);
+      if (code < static_cast<std::uint8_t>(msg::ErrorCode::bad_frame) ||
+          code > static_cast<std::uint8_t>(msg::ErrorCode::internal)) {
+        detail::bad("unknown error code " + std::to_string(code));
+      }
+      const auto length = detail::get<std::uint32_t>(p + 1);
+      detail::check_string(h, length, max_error_text_bytes, "error text");
+      msg::Error m;
+      m.code = static_cast<msg::ErrorCode>(code);
+      m.text.resize(length);
+      return m;
+    }
+  }
+  detail::bad("unknown message type " + std::to_string(static_cast<unsigned>(h.type)));
+}
+
+/// @brief Where the rest of a frame's payload goes after `decode_fixed`: the float
+/// vector's memory, the string's characters, or nothing.
+inline std::span<std::byte> body_bytes(Message& m) noexcept {
+  return std::visit(
+      [](auto& v) -> std::span<std::byte> {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, msg::Push>) {
+          return std::as_writable_bytes(std::span<float>(v.update.data(), static_cast<std::size_t>(v.update.size())));
+        } else if constexpr (std::is_same_v<T, msg::Model>) {
+          return std::as_writable_bytes(
+              std::span<float>(v.parameters.data(), static_cast<std::size_t>(v.parameters.size())));
+        } else if constexpr (std::is_same_v<T, msg::Join>) {
+          return std::as_writable_bytes(std::span<char>(v.policy.data(), v.policy.size()));
+        } else if constexpr (std::is_same_v<T, msg::Error>) {
+          return std::as_writable_bytes(std::span<char>(v.text.data(), v.text.size()));
+        } else {
+          return {};
+        }
+      },
+      m);
+}
+
+/// @brief One encoded frame: a small prefix (header and fixed fields, owned) and a
+/// body that points into the message (its floats or string). The message must
+/// outlive the frame and must not be moved or changed while the frame is in use.
+struct EncodedFrame {
+  std::array<std::byte, header_size + max_fixed_size> prefix{};  ///< header + fixed fields
+  std::size_t prefix_size = 0;                                    ///< bytes of `prefix` in use
+  std::span<const std::byte> body;                                ///< the message's floats or string bytes
+
+  /// @brief The bytes of the prefix in use.
+  std::span<const std::byte> head() const noexcept { return {prefix.data(), prefix_size}; }
+  /// @brief Whole frame length in bytes.
+  std::uint64_t size() const noexcept { return prefix_size + body.size(); }
+};
+
+/// @brief Encodes `m` as sent by `sender` without copying its vector or string.
+/// Throws `ProtocolError` if a `Join` policy is longer than `max_policy_bytes`;
+/// an `Error` text longer than `max_error_text_bytes` is cut to that length.
+inline EncodedFrame encode(PeerId sender, const Message& m) {
+  EncodedFrame f;
+  const MessageType type = message_type(m);
+  std::byte* h = f.prefix.data();
+  std::memcpy(h, magic.data(), magic.size());
+  detail::put<std::uint8_t>(h + 4, protocol_version);
+  detail::put<std::uint8_t>(h + 5, static_cast<std::uint8_t>(type));
+  detail::put<std::uint16_t>(h + 6, 0);
+  detail::put<std::uint32_t>(h + 8, sender);
+  std::byte* p = h + header_size;
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, msg::Join>) {
+          if (v.policy.size() > max_policy_bytes) {
+            throw ProtocolError("policy string length " + std::to_string(v.policy.size()) + " above limit " +
+                                std::to_string(max_policy_bytes));
+          }
+          detail::put<std::uint32_t>(p, v.worker);
+          detail::put<std::uint64_t>(p + 4, v.dimension);
+          detail::put<std::uint32_t>(p + 12, static_cast<std::uint32_t>(v.policy.size()));
+          f.body = std::as_bytes(std::span<const char>(v.policy.data(), v.policy.size()));
+        } else if constexpr (std::is_same_v<T, msg::Leave>) {
+          detail::put<std::uint8_t>(p, static_cast<std::uint8_t>(v.reason));
+        } else if constexpr (std::is_same_v<T, msg::Push>) {
+          detail::put<std::uint64_t>(p, v.clock);
+          detail::put<std::uint64_t>(p + 8, v.base_version);
+          detail::put<std::uint32_t>(p + 16, v.steps);
+          detail::put<std::uint64_t>(p + 20, static_cast<std::uint64_t>(v.update.size()));
+          f.body = std::as_bytes(std::span<const float>(v.update.data(), static_cast<std::size_t>(v.update.size())));
+        } else if constexpr (std::is_same_v<T, msg::Pull>) {
+          detail::put<std::uint64_t>(p, v.clock);
+          detail::put<std::uint64_t>(p + 8, static_cast<std::uint64_t>(v.buffer.size()));
+        } else if constexpr (std::is_same_v<T, msg::Model>) {
+          detail::put<std::uint64_t>(p, v.version);
+          detail::put<std::uint64_t>(p + 8, v.min_clock);
+          detail::put<std::uint64_t>(p + 16, v.held_ns);
+          detail::put<std::uint64_t>(p + 24, static_cast<std::uint64_t>(v.parameters.size()));
+          f.body = std::as_bytes(
+              std::span<const float>(v.parameters.data(), static_cast<std::size_t>(v.parameters.size())));
+        } else if constexpr (std::is_same_v<T, msg::Error>) {
+          const std::size_t length = std::min(v.text.size(), max_error_text_bytes);
+          detail::put<std::uint8_t>(p, static_cast<std::uint8_t>(v.code));
+          detail::put<std::uint32_t>(p + 1, static_cast<std::uint32_t>(length));
+          f.body = std::as_bytes(std::span<const char>(v.text.data(), length));
+        }
+      },
+      m);
+  f.prefix_size = header_size + fixed_size(type);
+  detail::put<std::uint64_t>(h + 12, fixed_size(type) + f.body.size());
+  return f;
+}
+
+/// @brief Encodes `m` into one contiguous byte vector (copies; for tests, tools and
+/// datagram-like transports, not for the hot path).
+inline std::vector<std::byte> encode_to_bytes(PeerId sender, const Message& m) {
+  const EncodedFrame f = encode(sender, m);
+  std::vector<std::byte> out(f.size());
+  std::memcpy(out.data(), f.prefix.data(), f.prefix_size);
+  if (!f.body.empty()) std::memcpy(out.data() + f.prefix_size, f.body.data(), f.body.size());
+  return out;
+}
+
+/// @brief Decodes exactly one complete frame held in `frame`; the envelope's `from`
+/// is the sender id in the header. Throws `FrameError` on any violation, on a
+/// truncated frame and on trailing bytes.
+template <class Acquire = NewVector>
+Envelope decode(std::span<const std::byte> frame, const WireLimits& limits, Acquire&& acquire = {}) {
+  const FrameHeader h = decode_header(frame, limits);
+  const std::uint64_t have = frame.size() - header_size;
+  if (have < h.payload_length) {
+    detail::bad("truncated frame: " + std::string(type_name(h.type)) + " payload has " + std::to_string(have) +
+                " of " + std::to_string(h.payload_length) + " bytes");
+  }
+  if (have > h.payload_length) {
+    detail::bad(std::to_string(have - h.payload_length) + " trailing bytes after a " + type_name(h.type) +
+                " frame");
+  }
+  const std::size_t fixed = fixed_size(h.type);
+  Envelope e{h.sender, decode_fixed(h, frame.subspan(header_size, fixed), limits, std::forward<Acquire>(acquire))};
+  const std::span<std::byte> body = body_bytes(e.message);
+  if (!body.empty()) std::memcpy(body.data(), frame.data() + header_size + fixed, body.size());
+  return e;
+}
+
+}  // namespace wire
+}  // namespace psync

@@ -1,0 +1,529 @@
+// The TCP transport over real loopback sockets: message exchange between a server
+// and several workers, large vectors, and every way a peer can misbehave or vanish.
+// Every wait is bounded; the whole file runs in a few seconds.
+
+#include "catch.hpp"
+
+#include <psync/transport/tcp.hpp>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace asio = boost::asio;
+namespace msg = psync::msg;
+namespace wire = psync::wire;
+using namespace std::chrono_literals;
+using psync::Clock;
+using psync::Envelope;
+using psync::server_peer;
+using Bytes = std::vector<std::byte>;
+
+constexpr auto patience = 5s;  // bound on every wait for something that must happen
+
+template <class T>
+std::optional<Envelope> next(T& endpoint, std::chrono::milliseconds within = patience) {
+  return endpoint.receive(Clock::now() + within);
+}
+
+// Receives within the bound and requires a message of kind M from `from`.
+template <class M, class T>
+M expect(T& endpoint, psync::PeerId from) {
+  auto e = next(endpoint);
+  REQUIRE(e.has_value());
+  INFO("got a " << psync::message_name(e->message) << " from " << e->from);
+  CHECK(e->from == from);
+  REQUIRE(std::holds_alternative<M>(e->message));
+  return std::get<M>(std::move(e->message));
+}
+
+Eigen::VectorXf ramp(Eigen::Index n, float scale = 1.0f) {
+  Eigen::VectorXf v(n);
+  for (Eigen::Index i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i % 1000) + 0.25f;
+  return v;
+}
+
+psync::TcpServerOptions server_options(std::uint64_t dimension = 0,
+                                       std::chrono::milliseconds frame_timeout = 10000ms) {
+  psync::TcpServerOptions o;
+  o.limits.expected_dimension = dimension;
+  o.frame_timeout = frame_timeout;
+  return o;
+}
+
+// Joins worker `id` and consumes the Join on the server side.
+psync::Tcp join(psync::TcpServer& server, psync::PeerId id, std::uint64_t dimension = 8) {
+  psync::Tcp t("127.0.0.1", server.port(), id);
+  t.send(server_peer, msg::Join{id, dimension, "bsp"});
+  const auto j = expect<msg::Join>(server, id);
+  CHECK(j.worker == id);
+  return t;
+}
+
+// A raw socket that speaks (or breaks) the protocol by hand.
+class RawClient {
+ public:
+  explicit RawClient(std::uint16_t port) { socket_.connect({asio::ip::make_address("127.0.0.1"), port}); }
+
+  void write(const Bytes& b) { asio::write(socket_, asio::buffer(b)); }
+
+  // Reads until the peer closes or `within` passes; returns what arrived and whether it closed.
+  std::pair<Bytes, bool> read_until_closed(std::chrono::milliseconds within) {
+    Bytes all;
+    bool closed = false;
+    std::array<std::byte, 4096> buf{};
+    std::function<void()> more = [&] {
+      socket_.async_read_some(asio::buffer(buf), [&](const boost::system::error_code& ec, std::size_t n) {
+        all.insert(all.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n));
+        if (ec) {
+          closed = ec != asio::error::operation_aborted;
+          return;
+        }
+        more();
+      });
+    };
+    more();
+    io_.restart();
+    io_.run_for(within);
+    if (!io_.stopped()) {
+      socket_.cancel();
+      io_.restart();
+      io_.run();
+    }
+    return {all, closed};
+  }
+
+  void close() {
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+  }
+
+ private:
+  asio::io_context io_;
+  asio::ip::tcp::socket socket_{io_};
+};
+
+// The Error frame a rejected raw client got back, checked to be followed by a close.
+msg::Error error_reply(RawClient& raw) {
+  auto [bytes, closed] = raw.read_until_closed(3000ms);
+  CHECK(closed);
+  REQUIRE(bytes.size() >= wire::header_size);
+  Envelope e = wire::decode(bytes, {});
+  CHECK(e.from == server_peer);
+  REQUIRE(std::holds_alternative<msg::Error>(e.message));
+  return std::get<msg::Error>(e.message);
+}
+
+// A good worker still gets answers: the check that one bad peer harms no one else.
+void still_works(psync::TcpServer& server, psync::Tcp& worker) {
+  worker.send(server_peer, msg::Push{1, 0, 1, ramp(8)});
+  auto push = expect<msg::Push>(server, worker.self());
+  server.send(worker.self(), msg::Model{2, 1, 0, std::move(push.update)});
+  CHECK(expect<msg::Model>(worker, server_peer).parameters == ramp(8));
+}
+
+}  // namespace
+
+TEST_CASE("a server and three workers exchange every message kind", "[tcp]") {
+  psync::TcpServer server;
+  REQUIRE(server.port() != 0);
+  CHECK(server.self() == server_peer);
+
+  std::vector<psync::Tcp> workers;
+  for (psync::PeerId id = 0; id < 3; ++id) workers.push_back(join(server, id));
+  for (auto& w : workers) {
+    const psync::PeerId id = w.self();
+    server.send(id, msg::Model{1, 0, 5, ramp(8, static_cast<float>(id))});
+    const auto m = expect<msg::Model>(w, server_peer);
+    CHECK(m.version == 1);
+    CHECK(m.held_ns == 5);
+    CHECK(m.parameters == ramp(8, static_cast<float>(id)));
+
+    w.send(server_peer, msg::Push{3, 1, 2, ramp(8, 2.0f)});
+    const auto p = expect<msg::Push>(server, id);
+    CHECK(p.clock == 3);
+    CHECK(p.base_version == 1);
+    CHECK(p.steps == 2);
+    CHECK(p.update == ramp(8, 2.0f));
+
+    w.send(server_peer, msg::Pull{4, ramp(8)});
+    const auto pull = expect<msg::Pull>(server, id);
+    CHECK(pull.clock == 4);
+    CHECK(pull.buffer.size() == 8);
+
+    w.send(server_peer, msg::Error{msg::ErrorCode::bad_clock, "from worker"});
+    const auto err = expect<msg::Error>(server, id);
+    CHECK(err.code == msg::ErrorCode::bad_clock);
+    CHECK(err.text == "from worker");
+
+    server.send(id, msg::Error{msg::ErrorCode::policy_mismatch, "from server"});
+    CHECK(expect<msg::Error>(w, server_peer).text == "from server");
+    server.send(id, msg::Leave{msg::LeaveReason::timed_out});
+    CHECK(expect<msg::Leave>(w, server_peer).reason == msg::LeaveReason::timed_out);
+    server.send(id, msg::Join{id, 8, "ssp:2"});  // odd, but the transport does not judge content
+    CHECK(expect<msg::Join>(w, server_peer).policy == "ssp:2");
+  }
+  for (auto& w : workers) {
+    w.send(server_peer, msg::Leave{msg::LeaveReason::finished});
+    CHECK(expect<msg::Leave>(server, w.self()).reason == msg::LeaveReason::finished);
+  }
+  // Closing a worker flushes its queue first, then the server sees it disconnect.
+  workers[1].send(server_peer, msg::Push{9, 0, 1, ramp(8)});
+  workers[1].close();
+  CHECK(expect<msg::Push>(server, 1).clock == 9);
+  CHECK(expect<msg::Leave>(server, 1).reason == msg::LeaveReason::disconnected);
+  CHECK_THROWS_AS(server.send(1, msg::Leave{}), psync::TransportError);
+  CHECK_THROWS_AS(workers[1].send(server_peer, msg::Leave{}), psync::TransportError);
+  CHECK(server.try_receive() == std::nullopt);
+}
+
+TEST_CASE("a 1M-float vector goes there and back exactly, in reused buffers", "[tcp]") {
+  psync::TcpServer server;
+  psync::Tcp worker = join(server, 0, 1'000'000);
+  Eigen::VectorXf v = Eigen::VectorXf::Random(1'000'000);
+  const Eigen::VectorXf original = v;
+  for (int round = 0; round < 3; ++round) {
+    worker.send(server_peer, msg::Push{static_cast<std::uint64_t>(round), 0, 1, std::move(v)});
+    auto push = expect<msg::Push>(server, 0);
+    REQUIRE(push.update == original);
+    server.send(0, msg::Model{1, 0, 0, std::move(push.update)});
+    v = expect<msg::Model>(worker, server_peer).parameters;
+    REQUIRE(v == original);
+  }
+  // Pull: only the size travels; the server fills the buffer it got and sends it back.
+  worker.send(server_peer, msg::Pull{5, std::move(v)});
+  auto pull = expect<msg::Pull>(server, 0);
+  REQUIRE(pull.buffer.size() == 1'000'000);
+  pull.buffer = original;
+  server.send(0, msg::Model{2, 0, 0, std::move(pull.buffer)});
+  CHECK(expect<msg::Model>(worker, server_peer).parameters == original);
+}
+
+TEST_CASE("garbage gets an error frame and a closed connection; others are unaffected", "[tcp]") {
+  psync::TcpServer server;
+  psync::Tcp good = join(server, 1);
+
+  RawClient raw(server.port());
+  const std::string http = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  Bytes garbage(http.size());
+  std::memcpy(garbage.data(), http.data(), http.size());
+  raw.write(garbage);
+  const auto e = error_reply(raw);
+  CHECK(e.code == msg::ErrorCode::bad_frame);
+  CHECK(e.text == "bad magic 0x47455420 (expected 'PSYN')");
+  still_works(server, good);
+  CHECK(server.try_receive() == std::nullopt);  // the unjoined peer leaves no trace
+}
+
+TEST_CASE("a truncated header followed by a close is dropped quietly", "[tcp]") {
+  psync::TcpServer server;
+  psync::Tcp good = join(server, 1);
+  {
+    RawClient raw(server.port());
+    const Bytes join_frame = wire::encode_to_bytes(4, msg::Join{4, 8, "bsp"});
+    raw.write(Bytes(join_frame.begin(), join_frame.begin() + 7));
+    raw.close();
+  }
+  {
+    // A joined peer that dies mid-frame is reported gone.
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(5, msg::Join{5, 8, "bsp"}));
+    CHECK(expect<msg::Join>(server, 5).worker == 5);
+    const Bytes push = wire::encode_to_bytes(5, msg::Push{0, 0, 1, ramp(8)});
+    raw.write(Bytes(push.begin(), push.begin() + 30));
+    raw.close();
+    CHECK(expect<msg::Leave>(server, 5).reason == msg::LeaveReason::disconnected);
+  }
+  still_works(server, good);
+}
+
+TEST_CASE("header and content violations are answered and closed", "[tcp]") {
+  psync::TcpServer server(server_options(784));
+  psync::Tcp good = join(server, 1, 784);
+
+  SECTION("oversized length") {
+    RawClient raw(server.port());
+    Bytes b = wire::encode_to_bytes(2, msg::Join{2, 784, "bsp"});
+    const std::uint64_t huge = std::uint64_t{1} << 32;
+    std::memcpy(b.data() + 12, &huge, 8);
+    raw.write(Bytes(b.begin(), b.begin() + wire::header_size));
+    const auto e = error_reply(raw);
+    CHECK(e.code == msg::ErrorCode::bad_frame);
+    CHECK(e.text == "payload length 4294967296 above limit 67108864");
+  }
+  SECTION("a frame before join") {
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(2, msg::Pull{0, {}}));
+    const auto e = error_reply(raw);
+    CHECK(e.code == msg::ErrorCode::not_joined);
+    CHECK(e.text == "first frame must be a join, got a pull");
+  }
+  SECTION("a sender id that is not the joined one") {
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(2, msg::Join{2, 784, "bsp"}));
+    CHECK(expect<msg::Join>(server, 2).worker == 2);
+    raw.write(wire::encode_to_bytes(3, msg::Leave{}));
+    const auto e = error_reply(raw);
+    CHECK(e.code == msg::ErrorCode::bad_frame);
+    CHECK(e.text == "frame with sender id 3 on worker 2's connection");
+    CHECK(expect<msg::Leave>(server, 2).reason == msg::LeaveReason::disconnected);
+  }
+  SECTION("a second join under another id") {
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(2, msg::Join{2, 784, "bsp"}));
+    CHECK(expect<msg::Join>(server, 2).worker == 2);
+    raw.write(wire::encode_to_bytes(2, msg::Join{2, 784, "asp"}));  // a re-join is passed on
+    CHECK(expect<msg::Join>(server, 2).policy == "asp");
+    raw.write(wire::encode_to_bytes(2, msg::Join{1, 784, "bsp"}));
+    CHECK(error_reply(raw).text == "join for worker 1 on worker 2's connection");
+    CHECK(expect<msg::Leave>(server, 2).reason == msg::LeaveReason::disconnected);
+  }
+  SECTION("wrong dimension from a joined worker") {
+    psync::Tcp bad = join(server, 2, 784);
+    bad.send(server_peer, msg::Push{0, 0, 1, ramp(10)});
+    const auto e = expect<msg::Error>(bad, server_peer);
+    CHECK(e.code == msg::ErrorCode::wrong_dimension);
+    CHECK(e.text == "parameter vector has 10 floats, model has 784");
+    CHECK(expect<msg::Leave>(bad, server_peer).reason == msg::LeaveReason::disconnected);
+    CHECK(expect<msg::Leave>(server, 2).reason == msg::LeaveReason::disconnected);
+    CHECK_THROWS_AS(bad.send(server_peer, msg::Leave{}), psync::TransportError);
+  }
+  // The good worker never noticed.
+  good.send(server_peer, msg::Push{1, 0, 1, ramp(784)});
+  auto push = expect<msg::Push>(server, 1);
+  server.send(1, msg::Model{1, 0, 0, std::move(push.update)});
+  CHECK(expect<msg::Model>(good, server_peer).parameters == ramp(784));
+}
+
+TEST_CASE("a slow-loris peer is cut off after the frame timeout", "[tcp]") {
+  psync::TcpServer server(server_options(0, 500ms));
+  psync::Tcp good = join(server, 1);
+  RawClient raw(server.port());
+  const Bytes frame = wire::encode_to_bytes(7, msg::Join{7, 8, "bsp"});
+  const auto start = Clock::now();
+  Bytes reply;
+  bool closed = false;
+  for (std::size_t i = 0; i < frame.size() && !closed && Clock::now() - start < 4s; ++i) {
+    raw.write(Bytes{frame[i]});  // one byte every 200 ms
+    auto [bytes, c] = raw.read_until_closed(200ms);
+    reply.insert(reply.end(), bytes.begin(), bytes.end());
+    closed = c;
+  }
+  const auto took = Clock::now() - start;
+  CHECK(closed);
+  CHECK(took >= 450ms);
+  CHECK(took < 2000ms);
+  const auto e = std::get<msg::Error>(wire::decode(reply, {}).message);
+  CHECK(e.code == msg::ErrorCode::bad_frame);
+  CHECK(e.text == "frame not completed within 500 ms");
+  still_works(server, good);
+  CHECK(server.try_receive() == std::nullopt);
+}
+
+TEST_CASE("a duplicate worker id is refused and the first keeps working", "[tcp]") {
+  psync::TcpServer server;
+  psync::Tcp first = join(server, 3);
+  psync::Tcp second("127.0.0.1", server.port(), 3);
+  second.send(server_peer, msg::Join{3, 8, "bsp"});
+  const auto e = expect<msg::Error>(second, server_peer);
+  CHECK(e.code == msg::ErrorCode::duplicate_worker);
+  CHECK(e.text == "worker 3 is already connected");
+  CHECK(expect<msg::Leave>(second, server_peer).reason == msg::LeaveReason::disconnected);
+  still_works(server, first);
+  CHECK(server.try_receive() == std::nullopt);  // neither a Join nor a Leave for the refused one
+}
+
+TEST_CASE("a vanished worker is reported as a disconnect", "[tcp]") {
+  psync::TcpServer server;
+  SECTION("endpoint destroyed") {
+    { psync::Tcp w = join(server, 4); }
+    CHECK(expect<msg::Leave>(server, 4).reason == msg::LeaveReason::disconnected);
+  }
+  SECTION("socket closed under it") {
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(4, msg::Join{4, 8, "bsp"}));
+    CHECK(expect<msg::Join>(server, 4).worker == 4);
+    raw.close();
+    CHECK(expect<msg::Leave>(server, 4).reason == msg::LeaveReason::disconnected);
+  }
+  CHECK_THROWS_AS(server.send(4, msg::Leave{}), psync::TransportError);
+  // The id is free again.
+  psync::Tcp again = join(server, 4);
+  still_works(server, again);
+}
+
+TEST_CASE("a vanished server is reported to its workers", "[tcp]") {
+  std::optional<psync::TcpServer> server(std::in_place);
+  psync::Tcp w = join(*server, 0);
+  server->send(0, msg::Model{1, 0, 0, ramp(8)});
+  server.reset();  // flushes the model, then closes
+  CHECK(expect<msg::Model>(w, server_peer).version == 1);
+  CHECK(expect<msg::Leave>(w, server_peer).reason == msg::LeaveReason::disconnected);
+  CHECK_THROWS_AS(w.send(server_peer, msg::Push{0, 0, 1, ramp(8)}), psync::TransportError);
+  CHECK(w.try_receive() == std::nullopt);
+}
+
+TEST_CASE("connecting retries until the server is up, and gives up at the deadline", "[tcp]") {
+  std::uint16_t port = 0;
+  {
+    psync::TcpServer probe;
+    port = probe.port();
+  }
+  SECTION("server starts late") {
+    std::optional<psync::TcpServer> server;
+    std::thread starter([&] {
+      std::this_thread::sleep_for(300ms);
+      psync::TcpServerOptions o;
+      o.port = port;
+      server.emplace(o);
+    });
+    psync::TcpOptions o;
+    o.connect_timeout = 5000ms;
+    psync::Tcp w("127.0.0.1", port, 2, o);
+    starter.join();
+    w.send(server_peer, msg::Join{2, 8, "bsp"});
+    CHECK(expect<msg::Join>(*server, 2).worker == 2);
+  }
+  SECTION("nobody there") {
+    psync::TcpOptions o;
+    o.connect_timeout = 300ms;
+    const auto start = Clock::now();
+    try {
+      psync::Tcp w("127.0.0.1", port, 2, o);
+      FAIL("connected to nothing");
+    } catch (const psync::TransportError& e) {
+      CHECK(std::string(e.what()).find("127.0.0.1:" + std::to_string(port)) != std::string::npos);
+    }
+    CHECK(Clock::now() - start < 2s);
+  }
+}
+
+TEST_CASE("endpoint misuse throws TransportError", "[tcp]") {
+  psync::TcpServer server;
+  CHECK_THROWS_AS(server.send(99, msg::Leave{}), psync::TransportError);
+  psync::Tcp w = join(server, 0);
+  CHECK_THROWS_AS(w.send(5, msg::Leave{}), psync::TransportError);
+  CHECK_THROWS_AS(w.send(server_peer, msg::Join{0, 1, std::string(300, 'x')}), psync::ProtocolError);
+  CHECK(w.self() == 0);
+
+  // A receiver blocked when the endpoint closes wakes at once.
+  std::atomic<bool> threw{false};
+  std::thread blocked([&] {
+    try {
+      (void)server.receive(Clock::now() + 10s);
+    } catch (const psync::TransportError&) {
+      threw = true;
+    }
+  });
+  std::this_thread::sleep_for(50ms);
+  const auto start = Clock::now();
+  server.close();
+  blocked.join();
+  CHECK(threw);
+  CHECK(Clock::now() - start < 3s);
+  CHECK_THROWS_AS(server.send(0, msg::Leave{}), psync::TransportError);
+  CHECK_THROWS_AS(server.try_receive(), psync::TransportError);
+
+  psync::TcpServer moved_from;
+  psync::TcpServer target = std::move(moved_from);
+  CHECK(target.port() != 0);
+  CHECK_THROWS_AS(moved_from.try_receive(), psync::TransportError);  // NOLINT(bugprone-use-after-move)
+}
+
+TEST_CASE("concurrent sends never interleave and keep each sender's order", "[tcp]") {
+  psync::TcpServer server;
+  psync::Tcp w = join(server, 0);
+  constexpr int per_thread = 300;
+  auto sender = [&](std::uint32_t tag) {
+    for (int i = 0; i < per_thread; ++i) {
+      server.send(0, msg::Model{static_cast<std::uint64_t>(i), tag, 0, ramp(1 + i % 50, static_cast<float>(tag))});
+    }
+  };
+  std::thread a(sender, 1), b(sender, 2);
+  std::array<std::uint64_t, 3> next_version{0, 0, 0};
+  for (int n = 0; n < 2 * per_thread; ++n) {
+    auto m = expect<msg::Model>(w, server_peer);
+    REQUIRE((m.min_clock == 1 || m.min_clock == 2));
+    REQUIRE(m.version == next_version[m.min_clock]++);
+    REQUIRE(m.parameters == ramp(static_cast<Eigen::Index>(1 + m.version % 50), static_cast<float>(m.min_clock)));
+  }
+  a.join();
+  b.join();
+  // And the other direction, from two threads of the worker.
+  std::thread c([&] {
+    for (int i = 0; i < per_thread; ++i) w.send(server_peer, msg::Push{static_cast<std::uint64_t>(i), 1, 0, ramp(3)});
+  });
+  std::thread d([&] {
+    for (int i = 0; i < per_thread; ++i) w.send(server_peer, msg::Push{static_cast<std::uint64_t>(i), 2, 0, ramp(3)});
+  });
+  std::array<std::uint64_t, 3> next_clock{0, 0, 0};
+  for (int n = 0; n < 2 * per_thread; ++n) {
+    auto p = expect<msg::Push>(server, 0);
+    REQUIRE(p.clock == next_clock[p.base_version]++);
+  }
+  c.join();
+  d.join();
+}
+
+TEST_CASE("a peer vanishing during a stream of large writes is handled on both sides", "[tcp]") {
+  SECTION("worker vanishes while the server writes") {
+    psync::TcpServer server;
+    auto w = std::make_unique<psync::Tcp>("127.0.0.1", server.port(), 0);
+    w->send(server_peer, msg::Join{0, 100'000, "bsp"});
+    CHECK(expect<msg::Join>(server, 0).worker == 0);
+    std::atomic<bool> refused{false};
+    std::thread writer([&] {
+      const Eigen::VectorXf v = ramp(100'000);
+      for (int i = 0; i < 300; ++i) {
+        try {
+          server.send(0, msg::Model{static_cast<std::uint64_t>(i), 0, 0, v});
+        } catch (const psync::TransportError&) {
+          refused = true;
+          return;
+        }
+        std::this_thread::sleep_for(1ms);
+      }
+    });
+    std::this_thread::sleep_for(30ms);
+    w.reset();
+    CHECK(expect<msg::Leave>(server, 0).reason == msg::LeaveReason::disconnected);
+    writer.join();
+    CHECK(refused);
+  }
+  SECTION("server vanishes while the worker writes") {
+    std::optional<psync::TcpServer> server(std::in_place);
+    psync::Tcp w = join(*server, 0, 100'000);
+    std::atomic<bool> refused{false};
+    std::thread writer([&] {
+      const Eigen::VectorXf v = ramp(100'000);
+      for (int i = 0; i < 300; ++i) {
+        try {
+          w.send(server_peer, msg::Push{static_cast<std::uint64_t>(i), 0, 1, v});
+        } catch (const psync::TransportError&) {
+          refused = true;
+          return;
+        }
+        std::this_thread::sleep_for(1ms);
+      }
+    });
+    std::this_thread::sleep_for(30ms);
+    server.reset();
+    writer.join();
+    CHECK(refused);
+    bool left = false;
+    while (auto e = w.try_receive()) left = left || std::holds_alternative<msg::Leave>(e->message);
+    CHECK(left);
+  }
+}
