@@ -1,19 +1,17 @@
 #!/usr/bin/python3
-"""Replaces the text between <!-- compare:begin --> and <!-- compare:end --> in a
-README with the contents of a generated markdown file. Touches nothing else; if
-the markers are absent (or out of order), prints a message and changes nothing.
+"""Replaces the text between <!-- NAME:begin --> and <!-- NAME:end --> in a README
+with the contents of generated markdown files (NAME is "compare" unless --block
+says otherwise). Touches nothing else; if the markers are absent (or out of
+order), prints a message and changes nothing.
 
-usage: scripts/update_readme.py TABLE.md [TABLE2.md ...] [--readme README.md]
+usage: scripts/update_readme.py TABLE.md [TABLE2.md ...] [--readme README.md] [--block NAME]
 """
 import sys
 from pathlib import Path
 
-BEGIN = "<!-- compare:begin -->"
-END = "<!-- compare:end -->"
-
-
 def main(argv):
     readme = Path("README.md")
+    block = "compare"
     tables = []
     args = list(argv)
     while args:
@@ -23,6 +21,11 @@ def main(argv):
                 print("update_readme: --readme needs a path", file=sys.stderr)
                 return 2
             readme = Path(args.pop(0))
+        elif a == "--block":
+            if not args:
+                print("update_readme: --block needs a name", file=sys.stderr)
+                return 2
+            block = args.pop(0)
         elif a in ("-h", "--help"):
             print(__doc__.strip())
             return 0
@@ -34,6 +37,8 @@ def main(argv):
     if not readme.is_file():
         print(f"update_readme: {readme} not found; nothing changed")
         return 0
+    BEGIN = f"<!-- {block}:begin -->"
+    END = f"<!-- {block}:end -->"
     text = readme.read_text(encoding="utf-8")
     b = text.find(BEGIN)
     e = text.find(END, b + len(BEGIN)) if b >= 0 else -1

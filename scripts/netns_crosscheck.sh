@@ -1,0 +1,447 @@
+#!/usr/bin/env bash
+# netns_crosscheck.sh: does the emulator agree with the kernel? (issue 4)
+#
+# Runs one psync-train configuration over real TCP with the server and each worker
+# in its own network namespace, linked through a Linux bridge by veth pairs whose
+# every egress is rate-shaped by the kernel (tbf; plus netem delay where the kernel
+# has netem), then runs the same configuration in one process over
+# psync::Emulated (bench/netns_reference), and writes a side-by-side table to
+# docs/results/netns-crosscheck.md. See docs/netns-crosscheck.md.
+#
+# Needs root. Creates only namespaces named psx-* (refuses to start if any exist),
+# nothing in the host namespace, no routes out: 10.77.0.0/24 exists only inside
+# them. Removes all of it and stops every process it started on exit, error,
+# Ctrl-C or TERM.
+#
+#   sudo scripts/netns_crosscheck.sh [--workers N] [--policies bsp,osp:20,asp]
+#        [--model mlp:256,128] [--data fashion-mnist] [--steps 200] [--batch 64]
+#        [--lr 0.1] [--seed 1] [--rate BYTES_PER_S] [--delay-ms 1] [--burst BYTES]
+#        [--repeats N] [--build] [--train-bin PATH] [--ref-bin PATH]
+#        [--out FILE] [--json-dir DIR] [--run-timeout S]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+
+# ------------------------------------------------------------------ options
+workers=4
+policies="bsp,osp:20,asp"
+model="mlp:256,128"
+data="fashion-mnist"
+steps=200
+batch=64
+lr=0.1
+seed=1
+rate=125000000      # bytes/s per link and per server-NIC direction (1 Gbit/s)
+delay_ms=1          # one-way delay per worker link, applied only if the kernel has netem
+burst=65536         # tbf bucket, bytes: one GSO packet; ~0.5 ms of a 1 Gbit/s link (see the doc)
+tbf_limit=8388608   # tbf queue, bytes: large enough that the shaped links do not drop
+repeats=1
+build=0
+train_bin=""
+ref_bin=""
+out="$repo/docs/results/netns-crosscheck.md"
+json_dir=""
+run_timeout=300     # seconds, per process of a run
+prefix="psx"
+subnet="10.77.0"
+
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+die() { echo "netns_crosscheck: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --workers) workers="$2"; shift 2 ;;
+    --policies) policies="$2"; shift 2 ;;
+    --model) model="$2"; shift 2 ;;
+    --data) data="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --batch) batch="$2"; shift 2 ;;
+    --lr) lr="$2"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    --rate) rate="$2"; shift 2 ;;
+    --delay-ms) delay_ms="$2"; shift 2 ;;
+    --burst) burst="$2"; shift 2 ;;
+    --repeats) repeats="$2"; shift 2 ;;
+    --build) build=1; shift ;;
+    --train-bin) train_bin="$2"; shift 2 ;;
+    --ref-bin) ref_bin="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --json-dir) json_dir="$2"; shift 2 ;;
+    --run-timeout) run_timeout="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1' (try --help)" ;;
+  esac
+done
+[[ "$workers" =~ ^[0-9]+$ ]] && [ "$workers" -ge 1 ] && [ "$workers" -le 200 ] || die "--workers must be 1..200"
+[[ "$rate" =~ ^[0-9]+$ ]] && [ "$rate" -gt 0 ] || die "--rate must be a positive integer (bytes/s)"
+[[ "$burst" =~ ^[0-9]+$ ]] && [ "$burst" -ge 2048 ] || die "--burst must be an integer >= 2048 (bytes)"
+[[ "$repeats" =~ ^[0-9]+$ ]] && [ "$repeats" -ge 1 ] || die "--repeats must be >= 1"
+[[ "$run_timeout" =~ ^[0-9]+$ ]] && [ "$run_timeout" -ge 10 ] || die "--run-timeout must be >= 10 (seconds)"
+[[ "$delay_ms" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--delay-ms must be a non-negative number"
+
+# ------------------------------------------------------------------ prerequisites
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces and qdiscs); try: sudo $0 $*"
+if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+  "$repo/scripts/setup.sh" iproute2
+fi
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || die "ip and tc (iproute2) are required"
+command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is required"
+py=/usr/bin/python3
+[ -x "$py" ] || py="$(command -v python3 || true)"
+[ -n "$py" ] || die "python3 is required (JSON and the table)"
+
+build_dir="$repo/build-netns"
+if [ "$build" -eq 1 ]; then
+  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build_dir" --target psync-train bench.netns_reference -j "$(nproc)"
+fi
+if [ -z "$train_bin" ]; then
+  for c in "$build_dir/tools/psync-train" "$repo/build-train/tools/psync-train"; do
+    if [ -x "$c" ]; then train_bin="$c"; break; fi
+  done
+fi
+[ -n "$ref_bin" ] || ref_bin="$build_dir/bench/netns_reference"
+[ -n "$train_bin" ] && [ -x "$train_bin" ] || die "psync-train not found (build it: --build, or --train-bin PATH)"
+[ -x "$ref_bin" ] || die "netns_reference not found at $ref_bin (build it: --build, or --ref-bin PATH)"
+
+existing="$(ip netns list | awk '{print $1}' | grep -E "^${prefix}-" || true)"
+[ -z "$existing" ] || die "namespaces named ${prefix}-* already exist (another run, or a crash?): $(echo $existing). Not touching them; remove them yourself if they are stale."
+
+# ------------------------------------------------------------------ cleanup
+created_ns=()   # namespaces this script created, in creation order
+started=()      # PIDs this script started
+work="$(mktemp -d /tmp/psx-crosscheck.XXXXXX)"
+cleaned=0
+
+stop_pid() {  # TERM, a bounded grace period, then KILL; only our own PIDs
+  local pid="$1" i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 30); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  [ "$cleaned" -eq 0 ] || return 0
+  cleaned=1
+  trap - EXIT INT TERM
+  local pid ns i
+  for pid in "${started[@]+"${started[@]}"}"; do stop_pid "$pid"; done
+  for pid in "${started[@]+"${started[@]}"}"; do wait "$pid" 2>/dev/null || true; done
+  for (( i=${#created_ns[@]}-1; i>=0; i-- )); do
+    ns="${created_ns[$i]}"
+    ip netns del "$ns" 2>/dev/null || echo "netns_crosscheck: warning: could not delete namespace $ns" >&2
+  done
+  if [ -z "$json_dir" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'echo "netns_crosscheck: interrupted, cleaning up" >&2; cleanup; exit 130' INT
+trap 'echo "netns_crosscheck: terminated, cleaning up" >&2; cleanup; exit 143' TERM
+if [ -n "$json_dir" ]; then mkdir -p "$json_dir"; work="$(cd "$json_dir" && pwd)"; fi
+
+add_ns() {
+  ip netns add "$1"
+  created_ns+=("$1")
+  ip -n "$1" link set lo up
+}
+
+log() { echo "netns_crosscheck: $*" >&2; }
+
+# ------------------------------------------------------------------ netem probe
+# The probe lives in its own namespace on a veth pair made for it: a failed or
+# successful netem add touches nothing anyone else uses.
+add_ns "${prefix}-probe"
+ip -n "${prefix}-probe" link add "${prefix}-pa" type veth peer name "${prefix}-pb"
+ip -n "${prefix}-probe" link set "${prefix}-pa" up
+tc -n "${prefix}-probe" qdisc add dev "${prefix}-pa" root tbf rate 1gbit burst 32kb limit 1mb >/dev/null 2>&1 ||
+  die "this kernel cannot add a tbf qdisc (sch_tbf): nothing to cross-check against"
+tc -n "${prefix}-probe" qdisc del dev "${prefix}-pa" root >/dev/null 2>&1 || true
+if tc -n "${prefix}-probe" qdisc add dev "${prefix}-pa" root netem delay 1ms >/dev/null 2>&1; then
+  have_netem=1
+else
+  have_netem=0
+fi
+ip netns del "${prefix}-probe"
+created_ns=()
+if [ "$have_netem" -eq 1 ] && [ "$delay_ms" != "0" ]; then
+  use_delay=1
+  latency_us="$("$py" -c "print(round(float('$delay_ms')*1000))")"
+  qdisc_desc="tbf (rate $rate B/s, burst $burst B) + netem delay ${delay_ms} ms on every worker-side link direction"
+else
+  use_delay=0
+  latency_us=0
+  if [ "$have_netem" -eq 0 ]; then
+    qdisc_desc="tbf only (rate $rate B/s, burst $burst B); netem is NOT available in this kernel, so no delay was added on either side"
+  else
+    qdisc_desc="tbf only (rate $rate B/s, burst $burst B); --delay-ms 0, so no delay on either side"
+  fi
+fi
+log "qdiscs: $qdisc_desc"
+
+# ------------------------------------------------------------------ topology
+# psx-sw holds the bridge; every host namespace has eth0, whose peer psx-p-<host>
+# is a port of the bridge. Every veth end is shaped on egress:
+#   host eth0           -> the host's uplink (server: its NIC out, shared by all replies)
+#   bridge psx-p-<host> -> the host's downlink (server: its NIC in, shared by all pushes)
+# Delay (netem) goes on the two ends of each worker's link, none on the server's,
+# as the emulator adds latency per worker link and none at the server NIC.
+sw="${prefix}-sw"
+srv="${prefix}-srv"
+rate_bits=$(( rate * 8 ))
+
+shape() {  # shape NS DEV DELAY(0|1)
+  local ns="$1" dev="$2" delay="$3"
+  if [ "$delay" -eq 1 ]; then
+    tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "${delay_ms}ms" limit 100000
+    tc -n "$ns" qdisc add dev "$dev" parent 1:1 handle 10: tbf rate "${rate_bits}bit" burst "$burst" limit "$tbf_limit"
+  else
+    tc -n "$ns" qdisc add dev "$dev" root handle 1: tbf rate "${rate_bits}bit" burst "$burst" limit "$tbf_limit"
+  fi
+}
+
+add_host() {  # add_host NS PORTNAME ADDR DELAY
+  local ns="$1" port="$2" addr="$3" delay="$4"
+  add_ns "$ns"
+  ip -n "$sw" link add "$port" type veth peer name eth0 netns "$ns"
+  ip -n "$sw" link set "$port" master "${prefix}-br"
+  ip -n "$sw" link set "$port" up
+  ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  shape "$ns" eth0 "$delay"
+  shape "$sw" "$port" "$delay"
+}
+
+add_ns "$sw"
+ip -n "$sw" link add "${prefix}-br" type bridge
+ip -n "$sw" link set "${prefix}-br" up
+add_host "$srv" "${prefix}-p-srv" "${subnet}.1" 0
+worker_ns=()
+for (( w=0; w<workers; w++ )); do
+  add_host "${prefix}-w$w" "${prefix}-p-w$w" "${subnet}.$((10 + w))" "$use_delay"
+  worker_ns+=("${prefix}-w$w")
+done
+# No default route anywhere: only the on-link 10.77.0.0/24 route exists.
+for ns in "$srv" "${worker_ns[@]}"; do
+  if ip -n "$ns" route show default | grep -q .; then die "unexpected default route in $ns"; fi
+done
+log "topology: bridge in $sw, server $srv (${subnet}.1), $workers worker namespace(s) (${subnet}.10..)"
+
+# Reachability (bounded): every worker must see the server before any run.
+if command -v ping >/dev/null 2>&1; then
+  for ns in "${worker_ns[@]}"; do
+    ip netns exec "$ns" ping -c 1 -W 2 "${subnet}.1" >/dev/null 2>&1 || die "$ns cannot reach the server at ${subnet}.1"
+  done
+  rtt="$(ip netns exec "${worker_ns[0]}" ping -c 5 -i 0.2 -W 2 "${subnet}.1" 2>/dev/null | awk -F'/' '/^rtt|^round-trip/ {print $5}')"
+  log "ping ${worker_ns[0]} -> server: avg rtt ${rtt:-?} ms"
+else
+  rtt=""
+fi
+
+# ------------------------------------------------------------------ runs
+timeout_ms=$(( (run_timeout > 60 ? 60 : run_timeout) * 1000 ))
+cur_steps="$steps"
+common_args() { common=(--workers "$workers" --model "$model" --data "$data" --steps "$cur_steps" --batch "$batch" --lr "$lr" --seed "$seed"); }
+port=17700
+commands_file="$work/commands.txt"
+: > "$commands_file"
+
+run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
+  local policy="$1" tag="$2" spid wpids=() w pid rc=0 deadline addr=""
+  common_args
+  port=$(( port + 1 ))
+  local slog="$work/kernel-$tag-server.log"
+  local scmd=(timeout -k 5 "$run_timeout" "$train_bin" --role server --server "${subnet}.1:$port"
+              --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
+              --metrics "$work/kernel-$tag-server.json")
+  echo "ip netns exec $srv ${scmd[*]}" >> "$commands_file"
+  ip netns exec "$srv" "${scmd[@]}" > "$slog" 2>&1 &
+  spid=$!
+  started+=("$spid")
+  deadline=$(( $(date +%s) + 60 ))
+  while :; do
+    addr="$(sed -n 's/^psync-train: listening on //p' "$slog" | head -n 1)"
+    [ -n "$addr" ] && break
+    kill -0 "$spid" 2>/dev/null || { cat "$slog" >&2; die "server ($policy) exited before listening"; }
+    [ "$(date +%s)" -lt "$deadline" ] || { cat "$slog" >&2; die "server ($policy) did not listen within 60 s"; }
+    sleep 0.05
+  done
+  for (( w=0; w<workers; w++ )); do
+    local wcmd=(timeout -k 5 "$run_timeout" "$train_bin" --role worker --server "$addr" --id "$w"
+                --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
+                --metrics "$work/kernel-$tag-w$w.json")
+    echo "ip netns exec ${prefix}-w$w ${wcmd[*]}" >> "$commands_file"
+    ip netns exec "${prefix}-w$w" "${wcmd[@]}" > "$work/kernel-$tag-w$w.log" 2>&1 &
+    pid=$!
+    started+=("$pid")
+    wpids+=("$pid")
+  done
+  # Each wait is bounded: every process runs under timeout(1).
+  for pid in "${wpids[@]}"; do wait "$pid" || rc=$?; done
+  wait "$spid" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -n 20 "$slog" "$work"/kernel-"$tag"-w*.log >&2 || true
+    die "kernel run $policy failed (exit $rc; 124 = timed out)"
+  fi
+}
+
+run_emulated() {  # run_emulated POLICY TAG -> $work/emulated-TAG.json
+  local policy="$1" tag="$2" pid rc=0
+  common_args
+  local cmd=(timeout -k 5 "$run_timeout" "$ref_bin" --policy "$policy" "${common[@]}"
+             --bandwidth "$rate" --server-nic "$rate" --latency-us "$latency_us"
+             --out "$work/emulated-$tag.json")
+  echo "${cmd[*]}" >> "$commands_file"
+  "${cmd[@]}" > "$work/emulated-$tag.log" 2>&1 &
+  pid=$!
+  started+=("$pid")
+  wait "$pid" || rc=$?
+  [ "$rc" -eq 0 ] || { tail -n 20 "$work/emulated-$tag.log" >&2; die "emulated run $policy failed (exit $rc)"; }
+}
+
+IFS=',' read -r -a policy_list <<< "$policies"
+# A short unmeasured kernel run first: page cache, sockets and the bridge's MAC
+# learning warmed, so the first measured policy pays no more than the others.
+log "warm-up (not measured)"
+cur_steps=10
+run_kernel bsp warmup
+cur_steps="$steps"
+for (( r=1; r<=repeats; r++ )); do
+  for p in "${policy_list[@]}"; do
+    tag="${p//:/}-r$r"
+    log "run $r/$repeats, $p: kernel-shaped TCP"
+    run_kernel "$p" "$tag"
+    log "run $r/$repeats, $p: emulated"
+    run_emulated "$p" "$tag"
+  done
+done
+
+# ------------------------------------------------------------------ table
+mkdir -p "$(dirname "$out")"
+kernel="$(uname -sr)"
+when="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+cpus="$(nproc)"
+qdisc_dump="$(for ns in "$srv" "$sw" "${worker_ns[0]}"; do echo "# $ns"; tc -s -n "$ns" qdisc show | awk '/^qdisc noqueue/ {skip=2; next} skip > 0 {skip--; next} {print}' ; done)"
+invocation="scripts/netns_crosscheck.sh $(printf '%q ' "${@}")"
+"$py" - "$work" "$out" "$policies" "$repeats" "$workers" "$model" "$data" "$steps" "$batch" "$lr" "$seed" \
+  "$rate" "$burst" "$latency_us" "$qdisc_desc" "$kernel" "$when" "$cpus" "${rtt:-n/a}" "$commands_file" \
+  "$qdisc_dump" <<'PYEOF'
+import json, os, statistics, sys
+(work, out, policies, repeats, workers, model, data, steps, batch, lr, seed, rate, burst, latency_us,
+ qdisc_desc, kernel, when, cpus, rtt, commands_file, qdisc_dump) = sys.argv[1:]
+repeats, workers = int(repeats), int(workers)
+
+def figures(ws):
+    """ws: per-worker dicts with steps/samples/pushes/wall_s/comm_s/wait_s."""
+    wall = max(w["wall_s"] for w in ws)
+    samples = sum(w["samples"] for w in ws)
+    pushes = sum(w["pushes"] for w in ws)
+    comm = sum(w["comm_s"] for w in ws)
+    steps = sum(w["steps"] for w in ws)
+    compute = sum(w["compute_s"] for w in ws)
+    return {
+        "wall": wall,
+        "thr": samples / wall if wall > 0 else 0.0,
+        "comm_push_ms": 1000.0 * comm / pushes if pushes else 0.0,
+        "wait_frac": statistics.mean(w["wait_s"] / w["wall_s"] if w["wall_s"] > 0 else 0.0 for w in ws),
+        "pushes": pushes,
+        "compute_step_ms": 1000.0 * compute / steps if steps else 0.0,
+    }
+
+def kernel_run(tag):
+    ws = []
+    for i in range(workers):
+        d = json.load(open(os.path.join(work, f"kernel-{tag}-w{i}.json")))
+        if not d.get("ok", True):
+            raise SystemExit(f"worker {i} of {tag} reported an error: {d.get('error')}")
+        d = dict(d)
+        d["steps"] = d.get("steps_done", d.get("steps"))
+        ws.append(d)
+    srv = json.load(open(os.path.join(work, f"kernel-{tag}-server.json")))
+    f = figures(ws)
+    f["acc"] = srv.get("final_test_accuracy", float("nan"))
+    return f
+
+def emulated_run(tag):
+    d = json.load(open(os.path.join(work, f"emulated-{tag}.json")))
+    f = figures(d["workers"])
+    f["acc"] = d.get("final_accuracy", float("nan"))
+    return f
+
+def mean_of(runs):
+    return {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+
+rows = []
+for p in policies.split(","):
+    kr = [kernel_run(f"{p.replace(':', '')}-r{r}") for r in range(1, repeats + 1)]
+    er = [emulated_run(f"{p.replace(':', '')}-r{r}") for r in range(1, repeats + 1)]
+    rows.append((p, mean_of(kr), mean_of(er), kr, er))
+
+def ratio(e, k):
+    return f"{e / k:.2f}" if k else "-"
+
+lines = []
+lines.append("| policy | figure | kernel (tbf, TCP) | emulated | emulated / kernel |")
+lines.append("|---|---|---:|---:|---:|")
+for p, k, e, _, _ in rows:
+    lines.append(f"| {p} | wall time (s) | {k['wall']:.2f} | {e['wall']:.2f} | {ratio(e['wall'], k['wall'])} |")
+    lines.append(f"| {p} | throughput (samples/s) | {k['thr']:.0f} | {e['thr']:.0f} | {ratio(e['thr'], k['thr'])} |")
+    lines.append(f"| {p} | comm per push (ms) | {k['comm_push_ms']:.2f} | {e['comm_push_ms']:.2f} | {ratio(e['comm_push_ms'], k['comm_push_ms'])} |")
+    lines.append(f"| {p} | compute per step (ms) | {k['compute_step_ms']:.2f} | {e['compute_step_ms']:.2f} | {ratio(e['compute_step_ms'], k['compute_step_ms'])} |")
+    lines.append(f"| {p} | mean wait fraction | {k['wait_frac']:.3f} | {e['wait_frac']:.3f} | {ratio(e['wait_frac'], k['wait_frac'])} |")
+    lines.append(f"| {p} | pushes (all workers) | {k['pushes']:.0f} | {e['pushes']:.0f} | {ratio(e['pushes'], k['pushes'])} |")
+    lines.append(f"| {p} | final test accuracy | {k['acc']:.4f} | {e['acc']:.4f} | - |")
+table = "\n".join(lines)
+
+per_run = ["| policy | run | kernel wall (s) | emulated wall (s) | kernel comm/push (ms) | emulated comm/push (ms) |",
+           "|---|---:|---:|---:|---:|---:|"]
+for p, _, _, kr, er in rows:
+    for i, (a, b) in enumerate(zip(kr, er), 1):
+        per_run.append(f"| {p} | {i} | {a['wall']:.2f} | {b['wall']:.2f} | {a['comm_push_ms']:.2f} | {b['comm_push_ms']:.2f} |")
+
+commands = open(commands_file).read().strip().splitlines()
+shown = [c for c in commands if " warmup" not in c and "-warmup-" not in c]
+doc = f"""# Cross-check: emulator vs kernel-shaped TCP
+
+Generated by `scripts/netns_crosscheck.sh` (see `docs/netns-crosscheck.md`); every
+figure below was measured by that run. Do not edit by hand.
+
+- Date: {when}; kernel: {kernel}; CPUs: {cpus}
+- Workload: {workers} workers, `--model {model} --data {data} --steps {steps} --batch {batch} --lr {lr} --seed {seed}`, {repeats} run(s) per policy (means shown)
+- Links: every worker link and each direction of the server NIC at {int(rate):,} bytes/s ({int(rate) * 8 / 1e9:g} Gbit/s)
+- Kernel side: {qdisc_desc}; {"ping worker 0 -> server avg RTT " + rtt + " ms" if rtt != "n/a" else "no ping installed, RTT not measured"}
+- Emulated side: `psync::run_local` over `Emulated<InProcess>`, worker links and server NIC {int(rate):,} bytes/s, latency {int(latency_us)} us, no jitter, no straggler
+
+Figures: wall time = slowest worker's `wall_s` (first step to leaving); throughput =
+all workers' samples / that wall time; comm per push = sum of `comm_s` / sum of
+pushes (push -> model round trip less the time the server held the read for the
+policy); compute per step = sum of `compute_s` / sum of steps (a CPU figure, not a
+network one: it shows how much the host's CPU contention differs between the two
+sides); wait fraction = mean over workers of `wait_s / wall_s` (compute blocked).
+
+{table}
+
+Per run:
+
+{chr(10).join(per_run)}
+
+Qdiscs as installed, with counters cumulated over all runs incl. the warm-up (server, bridge, worker 0):
+
+```
+{qdisc_dump}
+```
+
+Commands (one run per policy shown; the script runs them in these namespaces):
+
+```
+{chr(10).join(shown[: (workers + 2) * len(rows)])}
+```
+"""
+open(out, "w").write(doc)
+print(table)
+PYEOF
+log "wrote $out"
+if [ -n "$json_dir" ]; then log "raw JSON and logs kept in $work"; fi

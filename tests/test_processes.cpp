@@ -1,0 +1,423 @@
+// Real processes over loopback: psync-train servers and workers started with
+// posix_spawn, each one bounded in time (killed and failed if it overruns), with
+// stdout/stderr captured to files in a temporary directory. Covers the launch
+// script under every policy, a worker killed mid-run, the server killed mid-run,
+// a refused join, and usage errors.
+#include "catch.hpp"
+
+#include <psync/psync.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+#ifndef PSYNC_TRAIN_EXE
+#error "PSYNC_TRAIN_EXE must name the psync-train binary (tests/CMakeLists.txt sets it)"
+#endif
+#ifndef PSYNC_LAUNCH_SCRIPT
+#error "PSYNC_LAUNCH_SCRIPT must name scripts/launch_local.sh (tests/CMakeLists.txt sets it)"
+#endif
+
+namespace {
+
+using namespace std::chrono_literals;
+using Steady = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+const std::string exe = PSYNC_TRAIN_EXE;
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// A fresh directory under $TMPDIR (or /tmp), removed at the end unless the test failed.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/psync-processes.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    // Kept on failure so the captured output can be read.
+    if (!std::uncaught_exceptions()) {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  }
+};
+
+/// One child process, its output in files. The destructor never leaves it running.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, const fs::path& out, const fs::path& err,
+          std::vector<std::string> extra_env = {})
+      : out_(out), err_(err) {
+    // The children see no PSYNC_* from the test's own environment, only what we pass.
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) {
+      if (std::strncmp(*e, "PSYNC_", 6) != 0) env.emplace_back(*e);
+    }
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
+    std::vector<char*> cargv, cenv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    for (auto& e : env) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int rc = ::posix_spawn(&pid_, cargv[0], &actions, nullptr, cargv.data(), cenv.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      pid_ = -1;
+      FAIL("cannot start " << argv[0] << ": " << std::strerror(rc));
+    }
+  }
+
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  ~Process() {
+    if (status_ || pid_ <= 0) return;  // never kill(-1, ...)
+    // SIGTERM first: the launch script's trap then stops the processes it started.
+    ::kill(pid_, SIGTERM);
+    if (!poll_until(Steady::now() + 3s)) {
+      ::kill(pid_, SIGKILL);
+      int st = 0;
+      ::waitpid(pid_, &st, 0);
+    }
+  }
+
+  pid_t pid() const noexcept { return pid_; }
+
+  /// True while the child has not exited (reaps it if it has).
+  bool running() {
+    if (status_) return false;
+    return !poll_until(Steady::now());
+  }
+
+  /// The exit code (128 + signal if killed by one) within `timeout`; a child that
+  /// overruns is killed and the test fails, naming it.
+  int wait(std::chrono::milliseconds timeout, const std::string& name) {
+    if (!poll_until(Steady::now() + timeout)) {
+      ::kill(pid_, SIGKILL);
+      int st = 0;
+      ::waitpid(pid_, &st, 0);
+      status_ = st;
+      FAIL(name << " still running after " << timeout.count() << " ms; killed it. stderr:\n" << read_file(err_));
+    }
+    return code();
+  }
+
+  void signal(int sig) {
+    if (pid_ > 0 && !status_) ::kill(pid_, sig);
+  }
+  std::string out() const { return read_file(out_); }
+  std::string err() const { return read_file(err_); }
+
+ private:
+  int code() const {
+    if (WIFEXITED(*status_)) return WEXITSTATUS(*status_);
+    if (WIFSIGNALED(*status_)) return 128 + WTERMSIG(*status_);
+    return -1;
+  }
+
+  // Reaps the child if it exits before `deadline`; true if it has.
+  bool poll_until(Steady::time_point deadline) {
+    while (true) {
+      int st = 0;
+      const pid_t r = ::waitpid(pid_, &st, WNOHANG);
+      if (r == pid_) {
+        status_ = st;
+        return true;
+      }
+      if (r < 0) {  // not our child any more: treat as gone
+        status_ = 0;
+        return true;
+      }
+      if (Steady::now() >= deadline) return false;
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+  fs::path out_, err_;
+};
+
+/// Polls `ready` every 10 ms until it holds or `timeout` passes.
+bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout) {
+  const auto deadline = Steady::now() + timeout;
+  while (!ready()) {
+    if (Steady::now() >= deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
+/// The number after `"key": ` in a flat JSON text; fails the test if absent.
+double json_number(const std::string& json, const std::string& key) {
+  const std::string tag = "\"" + key + "\": ";
+  const auto at = json.find(tag);
+  if (at == std::string::npos) FAIL("no \"" << key << "\" in:\n" << json);
+  return std::strtod(json.c_str() + at + tag.size(), nullptr);
+}
+
+/// Starts a server on 127.0.0.1 port 0 and reads its port from stdout.
+struct ServerProcess {
+  std::unique_ptr<Process> process;
+  std::string port;
+
+  ServerProcess(const TempDir& dir, std::vector<std::string> args) {
+    std::vector<std::string> argv{exe, "--role", "server", "--server", "127.0.0.1:0"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    process = std::make_unique<Process>(argv, dir.path / "server.out", dir.path / "server.err");
+    const std::string prefix = "psync-train: listening on 127.0.0.1:";
+    const bool listening = wait_until(
+        [&] {
+          const std::string out = process->out();
+          const auto at = out.find(prefix);
+          if (at == std::string::npos) return false;
+          const auto end = out.find('\n', at);
+          if (end == std::string::npos) return false;
+          port = out.substr(at + prefix.size(), end - at - prefix.size());
+          return true;
+        },
+        10s);
+    if (!listening) FAIL("the server printed no port within 10 s. stderr:\n" << process->err());
+  }
+  std::string address() const { return "127.0.0.1:" + port; }
+};
+
+std::unique_ptr<Process> start_worker(const TempDir& dir, const ServerProcess& server, int id,
+                                      std::vector<std::string> args) {
+  std::vector<std::string> argv{exe, "--role", "worker", "--server", server.address(), "--id", std::to_string(id)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const std::string name = "worker-" + std::to_string(id);
+  return std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+}
+
+// psync-train's synthetic task (tools/psync_train.cpp): 6000 blobs, 20 features,
+// 4 classes, noise 1.0, data seed 11; the last 1000 samples are the test set.
+const psync::data::Dataset& synthetic() {
+  static const psync::data::Dataset d = [] {
+    psync::data::SyntheticOptions o;
+    o.samples = 6000;
+    o.dimension = 20;
+    o.classes = 4;
+    o.noise = 1.0f;
+    o.seed = 11;
+    return psync::data::make_synthetic_classification(o);
+  }();
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("launch_local.sh trains over TCP processes under every policy, as well as in-process",
+          "[processes][launch]") {
+  TempDir dir;
+  const auto train = synthetic().subset(0, 5000);
+  const auto test = synthetic().subset(5000, 1000);
+  for (const std::string policy : {"bsp", "asp", "ssp:2", "osp:10"}) {
+    INFO("policy " << policy);
+    const fs::path run = dir.path / ("run-" + policy.substr(0, policy.find(':')));
+    const auto t0 = Steady::now();
+    Process launch({"/bin/bash", PSYNC_LAUNCH_SCRIPT, "2", policy, "--data", "synthetic", "--steps", "200", "--batch",
+                    "32", "--lr", "0.1", "--seed", "3", "--timeout-ms", "10000", "--quiet"},
+                   dir.path / ("launch-" + run.filename().string() + ".out"),
+                   dir.path / ("launch-" + run.filename().string() + ".err"),
+                   {"PSYNC_TRAIN=" + exe, "PSYNC_RUN_DIR=" + run.string(), "PSYNC_LAUNCH_TIMEOUT=20"});
+    const int code = launch.wait(25s, "launch_local.sh 2 " + policy);
+    const double seconds = std::chrono::duration<double>(Steady::now() - t0).count();
+    INFO("launch output:\n" << launch.out() << launch.err() << "server stderr:\n" << read_file(run / "server.err"));
+    REQUIRE(code == 0);
+    const std::string server = read_file(run / "server.json");
+    const double accuracy = json_number(server, "final_test_accuracy");
+    CHECK(json_number(server, "steps_applied") == 400);
+    CHECK(json_number(server, "workers_lost") == 0);
+    for (int w = 0; w < 2; ++w) {
+      const std::string worker = read_file(run / ("worker-" + std::to_string(w) + ".json"));
+      CHECK(worker.find("\"ok\": true") != std::string::npos);
+      CHECK(json_number(worker, "steps_done") == 200);
+    }
+
+    // The same run in one process (threads) is the reference band.
+    psync::LocalOptions o;
+    o.workers = 2;
+    o.steps_per_worker = 200;
+    o.batch_size = 32;
+    o.learning_rate = 0.1f;
+    o.seed = 3;
+    o.timeout = 10000ms;
+    const psync::models::SoftmaxRegression model(train.dimension(), train.num_classes);
+    const double reference = psync::with_policy(
+        policy, [&](auto p) { return psync::run_local(model, train, &test, o, p).final_accuracy(); });
+    INFO("processes: accuracy " << accuracy << " in " << seconds << " s; in-process: " << reference);
+    CHECK(accuracy > 0.85);
+    CHECK(accuracy >= reference - 0.05);
+  }
+}
+
+TEST_CASE("A worker killed mid-run: the others finish and the server reports the loss", "[processes][faults]") {
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "3", "--policy", "bsp", "--data", "synthetic", "--timeout-ms",
+                                        "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 3; ++w) {
+    // 300 steps of at least 5 ms: about 1.5 s of training, killed after 0.4 s.
+    workers.push_back(start_worker(dir, server, w, with({"--steps", "300", "--step-delay-ms", "5"})));
+  }
+  REQUIRE(wait_until([&] { return count(server.process->err(), " joined at clock") == 3; }, 10s));
+  std::this_thread::sleep_for(400ms);
+  REQUIRE(workers[1]->running());
+  workers[1]->signal(SIGKILL);
+  REQUIRE(workers[1]->wait(5s, "killed worker 1") == 128 + SIGKILL);
+
+  INFO("server stderr:\n" << server.process->err());
+  for (int w : {0, 2}) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    CHECK(workers[w]->wait(20s, "worker " + std::to_string(w)) == 0);
+  }
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string log = server.process->err();
+  CHECK(log.find("worker 1: lost (disconnected)") != std::string::npos);
+  const std::string report = read_file(dir.path / "server.json");
+  INFO(report);
+  CHECK(report.find("{\"id\": 1, ") != std::string::npos);
+  CHECK(report.find("\"left\": \"disconnected\"") != std::string::npos);
+  CHECK(json_number(report, "workers_lost") == 1);
+  const double steps = json_number(report, "steps_applied");
+  CHECK(steps >= 600);  // both survivors' steps
+  CHECK(steps < 900);   // the killed one's were cut short
+}
+
+TEST_CASE("The server killed mid-run: every worker fails within its deadline, naming the server",
+          "[processes][faults]") {
+  for (const std::string policy : {"bsp", "osp:5"}) {
+    INFO("policy " << policy);
+    TempDir dir;
+    const std::vector<std::string> common{"--workers", "2", "--policy", policy, "--data", "synthetic",
+                                          "--timeout-ms", "5000"};
+    ServerProcess server(dir, common);
+    std::vector<std::unique_ptr<Process>> workers;
+    for (int w = 0; w < 2; ++w) {
+      auto args = common;
+      // 3000 steps of at least 5 ms: 15 s if nothing went wrong.
+      args.insert(args.end(), {"--steps", "3000", "--step-delay-ms", "5",
+                               "--metrics", (dir.path / ("worker-" + std::to_string(w) + ".json")).string()});
+      workers.push_back(start_worker(dir, server, w, args));
+    }
+    REQUIRE(wait_until([&] { return count(server.process->err(), " joined at clock") == 2; }, 10s));
+    std::this_thread::sleep_for(300ms);
+    server.process->signal(SIGKILL);
+    REQUIRE(server.process->wait(5s, "killed server") == 128 + SIGKILL);
+    const auto killed = Steady::now();
+    for (int w = 0; w < 2; ++w) {
+      const int code = workers[w]->wait(12s, "worker " + std::to_string(w));  // 2 x timeout + slack
+      const double seconds = std::chrono::duration<double>(Steady::now() - killed).count();
+      const std::string err = workers[w]->err();
+      INFO("worker " << w << " exit " << code << " after " << seconds << " s, stderr:\n" << err);
+      CHECK(code == 1);
+      CHECK(err.find("lost the server at " + server.address()) != std::string::npos);
+      const std::string metrics = read_file(dir.path / ("worker-" + std::to_string(w) + ".json"));
+      CHECK(metrics.find("\"ok\": false") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("A worker whose model differs from the server's is refused with the reason", "[processes][faults]") {
+  TempDir dir;
+  ServerProcess server(dir, {"--workers", "1", "--data", "synthetic", "--timeout-ms", "1500"});
+  auto worker = start_worker(dir, server, 0, {"--workers", "1", "--data", "synthetic", "--model", "mlp:8",
+                                              "--timeout-ms", "1500"});
+  const int code = worker->wait(10s, "worker 0");
+  const std::string err = worker->err();
+  INFO(err);
+  CHECK(code == 1);
+  CHECK(err.find(server.address()) != std::string::npos);
+  CHECK(err.find("dimension") != std::string::npos);
+  // No worker ever joined: the server gives up after its join timeout.
+  CHECK(server.process->wait(10s, "server") == 1);
+  CHECK(server.process->err().find("no worker joined") != std::string::npos);
+}
+
+TEST_CASE("Usage errors exit with code 2 and say what was wrong", "[processes][usage]") {
+  TempDir dir;
+  struct Case {
+    std::vector<std::string> args;
+    std::vector<std::string> env;
+    std::string message;
+  };
+  const std::vector<Case> cases{
+      {{"--role", "server", "--server", "127.0.0.1:0", "--policy", "nonsense"}, {}, "policy 'nonsense'"},
+      {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--policy", "osp:0"}, {}, "at least 1"},
+      {{"--role", "worker", "--id", "0"}, {}, "missing --server"},
+      {{"--role", "server"}, {}, "missing --server"},
+      {{"--server", "127.0.0.1:0"}, {}, "missing --role"},
+      {{"--role", "server", "--server", "127.0.0.1:0"}, {"PSYNC_POLICY=ssp:x"}, "PSYNC_POLICY"},
+      {{"--role", "worker", "--server", "127.0.0.1:0", "--id", "0"}, {}, "port"},
+      {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "2", "--workers", "2"}, {}, "--id 2"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--steps", "-5"}, {}, "--steps '-5'"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--frobnicate"}, {}, "unknown argument '--frobnicate'"},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    const std::string name = "usage-" + std::to_string(i++);
+    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"), c.env);
+    const int code = p.wait(5s, name);
+    const std::string err = p.err();
+    INFO("case " << name << ": " << err);
+    CHECK(code == 2);
+    CHECK(err.find(c.message) != std::string::npos);
+  }
+  Process help({exe, "--help"}, dir.path / "help.out", dir.path / "help.err");
+  CHECK(help.wait(5s, "--help") == 0);
+  CHECK(help.out().find("--role server|worker") != std::string::npos);
+  // A flag wins over its environment variable: the bad PSYNC_POLICY is never read,
+  // so the server starts and fails at run time (no worker comes), not as a usage error.
+  Process flags({exe, "--role", "server", "--server", "127.0.0.1:0", "--policy", "bsp", "--data", "synthetic",
+                 "--timeout-ms", "300"},
+                dir.path / "flags.out", dir.path / "flags.err", {"PSYNC_POLICY=nonsense"});
+  CHECK(flags.wait(10s, "server with --policy over PSYNC_POLICY") == 1);
+  CHECK(flags.err().find("no worker joined within 300 ms") != std::string::npos);
+}
