@@ -51,7 +51,11 @@ for n in (1000, 100000, 1000000, 10000000):
     goal = goals.get(n)
     verdict = "-" if goal is None or rt is None else ("met" if rt <= goal else "missed")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
-    rows.append(f"| {n:,} | {fmt(push)} | {fmt(pull)} | {fmt(rt)} | {'-' if goal is None else f'<= {goal:g}'} | {verdict} | {'-' if gbps is None else f'{gbps:.2f}'} | {'-' if gbps is None else f'{gbps / (ref['1M'] / 1e9):.2f}'} |")
+    ref_gbps = ref["1M"] / 1e9
+    goal_s = "-" if goal is None else f"<= {goal:g}"
+    gbps_s = "-" if gbps is None else f"{gbps:.2f}"
+    ratio_s = "-" if gbps is None else f"{gbps / ref_gbps:.2f}"
+    rows.append(f"| {n:,} | {fmt(push)} | {fmt(pull)} | {fmt(rt)} | {goal_s} | {verdict} | {gbps_s} | {ratio_s} |")
 four = ms("push_pull/floats:1000000/real_time/threads:4")
 lines = [
     "### TCP over loopback (one worker, one server)",
@@ -60,7 +64,7 @@ lines = [
     "|---:|---:|---:|---:|---:|---|---:|---:|",
     *rows,
     "",
-    f"4 workers pushing and pulling 1M floats each at once: {'-' if four is None else f'{four:.3f}'} ms per round trip per worker (one worker alone: {ms('push_pull/floats:1000000/real_time'):.3f} ms).",
+    "4 workers pushing and pulling 1M floats each at once (`push_pull/floats:1000000/threads:4`, Google Benchmark real time per iteration): " + ("-" if four is None else f"{four:.3f}") + f" ms; one worker alone: {ms('push_pull/floats:1000000/real_time'):.3f} ms.",
     "",
     f"Loopback reference, same run: `iperf3 -c 127.0.0.1 -t 5 -l 128K` {ref['128K']/1e9:.2f} GB/s, `-l 1M` {ref['1M']/1e9:.2f} GB/s.",
     f"Medians of 5 repetitions (`bench_tcp`), {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end. Command: `scripts/bench_tcp.sh`.",
