@@ -4,6 +4,7 @@
 // script under every policy, a worker killed mid-run, the server killed mid-run,
 // a refused join, and usage errors.
 #include "catch.hpp"
+#include "synthetic_task.hpp"
 
 #include <psync/psync.hpp>
 
@@ -229,20 +230,7 @@ std::unique_ptr<Process> start_worker(const TempDir& dir, const ServerProcess& s
   return std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
 }
 
-// psync-train's synthetic task (tools/psync_train.cpp): 6000 blobs, 20 features,
-// 4 classes, noise 1.0, data seed 11; the last 1000 samples are the test set.
-const psync::data::Dataset& synthetic() {
-  static const psync::data::Dataset d = [] {
-    psync::data::SyntheticOptions o;
-    o.samples = 6000;
-    o.dimension = 20;
-    o.classes = 4;
-    o.noise = 1.0f;
-    o.seed = 11;
-    return psync::data::make_synthetic_classification(o);
-  }();
-  return d;
-}
+using psync_test::synthetic;
 
 }  // namespace
 

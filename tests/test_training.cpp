@@ -1,27 +1,13 @@
 // Real models on real data through run_local: BSP is exactly averaged SGD, every
 // policy converges, and softmax on Fashion-MNIST reaches 0.80 test accuracy.
 #include "catch.hpp"
+#include "synthetic_task.hpp"
 
 #include <psync/psync.hpp>
 
 #include <vector>
 
-namespace {
-
-const psync::data::Dataset& synthetic() {
-  static const psync::data::Dataset d = [] {
-    psync::data::SyntheticOptions o;
-    o.samples = 6000;
-    o.dimension = 20;
-    o.classes = 4;
-    o.noise = 1.0f;
-    o.seed = 11;
-    return psync::data::make_synthetic_classification(o);
-  }();
-  return d;
-}
-
-}  // namespace
+using psync_test::synthetic;
 
 TEST_CASE("BSP with N workers equals sequential SGD on the concatenated batches with averaged updates",
           "[training][bsp]") {
