@@ -12,6 +12,7 @@
 //   compare_policies [--scenario paper-like|fast-network|heavy-straggler|all] [--budget S]
 //                    [--target ACC] [--workers N] [--ssp S] [--osp S] [--sweep]
 //                    [--trace DIR] [--out DIR] [--quiet]
+#include <psync/detail/json.hpp>
 #include <psync/psync.hpp>
 
 #include <algorithm>
@@ -643,22 +644,8 @@ std::vector<Goal> goals(const Scenario& s, const std::vector<Row>& rows, const O
 
 // ---------------------------------------------------------------- output
 
-std::string json_str(const std::string& s) {
-  std::string o = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    o += c;
-  }
-  return o + "\"";
-}
-
-std::string json_num(double v) {
-  if (!std::isfinite(v)) return "null";
-  char b[64];
-  std::snprintf(b, sizeof b, "%.6g", v);
-  return b;
-}
+using psync::detail::json_number;
+using psync::detail::json_string;
 
 void write_outputs(const Scenario& s, const std::vector<Row>& rows, const std::vector<Goal>& gs, const Options& o) {
   fs::create_directories(o.out);
@@ -675,13 +662,13 @@ void write_outputs(const Scenario& s, const std::vector<Row>& rows, const std::v
          "pushes,versions,comm_per_round_s,step_s\n";
     for (const auto& r : rows) {
       const auto st = r.rep.staleness();
-      f << s.name << ',' << r.label << ',' << budget << ',' << json_num(r.rep.wall_s) << ',' << target << ','
-        << (r.tta < 0 ? "" : json_num(r.tta)) << ',' << (std::isnan(r.speedup) ? "" : json_num(r.speedup)) << ','
-        << (r.speedup_lower_bound ? 1 : 0) << ',' << json_num(r.rep.final_accuracy()) << ',' << r.samples << ','
-        << json_num(r.rep.throughput()) << ',' << json_num(r.compute) << ',' << json_num(r.wait) << ','
-        << json_num(r.comm) << ',' << json_num(r.held) << ',' << json_num(r.hidden) << ','
-        << json_num(st.mean()) << ',' << st.max << ',' << r.pushes << ',' << r.rep.server.version << ','
-        << json_num(r.comm_per_round) << ',' << json_num(r.step_s) << '\n';
+      f << s.name << ',' << r.label << ',' << budget << ',' << json_number(r.rep.wall_s) << ',' << target << ','
+        << (r.tta < 0 ? "" : json_number(r.tta)) << ',' << (std::isnan(r.speedup) ? "" : json_number(r.speedup)) << ','
+        << (r.speedup_lower_bound ? 1 : 0) << ',' << json_number(r.rep.final_accuracy()) << ',' << r.samples << ','
+        << json_number(r.rep.throughput()) << ',' << json_number(r.compute) << ',' << json_number(r.wait) << ','
+        << json_number(r.comm) << ',' << json_number(r.held) << ',' << json_number(r.hidden) << ','
+        << json_number(st.mean()) << ',' << st.max << ',' << r.pushes << ',' << r.rep.server.version << ','
+        << json_number(r.comm_per_round) << ',' << json_number(r.step_s) << '\n';
     }
   }
   {  // gnuplot data: accuracy series, one block per policy
@@ -693,7 +680,7 @@ void write_outputs(const Scenario& s, const std::vector<Row>& rows, const std::v
       first = false;
       f << "# " << r.label << "\n\"" << r.label << "\" seconds steps train_loss\n";
       for (const auto& p : r.rep.series)
-        f << json_num(p.test_accuracy) << ' ' << json_num(p.seconds) << ' ' << p.steps << ' ' << json_num(p.train_loss) << '\n';
+        f << json_number(p.test_accuracy) << ' ' << json_number(p.seconds) << ' ' << p.steps << ' ' << json_number(p.train_loss) << '\n';
     }
   }
   {  // gnuplot data: time split, fractions of wall time
@@ -706,38 +693,38 @@ void write_outputs(const Scenario& s, const std::vector<Row>& rows, const std::v
       const double other = std::max(0.0, 1 - r.compute - r.wait);
       std::string lab = r.label + "\\ncomm " + pct(r.comm) + "%";
       if (r.label.rfind("osp", 0) == 0 || r.label.rfind("losp", 0) == 0) lab += "\\nhidden " + pct(r.hidden) + "%";
-      f << '"' << lab << "\" " << json_num(100 * r.compute) << ' ' << json_num(100 * net) << ' '
-        << json_num(100 * held) << ' ' << json_num(100 * other) << '\n';
+      f << '"' << lab << "\" " << json_number(100 * r.compute) << ' ' << json_number(100 * net) << ' '
+        << json_number(100 * held) << ' ' << json_number(100 * other) << '\n';
     }
   }
   {  // JSON
     std::ofstream f(base.string() + ".json");
-    f << "{\n  \"scenario\": " << json_str(s.name) << ",\n  \"summary\": " << json_str(s.summary)
-      << ",\n  \"build_flags\": " << json_str(PSYNC_BUILD_FLAGS) << ",\n  \"nproc\": " << cores
-      << ",\n  \"date\": " << json_str(now_utc()) << ",\n  \"command\": " << json_str(o.command_line)
+    f << "{\n  \"scenario\": " << json_string(s.name) << ",\n  \"summary\": " << json_string(s.summary)
+      << ",\n  \"build_flags\": " << json_string(PSYNC_BUILD_FLAGS) << ",\n  \"nproc\": " << cores
+      << ",\n  \"date\": " << json_string(now_utc()) << ",\n  \"command\": " << json_string(o.command_line)
       << ",\n  \"budget_s\": " << budget << ",\n  \"target\": " << target << ",\n  \"workers\": " << workers
       << ",\n  \"goals\": [";
     for (std::size_t i = 0; i < gs.size(); ++i)
-      f << (i ? "," : "") << "\n    {\"goal\": " << json_str(gs[i].text) << ", \"measured\": " << json_str(gs[i].measured)
-        << ", \"verdict\": " << json_str(gs[i].verdict) << "}";
+      f << (i ? "," : "") << "\n    {\"goal\": " << json_string(gs[i].text) << ", \"measured\": " << json_string(gs[i].measured)
+        << ", \"verdict\": " << json_string(gs[i].verdict) << "}";
     f << "\n  ],\n  \"policies\": [";
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const auto& r = rows[i];
       const auto st = r.rep.staleness();
-      f << (i ? "," : "") << "\n    {\"policy\": " << json_str(r.label) << ", \"wall_s\": " << json_num(r.rep.wall_s)
-        << ", \"time_to_target_s\": " << (r.tta < 0 ? "null" : json_num(r.tta))
-        << ", \"speedup_vs_bsp\": " << json_num(r.speedup) << ", \"speedup_is_lower_bound\": "
-        << (r.speedup_lower_bound ? "true" : "false") << ", \"final_accuracy\": " << json_num(r.rep.final_accuracy())
-        << ", \"samples\": " << r.samples << ", \"throughput\": " << json_num(r.rep.throughput())
-        << ", \"compute_frac\": " << json_num(r.compute) << ", \"wait_frac\": " << json_num(r.wait)
-        << ", \"comm_frac\": " << json_num(r.comm) << ", \"held_frac\": " << json_num(r.held)
-        << ", \"hidden_frac\": " << json_num(r.hidden) << ", \"staleness_mean\": " << json_num(st.mean())
+      f << (i ? "," : "") << "\n    {\"policy\": " << json_string(r.label) << ", \"wall_s\": " << json_number(r.rep.wall_s)
+        << ", \"time_to_target_s\": " << (r.tta < 0 ? "null" : json_number(r.tta))
+        << ", \"speedup_vs_bsp\": " << json_number(r.speedup) << ", \"speedup_is_lower_bound\": "
+        << (r.speedup_lower_bound ? "true" : "false") << ", \"final_accuracy\": " << json_number(r.rep.final_accuracy())
+        << ", \"samples\": " << r.samples << ", \"throughput\": " << json_number(r.rep.throughput())
+        << ", \"compute_frac\": " << json_number(r.compute) << ", \"wait_frac\": " << json_number(r.wait)
+        << ", \"comm_frac\": " << json_number(r.comm) << ", \"held_frac\": " << json_number(r.held)
+        << ", \"hidden_frac\": " << json_number(r.hidden) << ", \"staleness_mean\": " << json_number(st.mean())
         << ", \"staleness_max\": " << st.max << ", \"pushes\": " << r.pushes
-        << ", \"note\": " << json_str(r.note) << ",\n     \"series\": [";
+        << ", \"note\": " << json_string(r.note) << ",\n     \"series\": [";
       for (std::size_t k = 0; k < r.rep.series.size(); ++k) {
         const auto& p = r.rep.series[k];
-        f << (k ? "," : "") << "[" << json_num(p.seconds) << "," << p.steps << "," << json_num(p.test_accuracy) << ","
-          << json_num(p.train_loss) << "]";
+        f << (k ? "," : "") << "[" << json_number(p.seconds) << "," << p.steps << "," << json_number(p.test_accuracy) << ","
+          << json_number(p.train_loss) << "]";
       }
       f << "]}";
     }

@@ -11,6 +11,7 @@
 //                   [--data fashion-mnist|synthetic] [--steps N] [--batch N] [--lr X]
 //                   [--seed N] [--bandwidth BYTES_PER_S] [--server-nic BYTES_PER_S]
 //                   [--latency-us N] [--no-warmup] [--out FILE]
+#include <psync/detail/json.hpp>
 #include <psync/psync.hpp>
 
 #include <chrono>
@@ -109,12 +110,7 @@ std::vector<Eigen::Index> hidden_layers(const std::string& spec) {
   return h;
 }
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char b[64];
-  std::snprintf(b, sizeof b, "%.9g", v);
-  return b;
-}
+using psync::detail::json_number;
 
 template <class M>
 psync::RunReport run(const Options& o, const M& model, const psync::data::Dataset& train,

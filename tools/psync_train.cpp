@@ -9,6 +9,7 @@
 // Boost 1.74's Asio needs <utility> first under C++20.
 #include <utility>
 
+#include <psync/detail/json.hpp>
 #include <psync/psync.hpp>
 #include <psync/transport/tcp.hpp>
 
@@ -318,35 +319,8 @@ std::string host_port(const std::string& host, std::uint16_t port) {
 
 // ---- JSON ----------------------------------------------------------------
 
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (const char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    switch (ch) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (u < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", u);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out + "\"";
-}
-
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
+using psync::detail::json_number;
+using psync::detail::json_string;
 
 std::string float_text(float v) {
   char buf[32];

@@ -5,6 +5,7 @@
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
+#include "psync/detail/json.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -95,7 +96,7 @@ class Trace {
 {"name":"thread_name","ph":"M","pid":1,"tid":)");
       append_int(line, track);
       line += R"(,"args":{"name":")";
-      append_escaped(line, name);
+      detail::append_json_escaped(line, name);
       line += R"("}},
 {"name":"thread_sort_index","ph":"M","pid":1,"tid":)";
       append_int(line, track);
@@ -106,7 +107,7 @@ class Trace {
     }
     for (const Event& e : events) {
       line.assign(",\n{\"name\":\"");
-      append_escaped(line, names[e.name]);
+      detail::append_json_escaped(line, names[e.name]);
       if (e.kind == Kind::span) {
         line += R"(","ph":"X","ts":)";
         append_us(line, e.begin_ns);
@@ -184,27 +185,6 @@ class Trace {
     s += static_cast<char>('0' + frac / 100);
     s += static_cast<char>('0' + frac / 10 % 10);
     s += static_cast<char>('0' + frac % 10);
-  }
-
-  static void append_escaped(std::string& s, std::string_view text) {
-    constexpr char hex[] = "0123456789abcdef";
-    for (const char c : text) {
-      switch (c) {
-        case '"': s += "\\\""; break;
-        case '\\': s += "\\\\"; break;
-        case '\n': s += "\\n"; break;
-        case '\r': s += "\\r"; break;
-        case '\t': s += "\\t"; break;
-        default:
-          if (static_cast<unsigned char>(c) < 0x20) {
-            s += "\\u00";
-            s += hex[(c >> 4) & 0xf];
-            s += hex[c & 0xf];
-          } else {
-            s += c;
-          }
-      }
-    }
   }
 
   mutable std::mutex mutex_;
