@@ -1,5 +1,10 @@
 // Whole clusters in one process over the in-process transport: every policy
-// trains, departures do not hang the rest, protocol violations are refused.
+// trains with the combination rule it names, BSP is exactly averaged SGD, SSP and
+// DSSP keep their clock bound, OSP overlaps communication with compute,
+// departures do not hang the rest, protocol violations are refused.
+//
+// Worker w always pulls towards its own target (w + 1) * 1, so the workers
+// disagree: a wrong combination rule moves the model somewhere else.
 #include "catch.hpp"
 #include "toy_model.hpp"
 
@@ -7,13 +12,20 @@
 #include <psync/core/worker.hpp>
 #include <psync/policies/asp.hpp>
 #include <psync/policies/bsp.hpp>
+#include <psync/policies/dssp.hpp>
 #include <psync/policies/osp.hpp>
 #include <psync/policies/ssp.hpp>
+#include <psync/transport/emulated.hpp>
 #include <psync/transport/in_process.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <future>
+#include <memory>
+#include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -22,132 +34,251 @@ using psync_test::Target;
 
 namespace {
 
-template <class P>
-struct Cluster {
+constexpr Eigen::Index dim = 8;
+
+struct ClusterSpec {
+  int workers = 4;
+  std::uint64_t steps = 200;
+  float lr = 0.05f;
+  /// Extra time a step of worker w takes (its batch source sleeps), by worker index.
+  std::vector<std::chrono::microseconds> step_delay;
+  /// Emulated links (default: none, messages move directly).
+  psync::NetworkSpec network;
+};
+
+struct ClusterRun {
   std::vector<psync::WorkerReport> workers;
   psync::ServerReport server;
   Eigen::VectorXf final_parameters;
+
+  std::uint64_t total_steps() const {
+    std::uint64_t s = 0;
+    for (const auto& w : workers) s += w.steps;
+    return s;
+  }
+  std::uint64_t total_pushes() const {
+    std::uint64_t s = 0;
+    for (const auto& w : workers) s += w.pushes;
+    return s;
+  }
+  std::uint64_t max_pushes() const {
+    std::uint64_t s = 0;
+    for (const auto& w : workers) s = std::max(s, w.pushes);
+    return s;
+  }
+  psync::Summary clock_staleness() const {
+    psync::Summary s;
+    for (const auto& w : workers) s.merge(w.clock_staleness);
+    return s;
+  }
+  psync::Summary steps_per_push() const {
+    psync::Summary s;
+    for (const auto& w : workers) s.merge(w.steps_per_push);
+    return s;
+  }
 };
 
-// Worker w's batches all pull towards `target * (w + 1)`; the optimum of the sum is their mean.
+Eigen::VectorXf target_of(int w) { return Eigen::VectorXf::Constant(dim, static_cast<float>(w + 1)); }
+
+/// One server and `spec.workers` workers as threads; worker w's batches pull towards `target_of(w)`.
 template <class P>
-Cluster<P> run_cluster(int n, std::uint64_t steps, float lr, std::vector<double> slowdown = {},
-                       bool same_target = false) {
-  const Eigen::Index dim = 8;
+ClusterRun run_cluster(const ClusterSpec& spec, P policy = {}) {
+  auto network = std::make_shared<psync::Network>(spec.network);
   psync::InProcessHub hub;
   psync::ServerOptions so;
-  so.expected_workers = static_cast<std::uint32_t>(n);
+  so.expected_workers = static_cast<std::uint32_t>(spec.workers);
   so.join_timeout = 10s;
-  psync::Server<Quadratic, P> server(Quadratic(dim), so);
-  auto server_ep = hub.endpoint(psync::server_peer);
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, P> server(Quadratic(dim), so, policy);
+  psync::Emulated<psync::InProcess> server_ep(hub.endpoint(psync::server_peer), network);
   auto server_done = std::async(std::launch::async, [&] { return server.run(server_ep); });
   std::vector<std::future<psync::WorkerReport>> futures;
-  for (int w = 0; w < n; ++w) {
+  for (int w = 0; w < spec.workers; ++w) {
     futures.push_back(std::async(std::launch::async, [&, w] {
       psync::WorkerOptions wo;
-      wo.id = static_cast<psync::PeerId>(w);
-      wo.learning_rate = lr;
-      wo.max_steps = steps;
+      wo.learning_rate = spec.lr;
+      wo.max_steps = spec.steps;
       wo.reply_timeout = 10s;
-      if (static_cast<std::size_t>(w) < slowdown.size()) wo.straggler.slowdown = slowdown[static_cast<std::size_t>(w)];
-      psync::Worker<Quadratic, psync::InProcess, P> worker(Quadratic(dim), hub.endpoint(wo.id), wo);
-      Target t{Eigen::VectorXf::Constant(dim, same_target ? 3.0f : static_cast<float>(w + 1))};
-      return worker.run([&]() -> const Target& { return t; });
+      const auto delay = static_cast<std::size_t>(w) < spec.step_delay.size() ? spec.step_delay[static_cast<std::size_t>(w)]
+                                                                               : std::chrono::microseconds{0};
+      psync::Worker<Quadratic, psync::Emulated<psync::InProcess>, P> worker(
+          Quadratic(dim), psync::Emulated<psync::InProcess>(hub.endpoint(static_cast<psync::PeerId>(w)), network), wo,
+          policy);
+      const Target t{target_of(w)};
+      return worker.run([&]() -> const Target& {
+        if (delay.count() > 0) std::this_thread::sleep_for(delay);
+        return t;
+      });
     }));
   }
-  Cluster<P> c;
+  ClusterRun c;
   for (auto& f : futures) c.workers.push_back(f.get());
   c.server = server_done.get();
   c.final_parameters = server.model().parameters();
   return c;
 }
 
-}  // namespace
-
-TEMPLATE_TEST_CASE("Every policy reaches the common optimum and loses no step", "[cluster]", psync::Bsp, psync::Asp,
-                   psync::Ssp<2>, psync::Osp<4>, psync::Losp<4>) {
-  const int n = 4;
-  const auto c = run_cluster<TestType>(n, 300, 0.05f, {}, true);
-  for (Eigen::Index i = 0; i < c.final_parameters.size(); ++i) REQUIRE(c.final_parameters[i] == Approx(3.0).margin(1e-3));
-  std::uint64_t pushed_steps = 0;
-  for (const auto& w : c.workers) pushed_steps += w.steps;
-  REQUIRE(c.server.steps_applied == pushed_steps);
+/// BSP's exact trajectory: every worker computes on the same x_t, the server applies the mean,
+/// x_{t+1} = x_t - lr * mean_w (x_t - target_w).
+Eigen::VectorXf averaged_sgd(int workers, std::uint64_t steps, float lr) {
+  Eigen::VectorXf x = Eigen::VectorXf::Zero(dim);
+  for (std::uint64_t s = 0; s < steps; ++s) {
+    Eigen::VectorXf sum = Eigen::VectorXf::Zero(dim);
+    for (int w = 0; w < workers; ++w) sum += -lr * (x - target_of(w));
+    x += sum / static_cast<float>(workers);
+  }
+  return x;
 }
 
-// With one step per push, every worker doing the same number of steps and the
-// clock gap bounded, BSP and SSP settle at the minimiser of the workers' summed
-// loss. ASP bounds nothing: whichever worker the scheduler lets finish last pulls
-// the end point towards its own target, and OSP bundles a varying number of local
-// steps per round; both are checked on a common optimum above and on real data.
-TEMPLATE_TEST_CASE("Bounded-staleness policies converge to the workers' consensus", "[cluster]", psync::Bsp,
-                   psync::Ssp<2>) {
-  const int n = 4;
-  const auto c = run_cluster<TestType>(n, 200, 0.05f);
-  // Optimum of sum_w 0.5||x - (w+1)||^2 is the mean of 1..4 = 2.5.
-  REQUIRE(c.final_parameters.size() == 8);
-  for (Eigen::Index i = 0; i < c.final_parameters.size(); ++i) {
-    REQUIRE(c.final_parameters[i] == Approx(2.5).margin(0.3));
+}  // namespace
+
+TEMPLATE_TEST_CASE("Every policy combines disagreeing workers by its rule and loses no step", "[cluster]",
+                   psync::Bsp, psync::Asp, psync::Ssp<2>, (psync::Dssp<1, 3>), psync::Osp<4>, psync::Losp<4>,
+                   psync::OspUninstalled<4>) {
+  ClusterSpec spec;
+  spec.workers = 4;
+  spec.steps = 200;
+  const auto c = run_cluster<TestType>(spec);
+  INFO(TestType{}.name() << ": final " << c.final_parameters.transpose() << ", version " << c.server.version);
+  REQUIRE(c.final_parameters.size() == dim);
+  REQUIRE(c.final_parameters.allFinite());
+  for (const auto& w : c.workers) REQUIRE(w.steps == spec.steps);
+  REQUIRE(c.server.steps_applied == c.total_steps());  // nothing computed was lost
+  REQUIRE(c.server.updates_applied == c.total_pushes());
+  REQUIRE(c.server.peers.size() == static_cast<std::size_t>(spec.workers));
+  // Each worker pulls towards its own target: the model ends between the extreme targets.
+  REQUIRE(c.final_parameters.minCoeff() >= 1.0f - 0.05f);
+  REQUIRE(c.final_parameters.maxCoeff() <= static_cast<float>(spec.workers) + 0.05f);
+  // The rule each policy is specified with, not the one it happens to name: ASP, SSP and
+  // DSSP add every push (one version per push), BSP and OSP apply each round's mean.
+  constexpr bool adds_every_push =
+      std::is_same_v<TestType, psync::Asp> || std::is_same_v<TestType, psync::Ssp<2>> ||
+      std::is_same_v<TestType, psync::Dssp<1, 3>>;
+  if constexpr (adds_every_push) {
+    // One version per push.
+    REQUIRE(c.server.version == c.total_pushes());
+  } else {
+    // One version per round; a worker cannot push round r+1 before round r closed.
+    REQUIRE(c.server.version == c.max_pushes());
   }
-  std::uint64_t pushed_steps = 0;
-  for (const auto& w : c.workers) {
-    REQUIRE(w.steps == 200);
-    REQUIRE(w.pushes >= 1);
-    pushed_steps += w.steps;
+  if constexpr (std::is_same_v<TestType, psync::Bsp>) {
+    REQUIRE((c.final_parameters - averaged_sgd(spec.workers, spec.steps, spec.lr)).cwiseAbs().maxCoeff() < 1e-5f);
   }
-  REQUIRE(c.server.steps_applied == pushed_steps);  // nothing computed was lost
-  REQUIRE(c.server.peers.size() == static_cast<std::size_t>(n));
+  if constexpr (!std::is_same_v<TestType, psync::Asp>) {
+    // Bounded staleness settles near the minimiser of the summed loss, the mean target 2.5.
+    // (ASP bounds nothing: whichever worker the scheduler lets finish last pulls the end
+    // point towards its own target.)
+    for (Eigen::Index i = 0; i < dim; ++i) REQUIRE(c.final_parameters[i] == Approx(2.5).margin(0.5));
+  }
 }
 
 TEST_CASE("BSP applies the exact average of each round", "[cluster][bsp]") {
-  // Sequential reference: x <- x - lr * mean_w (x - t_w) per round, identical targets per worker per round.
-  const int n = 3;
-  const float lr = 0.1f;
-  const std::uint64_t steps = 25;
-  const auto c = run_cluster<psync::Bsp>(n, steps, lr);
-  Eigen::VectorXf x = Eigen::VectorXf::Zero(8);
-  for (std::uint64_t s = 0; s < steps; ++s) {
-    Eigen::VectorXf sum = Eigen::VectorXf::Zero(8);
-    for (int w = 0; w < n; ++w) sum += -lr * (x - Eigen::VectorXf::Constant(8, static_cast<float>(w + 1)));
-    x += sum / static_cast<float>(n);
+  ClusterSpec spec;
+  spec.workers = 3;
+  spec.steps = 25;
+  spec.lr = 0.1f;
+  const auto c = run_cluster<psync::Bsp>(spec);
+  REQUIRE((c.final_parameters - averaged_sgd(spec.workers, spec.steps, spec.lr)).cwiseAbs().maxCoeff() < 1e-5f);
+  REQUIRE(c.server.version == spec.steps);
+  for (const auto& p : c.server.peers) REQUIRE(p.version_staleness.max == 0);
+  for (const auto& w : c.workers) {
+    REQUIRE(w.clock_staleness.max == 0);
+    REQUIRE(w.steps_per_push.max == 1);
+    REQUIRE(std::isnan(w.last_loss) == false);  // Quadratic::gradient returns the loss
   }
-  REQUIRE((c.final_parameters - x).cwiseAbs().maxCoeff() < 1e-5f);
-  REQUIRE(c.server.version == steps);
-  for (const auto& p : c.server.peers) REQUIRE(p.staleness.max == 0);
 }
 
-TEST_CASE("OSP pushes several local steps per round and hides communication", "[cluster][osp]") {
-  const auto c = run_cluster<psync::Osp<8>>(2, 300, 0.05f);
-  for (const auto& w : c.workers) {
-    REQUIRE(w.steps == 300);
-    REQUIRE(w.pushes <= w.steps);
-    REQUIRE(w.installs >= 1);
+// A straggler (worker 0 takes 2 ms a step, the others nothing) makes the fast
+// workers run into the bound on every read, so the bound is reached and never passed.
+TEST_CASE("SSP and DSSP keep every read within the clock bound", "[cluster][ssp]") {
+  ClusterSpec spec;
+  spec.workers = 3;
+  spec.steps = 50;
+  spec.step_delay = {2000us};
+  SECTION("ssp:2") {
+    const auto c = run_cluster<psync::Ssp<2>>(spec);
+    REQUIRE(c.clock_staleness().max == 2);
+    REQUIRE(c.final_parameters.minCoeff() >= 1.0f - 0.05f);
+    REQUIRE(c.final_parameters.maxCoeff() <= 3.0f + 0.05f);
   }
+  SECTION("ssp:0 (run-time bound)") {
+    const auto c = run_cluster(spec, psync::Ssp<psync::runtime_bound>(0));
+    REQUIRE(c.clock_staleness().max == 0);
+  }
+  SECTION("dssp:1:3") {
+    const auto c = run_cluster<psync::Dssp<1, 3>>(spec);
+    INFO("clock staleness max " << c.clock_staleness().max << ", mean " << c.clock_staleness().mean());
+    REQUIRE(c.clock_staleness().max <= 3);
+    // The fast readers' pushes come quicker than the straggler's, so DSSP lets them past Lo.
+    REQUIRE(c.clock_staleness().max >= 2);
+    REQUIRE(c.final_parameters.minCoeff() >= 1.0f - 0.05f);
+    REQUIRE(c.final_parameters.maxCoeff() <= 3.0f + 0.05f);
+  }
+}
+
+// Each step takes 1 ms and each message 4 ms one way, so a round trip is 8 ms. A policy
+// whose compute waits for every reply (BSP) cannot finish N steps in less than N round
+// trips; OSP computes while its push travels and finishes in a fraction of that.
+TEST_CASE("OSP hides communication behind compute; BSP cannot", "[cluster][osp]") {
+  ClusterSpec spec;
+  spec.workers = 2;
+  spec.steps = 60;
+  spec.step_delay = {1000us, 1000us};
+  spec.network.worker_link.latency = 4000us;
+  const double round_trip = 2 * 0.004;
+  const double synchronous = static_cast<double>(spec.steps) * round_trip;  // 0.48 s
+
+  const auto bsp = run_cluster<psync::Bsp>(spec);
+  const auto osp = run_cluster<psync::Osp<16>>(spec);
+  for (std::size_t w = 0; w < 2; ++w) {
+    INFO("worker " << w << ": bsp wall " << bsp.workers[w].wall_s << " s, osp wall " << osp.workers[w].wall_s
+                   << " s, osp steps/push max " << osp.workers[w].steps_per_push.max << ", hidden bsp "
+                   << bsp.workers[w].hidden_fraction() << " osp " << osp.workers[w].hidden_fraction());
+    REQUIRE(bsp.workers[w].steps == spec.steps);
+    REQUIRE(osp.workers[w].steps == spec.steps);
+    // The physical floor of a synchronous round trip per step.
+    REQUIRE(bsp.workers[w].wall_s >= 0.95 * synchronous);
+    // OSP's ideal is about steps * 1 ms = 0.06 s; half the synchronous floor leaves 4x slack.
+    REQUIRE(osp.workers[w].wall_s < 0.5 * synchronous);
+    REQUIRE(osp.workers[w].wall_s < 0.5 * bsp.workers[w].wall_s);
+    // Several local steps rode on one push, and compute rarely waited for the network.
+    REQUIRE(osp.workers[w].steps_per_push.max > 1);
+    REQUIRE(osp.workers[w].pushes < osp.workers[w].steps);
+    REQUIRE(osp.workers[w].hidden_fraction() > 0.5);
+    REQUIRE(bsp.workers[w].hidden_fraction() < 0.5);
+  }
+  REQUIRE(bsp.steps_per_push().max == 1);
+  REQUIRE(osp.server.steps_applied == osp.total_steps());
 }
 
 TEST_CASE("A straggler holds BSP back but not ASP", "[cluster]") {
-  // Each step costs almost nothing, so stretch it: worker 0 sleeps ~ (factor-1) x compute.
-  const auto bsp = run_cluster<psync::Bsp>(2, 40, 0.05f, {50.0});
-  const auto asp = run_cluster<psync::Asp>(2, 40, 0.05f, {50.0});
-  // Under BSP the fast worker waits for the slow one every round; under ASP it never waits for it.
-  REQUIRE(bsp.workers[1].held_s > asp.workers[1].held_s);
-  REQUIRE(asp.workers[1].held_s < 0.05);
+  ClusterSpec spec;
+  spec.workers = 2;
+  spec.steps = 40;
+  spec.step_delay = {1000us};  // worker 0 takes 1 ms a step, worker 1 nothing
+  const auto bsp = run_cluster<psync::Bsp>(spec);
+  const auto asp = run_cluster<psync::Asp>(spec);
+  // Under BSP the fast worker waits for the slow one every round (about 40 ms in all);
+  // under ASP no read is ever held.
+  REQUIRE(bsp.workers[1].held_s > 0.02);
+  REQUIRE(asp.workers[1].held_s == 0.0);
+  REQUIRE(asp.workers[1].clock_staleness.max > 0);  // it ran ahead of the straggler
 }
 
 TEST_CASE("A worker that leaves early does not hang BSP", "[cluster][bsp]") {
-  const Eigen::Index dim = 4;
+  const Eigen::Index n = 4;
   psync::InProcessHub hub;
   psync::ServerOptions so;
   so.expected_workers = 2;
-  psync::Server<Quadratic, psync::Bsp> server(Quadratic(dim), so);
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
   auto ep = hub.endpoint(psync::server_peer);
   auto done = std::async(std::launch::async, [&] { return server.run(ep); });
   auto run_worker = [&](psync::PeerId id, std::uint64_t steps) {
     psync::WorkerOptions wo;
-    wo.id = id;
     wo.max_steps = steps;
     wo.reply_timeout = 5s;
-    psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(dim), hub.endpoint(id), wo);
-    Target t{Eigen::VectorXf::Ones(dim)};
+    psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(n), hub.endpoint(id), wo);
+    Target t{Eigen::VectorXf::Ones(n)};
     return w.run([&]() -> const Target& { return t; });
   };
   auto a = std::async(std::launch::async, run_worker, 0, 5);
@@ -159,23 +290,22 @@ TEST_CASE("A worker that leaves early does not hang BSP", "[cluster][bsp]") {
 }
 
 TEST_CASE("A dead worker (endpoint closed without leave) is removed from the barrier", "[cluster][bsp]") {
-  const Eigen::Index dim = 4;
+  const Eigen::Index n = 4;
   psync::InProcessHub hub;
   psync::ServerOptions so;
   so.expected_workers = 2;
-  psync::Server<Quadratic, psync::Bsp> server(Quadratic(dim), so);
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
   auto ep = hub.endpoint(psync::server_peer);
   auto done = std::async(std::launch::async, [&] { return server.run(ep); });
   {
     auto dead = hub.endpoint(1);
-    dead.send(psync::server_peer, psync::msg::Join{1, static_cast<std::uint64_t>(dim), "bsp"});
+    dead.send(psync::server_peer, psync::msg::Join{1, static_cast<std::uint64_t>(n), "bsp"});
   }  // closed: the hub tells the server it disconnected
   psync::WorkerOptions wo;
-  wo.id = 0;
   wo.max_steps = 20;
   wo.reply_timeout = 5s;
-  psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(dim), hub.endpoint(0), wo);
-  Target t{Eigen::VectorXf::Ones(dim)};
+  psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(n), hub.endpoint(0), wo);
+  Target t{Eigen::VectorXf::Ones(n)};
   REQUIRE(w.run([&]() -> const Target& { return t; }).steps == 20);
   const auto report = done.get();
   bool saw_loss = false;
@@ -196,6 +326,7 @@ TEST_CASE("The server refuses a wrong dimension, a policy mismatch and a duplica
     REQUIRE(reply);
     auto* err = std::get_if<psync::msg::Error>(&reply->message);
     REQUIRE(err);
+    INFO(err->text);
     REQUIRE(err->code == code);
     REQUIRE(err->text.find(fragment) != std::string::npos);
   };
@@ -206,6 +337,8 @@ TEST_CASE("The server refuses a wrong dimension, a policy mismatch and a duplica
   expect_error(a, psync::msg::ErrorCode::policy_mismatch, "'asp'");
   a.send(psync::server_peer, psync::msg::Push{0, 0, 1, Eigen::VectorXf::Ones(4)});
   expect_error(a, psync::msg::ErrorCode::not_joined, "before join");
+  a.send(psync::server_peer, psync::msg::Join{3, 4, "bsp"});
+  expect_error(a, psync::msg::ErrorCode::bad_frame, "join names worker 3");
   a.send(psync::server_peer, psync::msg::Join{0, 4, "bsp"});
   auto model = a.receive(psync::Clock::now() + 5s);
   REQUIRE(model);
@@ -217,18 +350,25 @@ TEST_CASE("The server refuses a wrong dimension, a policy mismatch and a duplica
   a.close();
   const auto report = done.get();
   REQUIRE(report.steps_applied == 0);
+  REQUIRE(report.version == 0);
+  REQUIRE(report.peers.size() == 1);
+  REQUIRE(report.peers[0].left == psync::msg::LeaveReason::failed);
 }
 
 TEST_CASE("A worker whose server vanished gets a clear error, not a hang", "[cluster][errors]") {
   psync::InProcessHub hub;
   auto server_ep = hub.endpoint(psync::server_peer);
   psync::WorkerOptions wo;
-  wo.id = 0;
   wo.reply_timeout = 300ms;
   psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(2), hub.endpoint(0), wo);
   Target t{Eigen::VectorXf::Ones(2)};
   // Nobody serves: the join times out with a message naming the worker.
-  REQUIRE_THROWS_AS(w.run([&]() -> const Target& { return t; }), psync::TimeoutError);
+  try {
+    w.run([&]() -> const Target& { return t; });
+    FAIL("the join did not time out");
+  } catch (const psync::TimeoutError& e) {
+    REQUIRE(std::string(e.what()).find("worker 0") != std::string::npos);
+  }
   server_ep.close();
   psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w2(Quadratic(2), hub.endpoint(1), wo);
   REQUIRE_THROWS_AS(w2.run([&]() -> const Target& { return t; }), psync::TransportError);
@@ -247,9 +387,11 @@ TEST_CASE("The server reports progress while training, at the requested pace", "
   psync::InProcessHub hub;
   psync::ServerOptions so;
   so.progress_interval = 20ms;
+  // Filled on the server thread, read here after run() returned (Catch2 asserts on this thread only).
   std::vector<std::uint64_t> versions;
+  std::vector<Eigen::Index> sizes;
   so.on_progress = [&](const psync::ServerProgress& p) {
-    REQUIRE(p.parameters.size() == 4);
+    sizes.push_back(p.parameters.size());
     versions.push_back(p.version);
   };
   psync::Server<Quadratic, psync::Bsp> server(Quadratic(4), so);
@@ -257,7 +399,6 @@ TEST_CASE("The server reports progress while training, at the requested pace", "
   auto done = std::async(std::launch::async, [&] { return server.run(ep); });
   psync::WorkerOptions wo;
   wo.max_steps = 30;
-  wo.straggler.slowdown = 1.0;
   psync::Worker<Quadratic, psync::InProcess, psync::Bsp> w(Quadratic(4), hub.endpoint(0), wo);
   Target t{Eigen::VectorXf::Ones(4)};
   const auto start = psync::Clock::now();
@@ -270,4 +411,5 @@ TEST_CASE("The server reports progress while training, at the requested pace", "
   REQUIRE(versions.size() >= 2);
   REQUIRE(static_cast<double>(versions.size()) <= elapsed / 0.020 + 2);  // never more often than asked
   REQUIRE(std::is_sorted(versions.begin(), versions.end()));
+  REQUIRE(std::all_of(sizes.begin(), sizes.end(), [](Eigen::Index s) { return s == 4; }));
 }

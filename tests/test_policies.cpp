@@ -1,169 +1,190 @@
-// The policies are pure decisions; these tests drive them with a virtual-time
-// simulator (no threads) and check each policy's defining invariant, and that the
-// bound is reached (a policy stricter than its definition fails too).
+// Each policy's decisions, one hook at a time: the read rule at its boundary,
+// the compute gate on each count, the combination and install rules, DSSP's
+// timing-driven bound, names and run-time parsing. Whole schedules are in
+// test_cores.cpp, which drives the cores with these policies.
 #include "catch.hpp"
 
 #include <psync/core/clock_table.hpp>
 #include <psync/policies/asp.hpp>
 #include <psync/policies/bsp.hpp>
+#include <psync/policies/dssp.hpp>
 #include <psync/policies/osp.hpp>
+#include <psync/policies/parse.hpp>
 #include <psync/policies/ssp.hpp>
 
-#include <algorithm>
+#include <chrono>
 #include <cstdint>
-#include <limits>
-#include <random>
-#include <vector>
+#include <string>
+#include <type_traits>
 
 namespace {
 
-struct SimResult {
-  std::uint64_t max_gap = 0;          // largest (reader clock - slowest clock) of an answered read
-  std::uint64_t blocked_reads = 0;    // reads that had to wait
-  std::uint64_t answered_reads = 0;
-  bool read_missed_update = false;    // an answered read at c while some worker had pushed < c-s stamps
-  std::uint64_t total_pushes = 0;
-};
+psync::ReadQuery read(std::uint64_t clock, std::uint64_t min_clock, psync::PeerId reader = 0,
+                      psync::Clock::time_point now = {}) {
+  return psync::ReadQuery{reader, clock, min_clock, now};
+}
 
-// Workers with different speeds push in virtual time; a read at clock c is answered
-// only when the policy says so. `bound` is the staleness the policy promises.
-template <class P>
-SimResult simulate(const P& policy, std::uint64_t bound, int workers, std::uint64_t pushes_each, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  psync::ClockTable table;
-  for (int w = 0; w < workers; ++w) table.join(static_cast<psync::PeerId>(w), 0);
-  std::vector<double> speed(static_cast<std::size_t>(workers));
-  for (int w = 0; w < workers; ++w) speed[static_cast<std::size_t>(w)] = 1.0 + 2.0 * w;  // worker w is (1+2w)x slower
-  std::vector<double> ready_at(speed);                  // when each worker's current step ends
-  std::vector<bool> waiting(static_cast<std::size_t>(workers), false);
-  std::vector<std::uint64_t> done(static_cast<std::size_t>(workers), 0);
-  SimResult r;
-  auto try_answer = [&](int w) {
-    const auto c = table.clock(static_cast<psync::PeerId>(w));
-    const auto m = table.min_clock();
-    if (!policy.read_ready(c, m)) return false;
-    r.max_gap = std::max(r.max_gap, c - std::min(c, m));
-    // Every worker must have pushed all stamps <= c - bound - 1, i.e. have clock >= c - bound.
-    if (bound != std::numeric_limits<std::uint64_t>::max() && m + bound < c) r.read_missed_update = true;
-    ++r.answered_reads;
-    return true;
-  };
-  double now = 0;
-  while (true) {
-    int next = -1;
-    for (int w = 0; w < workers; ++w) {
-      const auto i = static_cast<std::size_t>(w);
-      if (!waiting[i] && done[i] < pushes_each && (next < 0 || ready_at[i] < ready_at[static_cast<std::size_t>(next)])) next = w;
-    }
-    if (next < 0) break;
-    const auto i = static_cast<std::size_t>(next);
-    now = ready_at[i];
-    table.tick(static_cast<psync::PeerId>(next));
-    ++done[i];
-    ++r.total_pushes;
-    if (done[i] == pushes_each) table.leave(static_cast<psync::PeerId>(next));  // finished workers stop holding others
-    else if (!try_answer(next)) {
-      waiting[i] = true;
-      ++r.blocked_reads;
-    } else {
-      ready_at[i] = now + speed[i] * jitter(rng);
-    }
-    for (int w = 0; w < workers; ++w) {
-      const auto j = static_cast<std::size_t>(w);
-      if (waiting[j] && try_answer(w)) {
-        waiting[j] = false;
-        ready_at[j] = now + speed[j] * jitter(rng);
-      }
-    }
-  }
-  return r;
+psync::StepCounts counts(std::uint32_t unsent, std::uint32_t in_flight, std::uint32_t uninstalled) {
+  return psync::StepCounts{unsent, in_flight, uninstalled};
 }
 
 }  // namespace
 
-TEST_CASE("BSP never answers a read before every worker reached the reader's clock", "[policy][bsp]") {
-  for (unsigned seed = 1; seed <= 20; ++seed) {
-    const auto r = simulate(psync::Bsp{}, 0, 4, 50, seed);
-    REQUIRE(r.max_gap == 0);
-    REQUIRE_FALSE(r.read_missed_update);
-    REQUIRE(r.total_pushes == 200);  // never deadlocks: every push happened
-  }
-  REQUIRE(psync::Bsp::server_mode == psync::ServerMode::round_barrier);
-}
-
-TEMPLATE_TEST_CASE("SSP(s) keeps reads within s clocks and reaches the bound", "[policy][ssp]", psync::Ssp<0>,
-                   psync::Ssp<1>, psync::Ssp<3>, psync::Ssp<7>) {
-  const TestType policy{};
-  std::uint64_t widest = 0;
-  for (unsigned seed = 1; seed <= 20; ++seed) {
-    const auto r = simulate(policy, TestType::staleness, 4, 60, seed);
-    REQUIRE_FALSE(r.read_missed_update);
-    REQUIRE(r.max_gap <= TestType::staleness);
-    REQUIRE(r.total_pushes == 240);
-    widest = std::max(widest, r.max_gap);
-  }
-  // Not stricter than promised: with a 7x slower worker, the gap reaches s.
-  REQUIRE(widest == TestType::staleness);
-  REQUIRE(TestType::server_mode == psync::ServerMode::apply_on_arrival);
-}
-
 TEST_CASE("SSP read rule is exact at the boundary", "[policy][ssp]") {
   const psync::Ssp<2> p;
-  REQUIRE(p.read_ready(5, 3));        // read at 5 needs stamps <= 2 from all: slowest clock 3 has them
-  REQUIRE_FALSE(p.read_ready(6, 3));  // read at 6 needs stamp 3, which the slowest has not pushed
-  REQUIRE(p.read_ready(0, 0));
+  REQUIRE(p.read_ready(read(5, 3)));        // read at 5 needs stamps <= 2 from all: slowest clock 3 has them
+  REQUIRE_FALSE(p.read_ready(read(6, 3)));  // read at 6 needs stamp 3, which the slowest has not pushed
+  REQUIRE(p.read_ready(read(0, 0)));
   REQUIRE(p.name() == "ssp:2");
-}
-
-TEST_CASE("ASP never blocks and lets the gap grow", "[policy][asp]") {
-  const auto r = simulate(psync::Asp{}, std::numeric_limits<std::uint64_t>::max(), 4, 60, 3);
-  REQUIRE(r.blocked_reads == 0);
-  REQUIRE(r.max_gap > 7);  // the 7x slower worker falls far behind: no bound is enforced
-  for (std::uint64_t c = 0; c < 1000; c += 97) REQUIRE(psync::Asp{}.read_ready(c, 0));
-  REQUIRE(psync::Asp::server_mode == psync::ServerMode::apply_on_arrival);
-}
-
-TEMPLATE_TEST_CASE("OSP compute never blocks below S pending steps and always blocks at S", "[policy][osp]",
-                   psync::Osp<1>, psync::Osp<5>, psync::Osp<20>, psync::Losp<20>) {
-  const TestType p{};
-  for (std::uint32_t pending = 0; pending < TestType::threshold; ++pending) REQUIRE_FALSE(p.compute_must_wait(pending));
-  for (std::uint32_t pending = TestType::threshold; pending < TestType::threshold + 50; ++pending) {
-    REQUIRE(p.compute_must_wait(pending));
+  // BSP's read rule is SSP(0)'s; ASP's is SSP(infinity)'s.
+  for (std::uint64_t c = 0; c < 10; ++c) {
+    for (std::uint64_t m = 0; m < 10; ++m) {
+      REQUIRE(psync::Bsp{}.read_ready(read(c, m)) == psync::Ssp<0>{}.read_ready(read(c, m)));
+      REQUIRE(psync::Asp{}.read_ready(read(c, m)));
+    }
   }
-  REQUIRE(TestType::overlaps);
-  REQUIRE(TestType::server_mode == psync::ServerMode::round_barrier);
-  // The server side is a per-round barrier: the same read rule as BSP.
-  const auto r = simulate(p, 0, 4, 40, 5);
-  REQUIRE(r.max_gap == 0);
-  REQUIRE(r.total_pushes == 160);
 }
 
-TEST_CASE("OSP names and compensation flag", "[policy][osp]") {
+TEST_CASE("Combination rules: BSP and OSP average a round, ASP and SSP add each push", "[policy][combine]") {
+  STATIC_REQUIRE(std::is_same_v<psync::Bsp::Combiner, psync::combine::RoundAverage>);
+  STATIC_REQUIRE(std::is_same_v<psync::Osp<20>::Combiner, psync::combine::RoundAverage>);
+  STATIC_REQUIRE(std::is_same_v<psync::Asp::Combiner, psync::combine::Sum>);
+  STATIC_REQUIRE(std::is_same_v<psync::Ssp<0>::Combiner, psync::combine::Sum>);
+  STATIC_REQUIRE(std::is_same_v<psync::Dssp<1, 3>::Combiner, psync::combine::Sum>);
+  REQUIRE(psync::combine::Sum::step_scale(4) == 1.0);
+  REQUIRE(psync::combine::RoundAverage::step_scale(4) == 0.25);
+
+  Eigen::VectorXf model = Eigen::VectorXf::Zero(2);
+  psync::combine::RoundAverage avg;
+  avg.reset(2);
+  REQUIRE(avg.add(model, Eigen::Vector2f(1, 2), 1).versions == 0);
+  REQUIRE(avg.add(model, Eigen::Vector2f(3, 6), 2).versions == 0);
+  REQUIRE(avg.advance(model, 0).versions == 0);  // round 0 still open: the slowest clock is 0
+  REQUIRE(model.isZero());
+  const psync::Applied a = avg.advance(model, 1);
+  REQUIRE(a.versions == 1);
+  REQUIRE(a.updates == 2);
+  REQUIRE(a.steps == 3);
+  REQUIRE(model.isApprox(Eigen::Vector2f(2, 4)));
+  REQUIRE(avg.round() == 1);
+
+  psync::combine::Sum sum;
+  sum.reset(2);
+  model.setZero();
+  REQUIRE(sum.add(model, Eigen::Vector2f(1, 2), 1).versions == 1);
+  REQUIRE(sum.add(model, Eigen::Vector2f(3, 6), 1).versions == 1);
+  REQUIRE(model.isApprox(Eigen::Vector2f(4, 8)));
+}
+
+TEST_CASE("Install rules: global as it came, or global + the unreflected updates", "[policy][install]") {
+  Eigen::VectorXf model = Eigen::VectorXf::Zero(1);
+  const Eigen::VectorXf global = Eigen::VectorXf::Constant(1, 10);
+  const Eigen::VectorXf one = Eigen::VectorXf::Ones(1);
+  psync::install::Compensated c;
+  c.reset(1);
+  c.on_local_update(one);      // step 1, pushed later
+  c.on_local_update(one);      // step 2, pushed with it
+  c.on_reply(Eigen::VectorXf::Constant(1, 1));  // reply to an older push; step 3 was unsent then
+  c.on_local_update(one);      // step 4
+  c.install(model, global);
+  REQUIRE(model[0] == 12);     // global + step 3 (unsent at the reply) + step 4
+  psync::install::Global g;
+  g.on_local_update(one);
+  g.install(model, global);
+  REQUIRE(model[0] == 10);
+}
+
+TEMPLATE_TEST_CASE("Synchronous policies compute one step per round trip", "[policy]", psync::Bsp, psync::Asp,
+                   psync::Ssp<4>, (psync::Dssp<1, 3>)) {
+  const TestType p{};
+  REQUIRE(p.compute_may_continue(counts(0, 0, 0)));
+  REQUIRE_FALSE(p.compute_may_continue(counts(0, 1, 1)));  // its push is in flight
+  REQUIRE_FALSE(p.compute_may_continue(counts(0, 0, 1)));  // the reply arrived but is not installed
+  STATIC_REQUIRE(std::is_same_v<typename TestType::Install, psync::install::Global>);
+}
+
+TEMPLATE_TEST_CASE("OSP's default gate counts unsent steps only", "[policy][osp]", psync::Osp<1>, psync::Osp<5>,
+                   psync::Osp<20>, psync::Losp<20>) {
+  const TestType p{};
+  const std::uint32_t S = p.threshold();
+  for (std::uint32_t unsent = 0; unsent < S; ++unsent) {
+    // In flight and uninstalled steps do not count: the reference code's `it_count`.
+    REQUIRE(p.compute_may_continue(counts(unsent, S, unsent + 2 * S)));
+  }
+  for (std::uint32_t unsent = S; unsent < S + 30; ++unsent) REQUIRE_FALSE(p.compute_may_continue(counts(unsent, 0, unsent)));
+  REQUIRE(p.read_ready(read(4, 4)));
+  REQUIRE_FALSE(p.read_ready(read(5, 4)));  // a round barrier, as BSP
+}
+
+TEST_CASE("OSP's uninstalled gate counts every step not yet installed", "[policy][osp]") {
+  const psync::OspUninstalled<5> p;
+  REQUIRE(p.compute_may_continue(counts(0, 4, 4)));
+  REQUIRE_FALSE(p.compute_may_continue(counts(1, 4, 5)));
+  REQUIRE_FALSE(p.compute_may_continue(counts(0, 0, 5)));
+  REQUIRE(p.name() == "osp-uninstalled:5");
+  REQUIRE(psync::OspUninstalled<5, psync::install::Compensated>{}.name() == "losp-uninstalled:5");
+}
+
+TEST_CASE("OSP names and install rules", "[policy][osp]") {
   REQUIRE(psync::Osp<20>{}.name() == "osp:20");
   REQUIRE(psync::Losp<8>{}.name() == "losp:8");
-  REQUIRE_FALSE(psync::Osp<20>::local_compensation);
-  REQUIRE(psync::Losp<20>::local_compensation);
+  STATIC_REQUIRE(std::is_same_v<psync::Osp<20>::Install, psync::install::Global>);
+  STATIC_REQUIRE(std::is_same_v<psync::Losp<20>::Install, psync::install::Compensated>);
 }
 
-TEST_CASE("Synchronous policies wait for every reply", "[policy]") {
-  REQUIRE_FALSE(psync::Bsp{}.compute_must_wait(0));
-  REQUIRE(psync::Bsp{}.compute_must_wait(1));
-  REQUIRE(psync::Asp{}.compute_must_wait(1));
-  REQUIRE(psync::Ssp<4>{}.compute_must_wait(1));
-  REQUIRE_FALSE(psync::Bsp::overlaps);
-  REQUIRE_FALSE(psync::Ssp<4>::overlaps);
+TEST_CASE("DSSP extends the bound from Lo towards Hi by the reader's predicted spare iterations", "[policy][dssp]") {
+  using namespace std::chrono_literals;
+  const psync::Clock::time_point t0{};
+  psync::Dssp<2, 6> p;
+  REQUIRE(p.name() == "dssp:2:6");
+  // Nothing learnt yet: SSP(Lo).
+  REQUIRE(p.read_ready(read(2, 0, 0, t0)));
+  REQUIRE_FALSE(p.read_ready(read(3, 0, 0, t0)));
+  // Worker 0 pushes every 10 ms, worker 1 every 100 ms.
+  for (int k = 1; k <= 3; ++k) p.observe_push(1, static_cast<std::uint64_t>(k), t0 + k * 100ms);
+  for (int k = 1; k <= 33; ++k) p.observe_push(0, static_cast<std::uint64_t>(k), t0 + k * 10ms);
+  // At 330 ms worker 1 (clock 3) is predicted to push at 400 ms: 7 of worker 0's
+  // iterations fit before it, capped at Hi - Lo = 4.
+  const auto now = t0 + 330ms;
+  REQUIRE(p.read_ready(read(3 + 2, 3, 0, now)));
+  REQUIRE(p.read_ready(read(3 + 6, 3, 0, now)));        // Lo + 4 = Hi
+  REQUIRE_FALSE(p.read_ready(read(3 + 7, 3, 0, now)));  // never beyond Hi
+  // At 385 ms only 1 iteration fits before the slowest worker's push.
+  const auto later = t0 + 385ms;
+  REQUIRE(p.read_ready(read(3 + 3, 3, 0, later)));
+  REQUIRE_FALSE(p.read_ready(read(3 + 4, 3, 0, later)));
+  // Past the predicted push: no extension.
+  REQUIRE_FALSE(p.read_ready(read(3 + 3, 3, 0, t0 + 450ms)));
+  // Dssp<s, s> is Ssp<s>.
+  const psync::Dssp<3, 3> fixed;
+  for (std::uint64_t c = 0; c < 12; ++c) {
+    for (std::uint64_t m = 0; m < 12; ++m) REQUIRE(fixed.read_ready(read(c, m)) == psync::Ssp<3>{}.read_ready(read(c, m)));
+  }
 }
 
-TEST_CASE("Policies are empty and model SyncPolicy", "[policy]") {
+TEST_CASE("Policies model SyncPolicy; what is not a policy does not", "[policy]") {
   STATIC_REQUIRE(psync::SyncPolicy<psync::Bsp>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Asp>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Ssp<3>>);
+  STATIC_REQUIRE(psync::SyncPolicy<psync::Dssp<1, 4>>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Osp<20>>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Losp<20>>);
   STATIC_REQUIRE(std::is_empty_v<psync::Bsp>);
+  STATIC_REQUIRE(std::is_empty_v<psync::Ssp<3>>);
   STATIC_REQUIRE(std::is_empty_v<psync::Osp<20>>);
+  STATIC_REQUIRE(std::is_empty_v<psync::Losp<20>>);
   STATIC_REQUIRE_FALSE(psync::SyncPolicy<int>);
+  struct NoCombiner {
+    using Install [[maybe_unused]] = psync::install::Global;
+    bool read_ready(const psync::ReadQuery&) const { return true; }
+    bool compute_may_continue(const psync::StepCounts&) const { return true; }
+    std::string name() const { return "x"; }
+  };
+  STATIC_REQUIRE_FALSE(psync::SyncPolicy<NoCombiner>);
+  // A run-time bound must be given: Ssp<runtime_bound>{} would otherwise be a silent SSP(0).
+  STATIC_REQUIRE_FALSE(std::is_default_constructible_v<psync::Ssp<psync::runtime_bound>>);
+  STATIC_REQUIRE_FALSE(std::is_default_constructible_v<psync::Osp<psync::runtime_bound>>);
+  STATIC_REQUIRE_FALSE(std::is_default_constructible_v<psync::Dssp<psync::runtime_bound, psync::runtime_bound>>);
 }
 
 TEST_CASE("Clock table: minimum over live workers only", "[policy][clock]") {
@@ -182,24 +203,26 @@ TEST_CASE("Clock table: minimum over live workers only", "[policy][clock]") {
   REQUIRE(t.min_clock() == 2);  // nobody live: nothing may be held back by the departed
 }
 
-#include <psync/policies/parse.hpp>
-
 TEST_CASE("Policies parse from strings and behave like their compile-time twins", "[policy][parse]") {
   REQUIRE(std::holds_alternative<psync::Bsp>(psync::parse_policy("bsp")));
   REQUIRE(std::holds_alternative<psync::Asp>(psync::parse_policy("asp")));
-  for (const char* spec : {"bsp", "asp", "ssp:0", "ssp:3", "osp:20", "losp:7"}) {
+  for (const char* spec : {"bsp", "asp", "ssp:0", "ssp:3", "dssp:1:5", "osp:20", "losp:7", "osp-uninstalled:4",
+                           "losp-uninstalled:9"}) {
     REQUIRE(psync::with_policy(spec, [](auto p) { return p.name(); }) == spec);
   }
   const auto ssp = std::get<psync::Ssp<psync::runtime_bound>>(psync::parse_policy("ssp:3"));
   const psync::Ssp<3> fixed;
   for (std::uint64_t c = 0; c < 12; ++c) {
-    for (std::uint64_t m = 0; m < 12; ++m) REQUIRE(ssp.read_ready(c, m) == fixed.read_ready(c, m));
+    for (std::uint64_t m = 0; m < 12; ++m) REQUIRE(ssp.read_ready(read(c, m)) == fixed.read_ready(read(c, m)));
   }
   const auto osp = std::get<psync::Osp<psync::runtime_bound>>(psync::parse_policy("osp:5"));
-  for (std::uint32_t p = 0; p < 10; ++p) REQUIRE(osp.compute_must_wait(p) == psync::Osp<5>{}.compute_must_wait(p));
-  REQUIRE(psync::Losp<psync::runtime_bound>::local_compensation);
+  for (std::uint32_t u = 0; u < 10; ++u) {
+    REQUIRE(osp.compute_may_continue(counts(u, 3, u + 3)) == psync::Osp<5>{}.compute_may_continue(counts(u, 3, u + 3)));
+  }
+  STATIC_REQUIRE(std::is_same_v<psync::Losp<psync::runtime_bound>::Install, psync::install::Compensated>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Ssp<psync::runtime_bound>>);
   STATIC_REQUIRE(psync::SyncPolicy<psync::Osp<psync::runtime_bound>>);
+  STATIC_REQUIRE(psync::SyncPolicy<psync::Dssp<psync::runtime_bound, psync::runtime_bound>>);
 }
 
 TEST_CASE("Bad policy strings are refused with the reason", "[policy][parse]") {
@@ -210,5 +233,8 @@ TEST_CASE("Bad policy strings are refused with the reason", "[policy][parse]") {
   REQUIRE_THROWS_WITH(psync::parse_policy("ssp:3x"), Contains("non-negative integer"));
   REQUIRE_THROWS_WITH(psync::parse_policy("osp:0"), Contains("at least 1"));
   REQUIRE_THROWS_WITH(psync::parse_policy("fsp:3"), Contains("unknown policy"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("ssp:4294967295"), Contains("non-negative integer"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("dssp:3"), Contains("two bounds"));
+  REQUIRE_THROWS_WITH(psync::parse_policy("dssp:5:2"), Contains("LO <= HI"));
   REQUIRE_THROWS_AS(psync::parse_policy(""), psync::ConfigError);
 }

@@ -239,7 +239,7 @@ TEST_CASE("launch_local.sh trains over TCP processes under every policy, as well
   TempDir dir;
   const auto train = synthetic().subset(0, 5000);
   const auto test = synthetic().subset(5000, 1000);
-  for (const std::string policy : {"bsp", "asp", "ssp:2", "osp:10"}) {
+  for (const std::string policy : {"bsp", "asp", "ssp:2", "dssp:1:3", "osp:10", "losp:10"}) {
     INFO("policy " << policy);
     const fs::path run = dir.path / ("run-" + policy.substr(0, policy.find(':')));
     const auto t0 = Steady::now();

@@ -3,7 +3,18 @@
 #include "catch.hpp"
 #include "synthetic_task.hpp"
 
-#include <psync/psync.hpp>
+#include <psync/data/idx.hpp>
+#include <psync/harness/local_cluster.hpp>
+#include <psync/models/mlp.hpp>
+#include <psync/models/softmax.hpp>
+#include <psync/policies/asp.hpp>
+#include <psync/policies/bsp.hpp>
+#include <psync/policies/dssp.hpp>
+#include <psync/policies/osp.hpp>
+#include <psync/policies/ssp.hpp>
+
+#include <cmath>
+#include <type_traits>
 
 #include <vector>
 
@@ -42,7 +53,7 @@ TEST_CASE("BSP with N workers equals sequential SGD on the concatenated batches 
 }
 
 TEMPLATE_TEST_CASE("Every policy trains softmax regression on the synthetic task", "[training]", psync::Bsp,
-                   psync::Asp, psync::Ssp<3>, psync::Osp<20>, psync::Losp<20>) {
+                   psync::Asp, psync::Ssp<3>, (psync::Dssp<2, 6>), psync::Osp<20>, psync::Losp<20>) {
   const auto& data = synthetic();
   const auto train = data.subset(0, 5000);
   const auto test = data.subset(5000, 1000);
@@ -64,6 +75,12 @@ TEMPLATE_TEST_CASE("Every policy trains softmax regression on the synthetic task
   for (const auto& w : report.workers) steps += w.steps;
   REQUIRE(steps == 1600);
   REQUIRE(report.server.steps_applied == steps);
+  if constexpr (std::is_same_v<TestType, psync::Ssp<3>>) REQUIRE(report.clock_staleness().max <= 3);
+  if constexpr (std::is_same_v<TestType, psync::Dssp<2, 6>>) REQUIRE(report.clock_staleness().max <= 6);
+  if constexpr (std::is_same_v<TestType, psync::Bsp>) {
+    REQUIRE(report.clock_staleness().max == 0);
+    REQUIRE(report.steps_per_push().max == 1);
+  }
 }
 
 TEST_CASE("MLP under OSP over an emulated network with a straggler still learns", "[training][osp]") {

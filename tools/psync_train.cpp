@@ -99,12 +99,15 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
                             worker: where the server is               PSYNC_SERVER
   --id N                    worker id, 0 <= N < workers (worker only)  PSYNC_ID
   --workers N               number of workers in the cluster (default 1) PSYNC_WORKERS
-  --policy P                bsp | asp | ssp:S | osp:S | losp:S (default bsp) PSYNC_POLICY
+  --policy P                bsp | asp | ssp:S | dssp:LO:HI | osp:S | losp:S |
+                            osp-uninstalled:S | losp-uninstalled:S (default bsp) PSYNC_POLICY
   --model M                 softmax | mlp:H1,H2,... (default softmax)  PSYNC_MODEL
   --data D                  fashion-mnist | synthetic (default fashion-mnist) PSYNC_DATA
   --data-dir DIR            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist) PSYNC_DATA_DIR
   --steps N                 local SGD steps per worker (default 1000)  PSYNC_STEPS
-  --lr X                    learning rate (default 0.1)                PSYNC_LR
+  --lr X                    learning rate (default 0.1); bsp/osp average each
+                            round, asp/ssp/dssp add every push: divide by the
+                            workers for the same step per round          PSYNC_LR
   --batch N                 minibatch size (default 64)                PSYNC_BATCH
   --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
   --metrics FILE            write this process's report as JSON       PSYNC_METRICS
@@ -362,6 +365,12 @@ std::string config_json(const Config& c) {
   return o.str();
 }
 
+/// `{"count": n, "mean": m, "max": x}`.
+std::string summary_json(const psync::Summary& s) {
+  return "{\"count\": " + std::to_string(s.count) + ", \"mean\": " + json_number(s.mean()) +
+         ", \"max\": " + std::to_string(s.max) + "}";
+}
+
 const char* leave_name(psync::msg::LeaveReason r) {
   switch (r) {
     case psync::msg::LeaveReason::finished: return "finished";
@@ -539,9 +548,9 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
       << ",\n  \"workers_lost\": " << lost << ",\n  \"peers\": [";
     for (std::size_t i = 0; i < report.peers.size(); ++i) {
       const auto& p = report.peers[i];
+      // "staleness" is in model versions (pushes under asp/ssp/dssp, rounds under bsp/osp).
       o << (i ? "," : "") << "\n    {\"id\": " << p.id << ", \"pushes\": " << p.pushes
-        << ", \"staleness\": {\"count\": " << p.staleness.count << ", \"mean\": " << json_number(p.staleness.mean())
-        << ", \"max\": " << p.staleness.max << "}, \"left\": "
+        << ", \"staleness\": " << summary_json(p.version_staleness) << ", \"left\": "
         << (p.left_known ? json_string(leave_name(p.left)) : std::string("null")) << "}";
     }
     o << "\n  ],\n  \"events\": [";
@@ -574,7 +583,9 @@ void write_worker_metrics(const Config& c, const psync::WorkerReport* r, const s
       << ",\n  \"compute_s\": " << json_number(r->compute_s) << ",\n  \"wait_s\": " << json_number(r->wait_s)
       << ",\n  \"comm_s\": " << json_number(r->comm_s) << ",\n  \"held_s\": " << json_number(r->held_s)
       << ",\n  \"hidden_fraction\": " << json_number(r->hidden_fraction())
-      << ",\n  \"last_loss\": " << json_number(r->last_loss);
+      << ",\n  \"last_loss\": " << json_number(r->last_loss)
+      << ",\n  \"clock_staleness\": " << summary_json(r->clock_staleness)
+      << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent;
   }
   o << "\n}\n";
   write_file_atomically(c.metrics, o.str());
@@ -598,8 +609,7 @@ int run_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
   psync::Tcp transport(c.host, c.port, id, to);
   g_worker_connected = true;
 
-  psync::WorkerOptions wo;
-  wo.id = id;
+  psync::WorkerOptions wo;  // the worker's id is its transport's (`id` above)
   wo.learning_rate = c.lr;
   wo.max_steps = c.steps;
   // Longer than the server's peer timeout: a worker waiting on a silent peer is

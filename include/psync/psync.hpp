@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief psync: parameter-server training with BSP, ASP, SSP and OSP, chosen by
+/// @brief psync: parameter-server training with BSP, ASP, SSP, DSSP and OSP, chosen by
 /// one template argument. Include this one header.
 
 #define PSYNC_VERSION_MAJOR 0
@@ -12,22 +12,26 @@
 #include "psync/concepts.hpp"
 #include "psync/core/clock_table.hpp"
 #include "psync/core/error.hpp"
-#include "psync/core/local_cluster.hpp"
 #include "psync/core/message.hpp"
 #include "psync/core/metrics.hpp"
 #include "psync/core/server.hpp"
+#include "psync/core/server_core.hpp"
 #include "psync/core/trace.hpp"
 #include "psync/core/worker.hpp"
+#include "psync/core/worker_core.hpp"
 #include "psync/data/dataset.hpp"
 #include "psync/data/idx.hpp"
 #include "psync/data/synthetic.hpp"
+#include "psync/harness/local_cluster.hpp"
 #include "psync/models/linear.hpp"
 #include "psync/models/mlp.hpp"
 #include "psync/models/softmax.hpp"
 #include "psync/policies/asp.hpp"
 #include "psync/policies/bsp.hpp"
+#include "psync/policies/dssp.hpp"
 #include "psync/policies/osp.hpp"
 #include "psync/policies/parse.hpp"
+#include "psync/policies/rules.hpp"
 #include "psync/policies/ssp.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/in_process.hpp"

@@ -1,4 +1,5 @@
 // Builds against an installed psync via find_package and trains a tiny cluster.
+#include <psync/harness/local_cluster.hpp>  // installed where psync.hpp expects it
 #include <psync/psync.hpp>
 
 #include <cstdio>

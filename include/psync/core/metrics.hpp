@@ -9,12 +9,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
 namespace psync {
 
-/// @brief Running summary of a non-negative integer quantity (staleness).
+/// @brief Running summary of a non-negative integer quantity (staleness, steps per push).
 struct Summary {
   std::uint64_t count = 0;
   double sum = 0;
@@ -48,7 +49,17 @@ struct WorkerReport {
   double wait_s = 0;           ///< compute blocked on the network or on other workers
   double comm_s = 0;           ///< push->model round trips, less what the server held them
   double held_s = 0;           ///< time the server held this worker's reads for the policy
-  double last_loss = 0;        ///< loss of the last batch computed
+  /// @brief Loss of the last batch computed, when the model's `gradient` returns it; NaN when it
+  /// returns void (the worker does not spend a forward pass per step to find it).
+  double last_loss = std::numeric_limits<double>::quiet_NaN();
+  /// @brief Staleness in clocks, one observation per model received: this worker's clock
+  /// minus the slowest live clock when the server answered (SSP(s) keeps it <= s).
+  Summary clock_staleness;
+  /// @brief Local steps each push carried: 1 for BSP/ASP/SSP; for OSP, the steps
+  /// accumulated while the previous push was in flight.
+  Summary steps_per_push;
+  /// @brief Largest count of unsent local steps seen at a step boundary (OSP's gate counts these).
+  std::uint32_t max_unsent = 0;
 
   /// @brief Share of communication that did not stall compute (OSP's "hidden"
   /// communication); 0 for synchronous policies, whose compute waits for every reply.
@@ -63,7 +74,10 @@ struct WorkerReport {
 struct PeerReport {
   PeerId id = 0;
   std::uint64_t pushes = 0;
-  Summary staleness;  ///< version applied minus version the update was computed on
+  /// @brief Staleness in versions: the server's version when a push was applied minus the
+  /// version its first step was computed on. Versions count pushes under `combine::Sum`
+  /// and rounds under `combine::RoundAverage`, so compare within a combination rule.
+  Summary version_staleness;
   msg::LeaveReason left = msg::LeaveReason::finished;
   bool left_known = false;
 };
@@ -111,16 +125,34 @@ struct RunReport {
     for (const auto& w : workers) s += w.samples;
     return wall_s > 0 ? static_cast<double>(s) / wall_s : 0;
   }
-  /// @brief Staleness over all workers.
-  Summary staleness() const noexcept {
+  /// @brief Staleness in clocks over all workers (reader clock - slowest clock at each read).
+  Summary clock_staleness() const noexcept {
     Summary s;
-    for (const auto& p : server.peers) s.merge(p.staleness);
+    for (const auto& w : workers) s.merge(w.clock_staleness);
     return s;
   }
-  /// @brief First time the test accuracy reached `target`, or a negative value if never.
-  double time_to_accuracy(double target) const noexcept {
-    for (const auto& p : series) {
-      if (p.test_accuracy >= target) return p.seconds;
+  /// @brief Staleness in versions over all workers, as the server measured it.
+  Summary version_staleness() const noexcept {
+    Summary s;
+    for (const auto& p : server.peers) s.merge(p.version_staleness);
+    return s;
+  }
+  /// @brief Local steps per push over all workers (OSP's pending steps per round).
+  Summary steps_per_push() const noexcept {
+    Summary s;
+    for (const auto& w : workers) s.merge(w.steps_per_push);
+    return s;
+  }
+  /// @brief First time the mean test accuracy of the last `window` evaluations
+  /// reached `target` (so one lucky evaluation cannot decide), or a negative value
+  /// if never (or if the series has fewer than `window` points).
+  double time_to_accuracy(double target, std::size_t window = 3) const noexcept {
+    if (window == 0) window = 1;
+    double sum = 0;
+    for (std::size_t i = 0; i < series.size(); ++i) {
+      sum += series[i].test_accuracy;
+      if (i >= window) sum -= series[i - window].test_accuracy;
+      if (i + 1 >= window && sum / static_cast<double>(window) >= target) return series[i].seconds;
     }
     return -1;
   }

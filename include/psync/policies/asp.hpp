@@ -3,23 +3,24 @@
 /// @brief Asynchronous parallel.
 
 #include "psync/concepts.hpp"
+#include "psync/policies/rules.hpp"
 
-#include <cstdint>
 #include <string>
 
 namespace psync {
 
-/// @brief ASP: every push is applied on arrival and every read is answered at once;
-/// a worker never waits for another (only for its own round trip).
+/// @brief ASP: every push is added to the model on arrival and every read is
+/// answered at once; a worker waits only for its own round trip.
 struct Asp {
-  static constexpr ServerMode server_mode = ServerMode::apply_on_arrival;
-  static constexpr bool overlaps = false;
-  static constexpr bool local_compensation = false;
+  /// @brief Each push is added on arrival.
+  using Combiner = combine::Sum;
+  /// @brief The global model is installed as it comes.
+  using Install = install::Global;
 
-  /// @brief Always: ASP is SSP with infinite staleness.
-  constexpr bool read_ready(std::uint64_t, std::uint64_t) const noexcept { return true; }
-  /// @brief Synchronous round trip: compute waits for its own pull.
-  constexpr bool compute_must_wait(std::uint32_t pending) const noexcept { return pending >= 1; }
+  /// @brief Always: ASP is SSP with unbounded staleness.
+  constexpr bool read_ready(const ReadQuery&) const noexcept { return true; }
+  /// @brief One step, then wait for the reply to its push.
+  constexpr bool compute_may_continue(const StepCounts& s) const noexcept { return s.uninstalled == 0; }
   /// @brief "asp".
   std::string name() const { return "asp"; }
 };

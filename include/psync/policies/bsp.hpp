@@ -3,23 +3,25 @@
 /// @brief Bulk synchronous parallel.
 
 #include "psync/concepts.hpp"
+#include "psync/policies/rules.hpp"
 
-#include <cstdint>
 #include <string>
 
 namespace psync {
 
-/// @brief BSP: each worker computes one step, pushes, and blocks until every live
-/// worker has pushed the same clock; the server applies the round's average.
+/// @brief BSP: each worker computes one step, pushes, and waits for the model of
+/// the next round; the server applies the mean of each round's pushes once every
+/// live worker has pushed it.
 struct Bsp {
-  static constexpr ServerMode server_mode = ServerMode::round_barrier;
-  static constexpr bool overlaps = false;
-  static constexpr bool local_compensation = false;
+  /// @brief Rounds are averaged.
+  using Combiner = combine::RoundAverage;
+  /// @brief The global model is installed as it comes.
+  using Install = install::Global;
 
-  /// @brief A read at clock `c` waits until the slowest clock `m` reaches c.
-  constexpr bool read_ready(std::uint64_t c, std::uint64_t m) const noexcept { return m >= c; }
-  /// @brief Synchronous: compute waits for the answer to every push.
-  constexpr bool compute_must_wait(std::uint32_t pending) const noexcept { return pending >= 1; }
+  /// @brief A read at clock c waits until the slowest clock reaches c (round c-1 is applied).
+  constexpr bool read_ready(const ReadQuery& q) const noexcept { return q.min_clock >= q.clock; }
+  /// @brief One step, then wait for its round's model.
+  constexpr bool compute_may_continue(const StepCounts& s) const noexcept { return s.uninstalled == 0; }
   /// @brief "bsp".
   std::string name() const { return "bsp"; }
 };

@@ -1,0 +1,372 @@
+#pragma once
+/// @file
+/// @brief The parameter server's protocol as a sans-I/O state machine: messages
+/// and the time go in, messages to send come out. No threads, no transport, no clock.
+
+#include "psync/concepts.hpp"
+#include "psync/core/clock_table.hpp"
+#include "psync/core/error.hpp"
+#include "psync/core/message.hpp"
+#include "psync/core/metrics.hpp"
+#include "psync/core/transmit.hpp"
+#include "psync/policies/rules.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace psync {
+
+/// @brief What the server core needs to know; the driver's options add threads and snapshots.
+struct ServerCoreOptions {
+  /// @brief Workers to wait for before the first model is handed out (later joiners start at the slowest clock).
+  std::uint32_t expected_workers = 1;
+  /// @brief How long to wait for `expected_workers`; then start with those present (none: `TimeoutError`).
+  std::chrono::milliseconds join_timeout{30000};
+  /// @brief A live worker the others wait on that stays silent this long is removed.
+  std::chrono::milliseconds peer_timeout{60000};
+  /// @brief Receives one line per event (joins, departures, refusals); may be empty.
+  std::function<void(std::string_view)> log;
+};
+
+/// @brief The server's decisions for model type `M` under policy `P`, with no I/O.
+///
+/// Feed it every received message (`on_message`), every peer the transport lost
+/// (`on_peer_lost`) and the passing of time (`on_timer` by `next_deadline()`);
+/// send what `poll_transmit()` returns. The policy decides when a read is answered
+/// (`read_ready`) and how pushes combine (`P::Combiner`); the core enforces the
+/// protocol: one outstanding read per worker, pushes stamped with the worker's own
+/// clock, finite updates of the model's dimension, and reads at the reader's clock.
+/// A refused peer gets a `msg::Error` naming what was wrong and is removed; what
+/// was accepted before stays applied.
+template <ParameterSet M, SyncPolicy P>
+class ServerCore {
+ public:
+  /// @brief A core whose initial global model is `model`, starting at `now`.
+  ServerCore(M model, ServerCoreOptions options, P policy, Clock::time_point now)
+      : model_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)) {
+    if (options_.expected_workers == 0) throw ConfigError("server: expected_workers must be at least 1");
+    combiner_.reset(dimension());
+    join_deadline_ = now + options_.join_timeout;
+    outbox_.reserve(16);
+  }
+
+  /// @brief Parameter count.
+  Eigen::Index dimension() const { return model_.parameters().size(); }
+  /// @brief The global model.
+  const M& model() const noexcept { return model_; }
+  /// @brief The policy (stateful policies learn from the pushes).
+  const P& policy() const noexcept { return policy_; }
+  /// @brief Model versions made so far.
+  std::uint64_t version() const noexcept { return version_; }
+  /// @brief True once the expected workers joined (or the join timeout passed with some).
+  bool started() const noexcept { return started_; }
+  /// @brief Workers joined and not gone.
+  std::size_t live_workers() const { return clocks_.live_count(); }
+  /// @brief The slowest live worker's clock.
+  std::uint64_t min_clock() const { return clocks_.min_clock(); }
+  /// @brief Training started and every worker that joined has left: nothing more will happen.
+  bool done() const { return started_ && clocks_.live_count() == 0; }
+  /// @brief Reads held back by the policy right now.
+  std::size_t held_reads() const noexcept { return held_.size(); }
+  /// @brief What the core measured so far (peers are filled in by `finish_report`).
+  const ServerReport& report() const noexcept { return report_; }
+
+  /// @brief The next message to send, or nothing.
+  std::optional<Transmit> poll_transmit() { return outbox_.poll(); }
+
+  /// @brief Handles one message from peer `from` received at `now`.
+  void on_message(PeerId from, Message&& message, Clock::time_point now) {
+    std::visit(
+        [&](auto&& m) {
+          using K = std::decay_t<decltype(m)>;
+          if constexpr (std::is_same_v<K, msg::Join>) {
+            on_join(from, std::move(m), now);
+          } else if constexpr (std::is_same_v<K, msg::Push>) {
+            on_push(from, std::move(m), now);
+          } else if constexpr (std::is_same_v<K, msg::Pull>) {
+            on_pull(from, std::move(m), now);
+          } else if constexpr (std::is_same_v<K, msg::Leave>) {
+            if (clocks_.live(from)) {
+              if (m.reason != msg::LeaveReason::finished) note(who(from) + ": lost (" + leave_name(m.reason) + ")");
+              remove_worker(from, m.reason, now);
+            }
+          } else if constexpr (std::is_same_v<K, msg::Error>) {
+            note(who(from) + ": reported error " + std::string(error_code_name(m.code)) + ": " + m.text);
+            remove_worker(from, msg::LeaveReason::failed, now);
+          } else {
+            refuse(from, msg::ErrorCode::bad_frame, "server: unexpected '" + std::string(message_name(Message{std::move(m)})) + "' message");
+          }
+        },
+        std::move(message));
+    // Only members are remembered: a stranger's traffic must not grow the server's state.
+    if (clocks_.live(from)) last_heard_[from] = now;
+  }
+
+  /// @brief The transport could not deliver to (or lost) `peer`: it is removed and
+  /// every read it was holding back is reconsidered at once.
+  void on_peer_lost(PeerId peer, msg::LeaveReason reason, Clock::time_point now) {
+    if (clocks_.live(peer)) note(who(peer) + ": lost (" + leave_name(reason) + ")");
+    remove_worker(peer, reason, now);
+  }
+
+  /// @brief When `on_timer` next has something to do.
+  Clock::time_point next_deadline() const {
+    if (!started_) return join_deadline_;
+    Clock::time_point next = Clock::time_point::max();
+    clocks_.for_each_live([&](PeerId w, std::uint64_t) {
+      if (holds_read(w)) return;
+      if (auto it = last_heard_.find(w); it != last_heard_.end()) next = std::min(next, it->second + options_.peer_timeout);
+    });
+    return next;
+  }
+
+  /// @brief Lets time pass: starts training at the join deadline with the workers
+  /// present (throws `TimeoutError` if none joined) and removes live workers that
+  /// the others wait on and that stayed silent past `peer_timeout`.
+  void on_timer(Clock::time_point now) {
+    if (!started_) {
+      if (now < join_deadline_) return;
+      if (clocks_.known_count() == 0) {
+        throw TimeoutError("server: no worker joined within " + std::to_string(options_.join_timeout.count()) + " ms");
+      }
+      note("join timeout: starting with " + std::to_string(clocks_.live_count()) + " of " +
+           std::to_string(options_.expected_workers) + " workers");
+      start(now);
+      return;
+    }
+    std::vector<PeerId> silent;
+    clocks_.for_each_live([&](PeerId w, std::uint64_t) {
+      // A worker whose read is held is waiting on the server, silent by design.
+      if (holds_read(w)) return;
+      auto it = last_heard_.find(w);
+      if (it != last_heard_.end() && now - it->second > options_.peer_timeout) silent.push_back(w);
+    });
+    for (PeerId w : silent) {
+      note(who(w) + ": silent for more than " + std::to_string(options_.peer_timeout.count()) + " ms, removed");
+      remove_worker(w, msg::LeaveReason::timed_out, now);
+    }
+  }
+
+  /// @brief Stops serving: a round still open is applied (accepted pushes are never
+  /// lost) and every held read is answered with `shutting_down`.
+  void shutdown(Clock::time_point) {
+    account(combiner_.flush(model_.parameters()));
+    for (auto& h : held_) outbox_.push(h.worker, msg::Error{msg::ErrorCode::shutting_down, "server: stopping"});
+    held_.clear();
+  }
+
+  /// @brief The report with one entry per worker that ever joined.
+  ServerReport finish_report() {
+    report_.version = version_;
+    report_.peers.clear();
+    for (auto& [id, p] : peers_) report_.peers.push_back(p);
+    return report_;
+  }
+
+ private:
+  struct HeldRead {
+    PeerId worker;
+    std::uint64_t read_clock;
+    Clock::time_point since;
+    Eigen::VectorXf buffer;
+  };
+
+  void note(std::string line) {
+    if (options_.log) options_.log(line);
+    if (report_.events.size() < 10000) report_.events.push_back(std::move(line));
+  }
+
+  static std::string who(PeerId w) { return "worker " + std::to_string(w); }
+
+  static std::string leave_name(msg::LeaveReason r) {
+    switch (r) {
+      case msg::LeaveReason::finished: return "finished";
+      case msg::LeaveReason::disconnected: return "disconnected";
+      case msg::LeaveReason::timed_out: return "timed out";
+      case msg::LeaveReason::failed: return "failed";
+    }
+    return "unknown";
+  }
+
+  bool holds_read(PeerId w) const {
+    return std::any_of(held_.begin(), held_.end(), [w](const HeldRead& h) { return h.worker == w; });
+  }
+
+  /// Refuses a request with an Error frame (which closes the conversation, as msg::Error says).
+  void refuse(PeerId to, msg::ErrorCode code, std::string text) {
+    note(who(to) + ": refused: " + text);
+    outbox_.push(to, msg::Error{code, std::move(text)});
+  }
+
+  /// Refuses and removes a joined worker that broke the protocol.
+  void expel(PeerId w, msg::ErrorCode code, std::string text, Clock::time_point now) {
+    refuse(w, code, std::move(text));
+    remove_worker(w, msg::LeaveReason::failed, now);
+  }
+
+  void on_join(PeerId from, msg::Join&& j, Clock::time_point now) {
+    if (j.worker != from) {
+      refuse(from, msg::ErrorCode::bad_frame, "join names worker " + std::to_string(j.worker) + " but came from " + who(from));
+      return;
+    }
+    if (j.dimension != static_cast<std::uint64_t>(dimension())) {
+      refuse(from, msg::ErrorCode::wrong_dimension,
+             "worker model has " + std::to_string(j.dimension) + " parameters, server model has " + std::to_string(dimension()));
+      return;
+    }
+    if (j.policy != policy_.name()) {
+      refuse(from, msg::ErrorCode::policy_mismatch, "worker runs policy '" + j.policy + "', server runs '" + policy_.name() + "'");
+      return;
+    }
+    // A late joiner starts at the slowest live clock so it neither blocks nor skips rounds;
+    // the join reply's min_clock tells it that clock.
+    const std::uint64_t start_clock = started_ ? clocks_.min_clock() : 0;
+    if (!clocks_.join(from, start_clock)) {
+      refuse(from, msg::ErrorCode::duplicate_worker, who(from) + " is already connected");
+      return;
+    }
+    peers_[from].id = from;
+    note(who(from) + " joined at clock " + std::to_string(start_clock));
+    held_.push_back(HeldRead{from, start_clock, now, Eigen::VectorXf(dimension())});
+    // A worker that joined and died already counts as arrived: waiting for it would hang the rest.
+    if (!started_ && clocks_.known_count() >= options_.expected_workers) {
+      start(now);
+    } else {
+      progress(now);
+    }
+  }
+
+  void start(Clock::time_point now) {
+    started_ = true;
+    progress(now);
+  }
+
+  /// Checks what every read (push or pull) from `from` must satisfy; refuses and returns false otherwise.
+  bool admit_read(PeerId from, const char* what, std::uint64_t clock, Eigen::Index size, Clock::time_point now) {
+    if (!clocks_.live(from)) {
+      refuse(from, msg::ErrorCode::not_joined, std::string(what) + " from " + who(from) + " before join");
+      return false;
+    }
+    if (size != dimension()) {
+      expel(from, msg::ErrorCode::wrong_dimension,
+            std::string(what) + " from " + who(from) + " has " + std::to_string(size) + " floats, model has " +
+                std::to_string(dimension()),
+            now);
+      return false;
+    }
+    if (holds_read(from)) {
+      // One outstanding read per worker: a second would put its next round's push into this round.
+      expel(from, msg::ErrorCode::bad_clock,
+            std::string(what) + " from " + who(from) + " before the server answered its previous read (clock " +
+                std::to_string(clocks_.clock(from)) + ")",
+            now);
+      return false;
+    }
+    if (clock != clocks_.clock(from)) {
+      expel(from, msg::ErrorCode::bad_clock,
+            std::string(what) + " from " + who(from) + " stamped clock " + std::to_string(clock) + ", expected " +
+                std::to_string(clocks_.clock(from)),
+            now);
+      return false;
+    }
+    return true;
+  }
+
+  void on_push(PeerId from, msg::Push&& p, Clock::time_point now) {
+    if (!admit_read(from, "push", p.clock, p.update.size(), now)) return;
+    if (p.steps == 0 || p.base_version > version_) {
+      expel(from, msg::ErrorCode::bad_clock,
+            "push from " + who(from) + " claims " + std::to_string(p.steps) + " steps on model version " +
+                std::to_string(p.base_version) + " (server is at version " + std::to_string(version_) + ")",
+            now);
+      return;
+    }
+    if (!p.update.allFinite()) {
+      // Checked before anything is applied: the model never sees a NaN or an infinity.
+      expel(from, msg::ErrorCode::bad_frame, "push from " + who(from) + " holds a non-finite value (NaN or infinity)", now);
+      return;
+    }
+    auto& peer = peers_[from];
+    ++peer.pushes;
+    peer.version_staleness.add(version_ - p.base_version);
+    account(combiner_.add(model_.parameters(), p.update, p.steps));
+    const std::uint64_t clock = clocks_.tick(from);
+    detail::observe_push(policy_, from, clock, now);
+    held_.push_back(HeldRead{from, clock, now, std::move(p.update)});
+    progress(now);
+  }
+
+  void on_pull(PeerId from, msg::Pull&& p, Clock::time_point now) {
+    if (!admit_read(from, "pull", p.clock, dimension(), now)) return;
+    if (p.buffer.size() != dimension()) p.buffer.resize(dimension());
+    held_.push_back(HeldRead{from, p.clock, now, std::move(p.buffer)});
+    progress(now);
+  }
+
+  void account(const Applied& a) {
+    version_ += a.versions;
+    report_.updates_applied += a.updates;
+    report_.steps_applied += a.steps;
+  }
+
+  /// Closes what the combiner can close and answers every read the policy now allows.
+  void progress(Clock::time_point now) {
+    if (!started_) return;
+    const std::uint64_t min_clock = clocks_.min_clock();
+    if (clocks_.live_count() > 0) account(combiner_.advance(model_.parameters(), min_clock));
+    for (std::size_t i = 0; i < held_.size();) {
+      HeldRead& h = held_[i];
+      if (!policy_.read_ready(ReadQuery{h.worker, h.read_clock, min_clock, now})) {
+        ++i;
+        continue;
+      }
+      msg::Model reply;
+      reply.version = version_;
+      reply.min_clock = min_clock;
+      reply.held_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - h.since).count());
+      reply.parameters = std::move(h.buffer);
+      reply.parameters = model_.parameters();
+      const PeerId to = h.worker;
+      held_[i] = std::move(held_.back());
+      held_.pop_back();
+      outbox_.push(to, std::move(reply));
+    }
+  }
+
+  void remove_worker(PeerId w, msg::LeaveReason reason, Clock::time_point now) {
+    if (!clocks_.leave(w)) return;
+    auto& peer = peers_[w];
+    peer.id = w;
+    peer.left = reason;
+    peer.left_known = true;
+    std::erase_if(held_, [w](const HeldRead& h) { return h.worker == w; });
+    // The slowest clock may have moved: reads the departed worker held back are answered now.
+    progress(now);
+  }
+
+  M model_;
+  ServerCoreOptions options_;
+  [[no_unique_address]] P policy_;
+  typename P::Combiner combiner_;
+  ClockTable clocks_;
+  std::map<PeerId, PeerReport> peers_;
+  std::map<PeerId, Clock::time_point> last_heard_;
+  std::vector<HeldRead> held_;
+  detail::Outbox outbox_;
+  std::uint64_t version_ = 0;
+  bool started_ = false;
+  Clock::time_point join_deadline_{};
+  ServerReport report_;
+};
+
+}  // namespace psync

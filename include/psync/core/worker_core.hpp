@@ -1,0 +1,251 @@
+#pragma once
+/// @file
+/// @brief A worker's protocol as a sans-I/O state machine: it owns the local
+/// model and the update buffers; the driver computes gradients, moves messages
+/// and tells it the time.
+
+#include "psync/concepts.hpp"
+#include "psync/core/error.hpp"
+#include "psync/core/message.hpp"
+#include "psync/core/metrics.hpp"
+#include "psync/core/transmit.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace psync {
+
+/// @brief The worker's decisions for model type `M` under policy `P`, with no I/O.
+///
+/// A driver runs it like this:
+/// 1. `start(now)`, send what `poll_transmit()` returns, feed replies to `on_message`
+///    until `joined()`.
+/// 2. Each step: `begin_step(now)` installs a newly arrived global model (only here
+///    do the parameters change under the driver's feet) and says whether the policy
+///    lets compute go on. If it does, write the gradient of the loss at `model()`
+///    into `gradient()` and call `end_step`; if not, wait for a message.
+/// 3. `finish(now)` when no more steps will be taken; keep moving messages until
+///    `finished()` (every step pushed and answered, the `Leave` queued).
+///
+/// The core pushes whenever it has unsent steps and no push in flight, both at a
+/// step's end and the moment a reply arrives, which is OSP's background sender
+/// and, when the policy waits after each step, a plain synchronous round trip.
+template <ParameterSet M, SyncPolicy P>
+class WorkerCore {
+ public:
+  /// @brief Worker `id` starting from `model` (replaced by the server's at join), taking
+  /// SGD steps u = -learning_rate * gradient.
+  WorkerCore(M model, PeerId id, float learning_rate, P policy)
+      : model_(std::move(model)), policy_(std::move(policy)), id_(id), learning_rate_(learning_rate) {
+    if (!(learning_rate_ > 0) || !std::isfinite(learning_rate_)) {
+      throw ConfigError(who() + ": learning rate must be positive and finite");
+    }
+    const auto n = model_.parameters().size();
+    grad_ = Eigen::VectorXf::Zero(n);
+    accumulated_ = Eigen::VectorXf::Zero(n);
+    spare_.reserve(4);
+    install_.reset(n);
+    outbox_.reserve(4);
+    report_.id = id;
+  }
+
+  /// @brief This worker's id.
+  PeerId id() const noexcept { return id_; }
+  /// @brief The model to compute the next gradient on (stable between `begin_step` calls).
+  M& model() noexcept { return model_; }
+  /// @brief The model.
+  const M& model() const noexcept { return model_; }
+  /// @brief Where the driver writes the gradient before `end_step`; sized to the model.
+  Eigen::VectorXf& gradient() noexcept { return grad_; }
+  /// @brief The policy.
+  const P& policy() const noexcept { return policy_; }
+  /// @brief True once the server's initial model is installed.
+  bool joined() const noexcept { return joined_; }
+  /// @brief True once every step is pushed and answered and the `Leave` is queued.
+  bool finished() const noexcept { return finished_; }
+  /// @brief True while a push awaits its reply.
+  bool awaiting_reply() const noexcept { return in_flight_active_; }
+  /// @brief When the push in flight (or the join) was sent.
+  Clock::time_point sent_at() const noexcept { return sent_at_; }
+  /// @brief This worker's clock: pushes sent so far (from the join clock on).
+  std::uint64_t clock() const noexcept { return clock_; }
+  /// @brief Version of the installed global model.
+  std::uint64_t version() const noexcept { return version_; }
+  /// @brief The slowest live clock the server reported with the last model.
+  std::uint64_t last_min_clock() const noexcept { return last_min_clock_; }
+  /// @brief Local steps counted as the gates count them.
+  StepCounts counts() const noexcept { return {unsent_, in_flight_, unsent_ + in_flight_ + inbox_steps_}; }
+  /// @brief What the core measured (steps, pushes, installs, round trips, staleness).
+  const WorkerReport& report() const noexcept { return report_; }
+
+  /// @brief The next message to send to the server, or nothing.
+  std::optional<Transmit> poll_transmit() { return outbox_.poll(); }
+
+  /// @brief Queues the `Join`.
+  void start(Clock::time_point now) {
+    msg::Join j;
+    j.worker = id_;
+    j.dimension = static_cast<std::uint64_t>(grad_.size());
+    j.policy = policy_.name();
+    outbox_.push(server_peer, std::move(j));
+    sent_at_ = now;
+  }
+
+  /// @brief Handles a message from the server. Throws `ProtocolError` for a refusal
+  /// or an unexpected message, `TransportError` when the server is gone.
+  void on_message(Message&& m, Clock::time_point now) {
+    if (auto* model = std::get_if<msg::Model>(&m)) return on_model(std::move(*model), now);
+    if (auto* e = std::get_if<msg::Error>(&m)) {
+      throw ProtocolError(who() + ": server refused " + (joined_ ? "push" : "join") + ": " +
+                          std::string(error_code_name(e->code)) + ": " + e->text);
+    }
+    if (std::holds_alternative<msg::Leave>(m)) {
+      throw TransportError(who() + ": lost the server" + (in_flight_active_ || !joined_ ? " while waiting for a model" : ""));
+    }
+    throw ProtocolError(who() + ": unexpected '" + std::string(message_name(m)) + "' message from the server");
+  }
+
+  /// @brief A step boundary: installs the newest global model if one arrived, then
+  /// returns whether the policy lets the next step start.
+  bool begin_step(Clock::time_point) {
+    if (inbox_) install_inbox();
+    report_.max_unsent = std::max(report_.max_unsent, unsent_);
+    return policy_.compute_may_continue(counts());
+  }
+
+  /// @brief The driver wrote the gradient of one step on `samples` samples into
+  /// `gradient()`: applies u = -lr * g locally, accumulates it for the next push,
+  /// and pushes if nothing is in flight. `loss` is the batch's loss (NaN if unknown).
+  void end_step(std::uint64_t samples, double loss, Clock::time_point now) {
+    grad_ *= -learning_rate_;
+    model_.parameters() += grad_;
+    if (unsent_ == 0) accumulated_base_ = version_;
+    accumulated_ += grad_;
+    install_.on_local_update(grad_);
+    ++unsent_;
+    ++report_.steps;
+    report_.samples += samples;
+    report_.last_loss = loss;
+    maybe_push(now);
+  }
+
+  /// @brief No more steps: pushes what is left and, once everything is answered,
+  /// installs the last model and queues the `Leave`.
+  void finish(Clock::time_point now) {
+    finishing_ = true;
+    maybe_push(now);
+    maybe_leave();
+  }
+
+ private:
+  std::string who() const { return "worker " + std::to_string(id_); }
+
+  void on_model(msg::Model&& m, Clock::time_point now) {
+    if (m.parameters.size() != grad_.size()) {
+      throw ProtocolError(who() + ": server sent " + std::to_string(m.parameters.size()) + " parameters, model has " +
+                          std::to_string(grad_.size()));
+    }
+    last_min_clock_ = m.min_clock;
+    if (!joined_) {
+      // The join reply: the initial model, and the clock this worker starts at (a late joiner's is not 0).
+      model_.parameters() = m.parameters;
+      version_ = m.version;
+      clock_ = m.min_clock;
+      joined_ = true;
+      spare_.push_back(std::move(m.parameters));
+      return;
+    }
+    if (!in_flight_active_) throw ProtocolError(who() + ": the server sent a model no push asked for");
+    const double total = std::chrono::duration<double>(now - sent_at_).count();
+    const double held = std::min(total, static_cast<double>(m.held_ns) * 1e-9);
+    report_.held_s += held;
+    report_.comm_s += total - held;
+    report_.clock_staleness.add(clock_ > m.min_clock ? clock_ - m.min_clock : 0);
+    if (inbox_) {
+      // Not installed yet: the newer model supersedes it and covers both pushes' steps.
+      spare_.push_back(std::move(*inbox_));
+      inbox_steps_ += in_flight_;
+    } else {
+      inbox_steps_ = in_flight_;
+    }
+    inbox_ = std::move(m.parameters);
+    inbox_version_ = m.version;
+    in_flight_ = 0;
+    in_flight_active_ = false;
+    install_.on_reply(accumulated_);
+    maybe_push(now);
+    maybe_leave();
+  }
+
+  void install_inbox() {
+    install_.install(model_.parameters(), *inbox_);
+    version_ = inbox_version_;
+    ++report_.installs;
+    spare_.push_back(std::move(*inbox_));
+    inbox_.reset();
+    inbox_steps_ = 0;
+  }
+
+  void maybe_push(Clock::time_point now) {
+    if (in_flight_active_ || unsent_ == 0) return;
+    Eigen::VectorXf payload = std::move(accumulated_);
+    if (spare_.empty()) {
+      // Only transports that do not hand buffers back (a socket) get here.
+      accumulated_ = Eigen::VectorXf::Zero(payload.size());
+    } else {
+      accumulated_ = std::move(spare_.back());
+      spare_.pop_back();
+      accumulated_.setZero();
+    }
+    outbox_.push(server_peer, msg::Push{clock_, accumulated_base_, unsent_, std::move(payload)});
+    ++clock_;
+    ++report_.pushes;
+    report_.steps_per_push.add(unsent_);
+    in_flight_ = unsent_;
+    unsent_ = 0;
+    in_flight_active_ = true;
+    sent_at_ = now;
+  }
+
+  void maybe_leave() {
+    if (!finishing_ || finished_ || unsent_ > 0 || in_flight_active_) return;
+    if (inbox_) install_inbox();
+    outbox_.push(server_peer, msg::Leave{msg::LeaveReason::finished});
+    finished_ = true;
+  }
+
+  M model_;
+  [[no_unique_address]] P policy_;
+  typename P::Install install_;
+  PeerId id_;
+  float learning_rate_;
+  Eigen::VectorXf grad_;
+  Eigen::VectorXf accumulated_;  // local updates not yet taken by a push
+  std::vector<Eigen::VectorXf> spare_;
+  std::optional<Eigen::VectorXf> inbox_;  // newest global model not yet installed
+  std::uint64_t inbox_version_ = 0;
+  std::uint32_t inbox_steps_ = 0;  // own steps that model reflects and the installed one does not
+  std::uint32_t unsent_ = 0;
+  std::uint32_t in_flight_ = 0;
+  bool in_flight_active_ = false;
+  std::uint64_t accumulated_base_ = 0;
+  std::uint64_t clock_ = 0;
+  std::uint64_t version_ = 0;
+  std::uint64_t last_min_clock_ = 0;
+  bool joined_ = false;
+  bool finishing_ = false;
+  bool finished_ = false;
+  Clock::time_point sent_at_{};
+  detail::Outbox outbox_;
+  WorkerReport report_;
+};
+
+}  // namespace psync
