@@ -4,9 +4,17 @@
 // and each model's gradient per batch size.
 //
 // Run: bench_core --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
-#include <psync/psync.hpp>
+#include <psync/core/server.hpp>
+#include <psync/data/dataset.hpp>
+#include <psync/models/mlp.hpp>
+#include <psync/models/softmax.hpp>
+#include <psync/policies/asp.hpp>
+#include <psync/transport/in_process.hpp>
 
 #include <benchmark/benchmark.h>
+
+#include <pthread.h>
+#include <sched.h>
 
 #include <chrono>
 #include <future>
@@ -89,33 +97,70 @@ struct Params {
 };
 static_assert(psync::ParameterSet<Params>);
 
+// Where the two threads of a round trip run.
+enum class Placement {
+  unpinned,  // wherever the scheduler puts them (what a user gets)
+  same_cpu,  // both pinned to CPU 0: a hop is a context switch, no cross-core wake-up
+  split,     // worker on CPU 0, server on CPU 1: every hop wakes the other core
+};
+
+bool pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
+void unpin() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
 // One worker (a raw in-process endpoint, no Worker class) against a real
 // Server<Params, Asp>: Join once, then Push -> Model, the Model's buffer becoming
 // the next Push's update. Measures one full round trip: two mailbox hops, the
-// server's apply (params += update) and its copy of the model into the reply.
-void BM_ServerPushPull(benchmark::State& state) {
+// server's checks and apply (params += update), its copy of the model into the
+// reply, and the worker writing its next update.
+void server_push_pull(benchmark::State& state, Placement where) {
   const auto n = static_cast<Eigen::Index>(state.range(0));
+  const bool two_cpus = std::thread::hardware_concurrency() >= 2;
+  if (where == Placement::split && !two_cpus) {
+    state.SkipWithError("needs 2 CPUs");
+    return;
+  }
   psync::InProcessHub hub;
   psync::ServerOptions so;
   so.expected_workers = 1;
   psync::Server<Params, psync::Asp> server(Params{Eigen::VectorXf::Zero(n)}, so);
   auto server_ep = hub.endpoint(psync::server_peer);
   auto worker = hub.endpoint(0);
-  auto served = std::async(std::launch::async, [&] { return server.run(server_ep); });
+  auto served = std::async(std::launch::async, [&] {
+    if (where != Placement::unpinned) pin_to(where == Placement::split ? 1 : 0);
+    return server.run(server_ep);
+  });
+  if (where != Placement::unpinned) pin_to(0);
 
   auto await_model = [&]() -> msg::Model {
     auto env = worker.receive(psync::Clock::now() + 10s);
     if (!env) throw std::runtime_error("bench_core: no reply from the server");
     auto* m = std::get_if<msg::Model>(&env->message);
-    if (!m) throw std::runtime_error("bench_core: unexpected reply");
+    if (!m) {
+      const auto* e = std::get_if<msg::Error>(&env->message);
+      throw std::runtime_error("bench_core: unexpected reply" + (e ? ": " + e->text : std::string()));
+    }
     return std::move(*m);
   };
   worker.send(psync::server_peer, msg::Join{0, static_cast<std::uint64_t>(n), "asp"});
   msg::Model m = await_model();
   Eigen::VectorXf buffer = std::move(m.parameters);
-  buffer.setConstant(1e-7f);
   std::uint64_t clock = 0, version = m.version;
   for (auto _ : state) {
+    // The reply brought the model back in this buffer; write the next update over it,
+    // as a worker's gradient step does (sending the model as an update would double
+    // it every push until the server refuses the infinity).
+    buffer.setConstant(1e-7f);
     worker.send(psync::server_peer, msg::Push{clock++, version, 1, std::move(buffer)});
     m = await_model();
     version = m.version;
@@ -123,8 +168,13 @@ void BM_ServerPushPull(benchmark::State& state) {
   }
   worker.send(psync::server_peer, msg::Leave{msg::LeaveReason::finished});
   served.get();
+  unpin();
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * n * 2 * 4);
 }
+
+void BM_ServerPushPull(benchmark::State& state) { server_push_pull(state, Placement::unpinned); }
+void BM_ServerPushPullSameCpu(benchmark::State& state) { server_push_pull(state, Placement::same_cpu); }
+void BM_ServerPushPullSplit(benchmark::State& state) { server_push_pull(state, Placement::split); }
 
 // ---------------------------------------------------------------- gradients
 
@@ -166,6 +216,8 @@ BENCHMARK(BM_ApplyEigen)->Arg(1 << 10)->Arg(100'000)->Arg(1'000'000)->Arg(10'000
 BENCHMARK(BM_ApplyRawLoop)->Arg(1 << 10)->Arg(100'000)->Arg(1'000'000)->Arg(10'000'000);
 BENCHMARK(BM_ApplyRatio)->Arg(1 << 10)->Arg(100'000)->Arg(1'000'000)->Arg(10'000'000);
 BENCHMARK(BM_ServerPushPull)->Arg(1 << 10)->Arg(100'000)->Arg(1'000'000)->UseRealTime();
+BENCHMARK(BM_ServerPushPullSameCpu)->Arg(1 << 10)->UseRealTime();
+BENCHMARK(BM_ServerPushPullSplit)->Arg(1 << 10)->UseRealTime();
 BENCHMARK(BM_GradientSoftmax)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 BENCHMARK(BM_GradientMlp)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 
