@@ -1,0 +1,346 @@
+#pragma once
+/// @file
+/// @brief Virtual-time runs: the same `ServerCore` and `WorkerCore` as a real
+/// cluster, driven by a discrete-event loop on one thread. The math is real (every
+/// gradient is computed on the real data, so accuracy is real); only time is
+/// modelled: compute cost per step, the network (fair-shared server NIC, per-link
+/// bandwidth, latency, jitter), and the server's cost per message. The same seed
+/// and scenario give bit-identical trajectories on any machine, whatever its load.
+
+#include "psync/concepts.hpp"
+#include "psync/core/error.hpp"
+#include "psync/core/metrics.hpp"
+#include "psync/core/server_core.hpp"
+#include "psync/core/worker_core.hpp"
+#include "psync/harness/local_cluster.hpp"
+#include "psync/sim/network.hpp"
+#include "psync/transport/emulated.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <queue>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace psync::sim {
+
+/// @brief What a local step costs in virtual time.
+struct ComputeCost {
+  /// @brief Seconds per local step of a worker at speed 1 (measure it with `calibrate_step`, or give it).
+  double step_s = 1e-3;
+  /// @brief Per-worker slowdown factors (>= 1), by worker index; missing entries are 1.
+  std::vector<double> slowdown;
+  /// @brief With this probability a step takes `random_factor` times as long (seeded).
+  double random_probability = 0;
+  /// @brief Slowdown of an unlucky step.
+  double random_factor = 1;
+};
+
+/// @brief A virtual-time run's set-up.
+struct SimOptions {
+  std::uint32_t workers = 4;
+  float learning_rate = 0.1f;
+  /// @brief Local steps per worker (the run may stop earlier on `budget_s`).
+  std::uint64_t steps_per_worker = 1000;
+  /// @brief Virtual seconds per worker from the start (0: none).
+  double budget_s = 0;
+  ComputeCost compute;
+  /// @brief Links, server NIC and jitter (the same description as `Emulated`'s);
+  /// the NIC is shared fairly between concurrent transfers, not first come first served.
+  NetworkSpec network;
+  /// @brief Server seconds per float of a push (apply and copy into the reply; calibrate or give it).
+  double server_s_per_float = 0;
+  /// @brief Virtual seconds between two snapshots of the global model for the series.
+  double snapshot_interval_s = 0.5;
+  /// @brief Seeds the compute slowdowns (the network has `network.seed`).
+  std::uint64_t seed = 1;
+};
+
+/// @brief Median seconds of one gradient step of `model` on batches from `next`,
+/// over `repetitions` steps after `warmup` untimed ones (which also touch the data).
+template <Model M, class NextBatch>
+  requires BatchSource<NextBatch, typename M::Batch>
+double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, int warmup = 5) {
+  Eigen::VectorXf g = Eigen::VectorXf::Zero(model.parameters().size());
+  std::vector<double> times;
+  times.reserve(static_cast<std::size_t>(repetitions));
+  for (int i = 0; i < warmup + repetitions; ++i) {
+    const auto& batch = next();
+    const auto t0 = std::chrono::steady_clock::now();
+    model.gradient(batch, g);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i >= warmup) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2), times.end());
+  return times[times.size() / 2];
+}
+
+/// @brief Runs `options.workers` workers and one server under policy `P` in
+/// virtual time and returns the same report as `run_local` (times in virtual
+/// seconds). `batches_for(w)` gives worker w's batch source; `evaluate(model)` turns
+/// each snapshot into the series after the run.
+template <Model M, SyncPolicy P, class BatchesFor, class Evaluate>
+  requires BatchSourceFactory<BatchesFor, typename M::Batch> && SnapshotEvaluator<Evaluate, M>
+RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& options, P policy,
+                   Evaluate&& evaluate) {
+  if (options.workers == 0) throw ConfigError("simulate: workers must be at least 1");
+  if (!(options.compute.step_s > 0)) throw ConfigError("simulate: compute.step_s must be positive");
+  if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
+
+  using Batches = std::decay_t<std::invoke_result_t<BatchesFor&, PeerId>>;
+  const auto to_ns = [](double s) { return static_cast<Nanos>(std::llround(s * 1e9)); };
+  const auto at = [](Nanos t) { return Clock::time_point(std::chrono::nanoseconds(t)); };
+
+  enum class Kind { step_done, arrive_server, arrive_worker, net_up, net_down, server_free, snapshot };
+  struct Event {
+    Nanos time;
+    std::uint64_t seq;
+    Kind kind;
+    std::uint64_t a;  // worker, message handle or generation
+    bool operator>(const Event& o) const { return time != o.time ? time > o.time : seq > o.seq; }
+  };
+  std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
+  std::uint64_t seq = 0;
+  std::uint64_t pending = 0;  // events other than snapshots: none left means nothing can happen any more
+  const auto schedule = [&](Nanos t, Kind k, std::uint64_t a) {
+    if (k != Kind::snapshot) ++pending;
+    events.push(Event{t, seq++, k, a});
+  };
+
+  ServerCoreOptions so;
+  so.expected_workers = options.workers;
+  so.join_timeout = std::chrono::hours(24 * 365);
+  so.peer_timeout = std::chrono::hours(24 * 365);
+  ServerCore<M, P> server(model, so, policy, at(0));
+
+  struct WorkerState {
+    std::unique_ptr<WorkerCore<M, P>> core;
+    std::optional<Batches> batches;
+    bool computing = false;
+    bool blocked = false;
+    Nanos blocked_since = 0;
+    double compute_s = 0;
+    double wait_s = 0;
+    Nanos finished_at = 0;
+    std::mt19937_64 rng;
+  };
+  std::vector<WorkerState> workers(options.workers);
+  for (PeerId w = 0; w < options.workers; ++w) {
+    auto& ws = workers[w];
+    ws.core = std::make_unique<WorkerCore<M, P>>(model, w, options.learning_rate, policy);
+    ws.batches.emplace(batches_for(w));
+    ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
+  }
+
+  // Messages in flight, by handle.
+  struct InFlight {
+    PeerId worker;
+    bool to_server;
+    Message message;
+  };
+  std::map<std::uint64_t, InFlight> flying;
+  std::uint64_t next_handle = 0;
+  SharedLink up(options.network.server_nic_bytes_per_s), down(options.network.server_nic_bytes_per_s);
+  std::uint64_t up_gen = 0, down_gen = 0;
+  std::vector<std::mt19937_64> jitter_rng;
+  for (PeerId w = 0; w <= options.workers; ++w) jitter_rng.emplace_back(options.network.seed ^ (w + 1));
+
+  const auto reschedule_net = [&](bool to_server, Nanos now) {
+    SharedLink& link = to_server ? up : down;
+    std::uint64_t& gen = to_server ? up_gen : down_gen;
+    ++gen;
+    const Nanos t = link.next_finish();
+    if (t != std::numeric_limits<Nanos>::max()) schedule(std::max(t, now), to_server ? Kind::net_up : Kind::net_down, gen);
+  };
+  const auto send = [&](PeerId worker, bool to_server, Message&& m, Nanos now) {
+    const std::uint64_t h = next_handle++;
+    const double bytes = static_cast<double>(emulated_size(m));
+    flying.emplace(h, InFlight{worker, to_server, std::move(m)});
+    (to_server ? up : down).add(h, bytes, options.network.link(worker).bandwidth_bytes_per_s, now);
+    reschedule_net(to_server, now);
+  };
+  const auto delivered = [&](bool to_server, Nanos now) {
+    std::vector<std::uint64_t> done;
+    (to_server ? up : down).finish_until(now, done);
+    for (std::uint64_t h : done) {
+      const InFlight& f = flying.at(h);
+      const LinkSpec& link = options.network.link(f.worker);
+      Nanos delay = std::chrono::duration_cast<std::chrono::nanoseconds>(link.latency).count();
+      if (link.jitter.count() > 0) {
+        auto& rng = jitter_rng[to_server ? f.worker : options.workers];
+        delay += static_cast<Nanos>(std::uniform_real_distribution<double>(0.0, 1.0)(rng) *
+                                    static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(link.jitter).count()));
+      }
+      schedule(now + delay, to_server ? Kind::arrive_server : Kind::arrive_worker, h);
+    }
+    reschedule_net(to_server, now);
+  };
+
+  // The server is one thread: messages queue and each costs its processing time.
+  std::vector<std::uint64_t> server_queue;
+  std::size_t server_head = 0;
+  bool server_busy = false;
+  const auto server_cost = [&](const Message& m) {
+    if (const auto* p = std::get_if<msg::Push>(&m)) return to_ns(options.server_s_per_float * static_cast<double>(p->update.size()));
+    return Nanos{0};
+  };
+  const auto drain_server = [&](Nanos now) {
+    while (auto t = server.poll_transmit()) send(t->to, false, std::move(t->message), now);
+  };
+  const auto start_server = [&](Nanos now) {
+    if (server_busy || server_head == server_queue.size()) return;
+    server_busy = true;
+    schedule(now + server_cost(flying.at(server_queue[server_head]).message), Kind::server_free, 0);
+  };
+
+  const auto drain_worker = [&](PeerId w, Nanos now) {
+    while (auto t = workers[w].core->poll_transmit()) send(w, true, std::move(t->message), now);
+  };
+  const auto out_of_budget = [&](const WorkerState& ws, Nanos now) {
+    if (ws.core->report().steps >= options.steps_per_worker) return true;
+    return options.budget_s > 0 && now >= to_ns(options.budget_s);
+  };
+  const auto step_cost = [&](PeerId w) {
+    auto& ws = workers[w];
+    double factor = w < options.compute.slowdown.size() ? options.compute.slowdown[w] : 1.0;
+    if (options.compute.random_probability > 0 &&
+        std::uniform_real_distribution<double>(0.0, 1.0)(ws.rng) < options.compute.random_probability) {
+      factor *= options.compute.random_factor;
+    }
+    return options.compute.step_s * factor;
+  };
+  // A worker at a step boundary: start the next step, block, or finish.
+  const auto advance_worker = [&](PeerId w, Nanos now) {
+    auto& ws = workers[w];
+    auto& core = *ws.core;
+    if (ws.computing || !core.joined() || core.finished()) return;
+    if (out_of_budget(ws, now)) {
+      core.finish(at(now));
+      drain_worker(w, now);
+      if (core.finished()) ws.finished_at = now;
+      return;
+    }
+    if (!core.begin_step(at(now))) {
+      if (!ws.blocked) {
+        ws.blocked = true;
+        ws.blocked_since = now;
+      }
+      return;
+    }
+    if (ws.blocked) {
+      ws.blocked = false;
+      ws.wait_s += static_cast<double>(now - ws.blocked_since) * 1e-9;
+    }
+    ws.computing = true;
+    const double cost = step_cost(w);
+    ws.compute_s += cost;
+    schedule(now + to_ns(cost), Kind::step_done, w);
+  };
+
+  for (PeerId w = 0; w < options.workers; ++w) {
+    workers[w].core->start(at(0));
+    drain_worker(w, 0);
+  }
+  std::vector<Snapshot> snapshots;
+  const auto snapshot = [&](Nanos now) {
+    if (!snapshots.empty() && snapshots.back().version == server.version()) return;
+    snapshots.push_back(Snapshot{static_cast<double>(now) * 1e-9, server.version(), server.report().steps_applied,
+                                 server.model().parameters()});
+  };
+  snapshot(0);
+  schedule(to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
+
+  Nanos now = 0;
+  while (pending > 0 && !server.done()) {
+    const Event e = events.top();
+    events.pop();
+    if (e.kind != Kind::snapshot) --pending;
+    now = e.time;
+    switch (e.kind) {
+      case Kind::step_done: {
+        const auto w = static_cast<PeerId>(e.a);
+        auto& ws = workers[w];
+        auto& core = *ws.core;
+        const auto& batch = (*ws.batches)();
+        double loss = std::numeric_limits<double>::quiet_NaN();
+        if constexpr (detail::GradientReturnsLoss<M>) {
+          loss = static_cast<double>(core.model().gradient(batch, core.gradient()));
+        } else {
+          core.model().gradient(batch, core.gradient());
+        }
+        core.end_step(detail::samples_in(batch), loss, at(now));
+        ws.computing = false;
+        drain_worker(w, now);
+        advance_worker(w, now);
+        break;
+      }
+      case Kind::net_up:
+        if (e.a == up_gen) delivered(true, now);
+        break;
+      case Kind::net_down:
+        if (e.a == down_gen) delivered(false, now);
+        break;
+      case Kind::arrive_server:
+        server_queue.push_back(e.a);
+        start_server(now);
+        break;
+      case Kind::server_free: {
+        const std::uint64_t h = server_queue[server_head++];
+        auto node = flying.extract(h);
+        server.on_message(node.mapped().worker, std::move(node.mapped().message), at(now));
+        drain_server(now);
+        server_busy = false;
+        if (server_head == server_queue.size()) {
+          server_queue.clear();
+          server_head = 0;
+        }
+        start_server(now);
+        break;
+      }
+      case Kind::arrive_worker: {
+        auto node = flying.extract(e.a);
+        const PeerId w = node.mapped().worker;
+        workers[w].core->on_message(std::move(node.mapped().message), at(now));
+        drain_worker(w, now);
+        if (workers[w].core->finished() && workers[w].finished_at == 0) workers[w].finished_at = now;
+        advance_worker(w, now);
+        break;
+      }
+      case Kind::snapshot:
+        snapshot(now);
+        schedule(now + to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
+        break;
+    }
+  }
+  if (!server.done()) throw Error("simulate: the run stopped with workers still live (a policy deadlocked)");
+  snapshot(now);
+
+  RunReport report;
+  report.policy = policy.name();
+  report.wall_s = static_cast<double>(now) * 1e-9;
+  for (auto& ws : workers) {
+    WorkerReport r = ws.core->report();
+    r.compute_s = ws.compute_s;
+    r.wait_s = ws.wait_s;
+    r.wall_s = static_cast<double>(ws.finished_at) * 1e-9;
+    report.workers.push_back(r);
+  }
+  report.server = server.finish_report();
+  report.server.wall_s = report.wall_s;
+  report.parameters = server.model().parameters();
+  report.series = evaluate_snapshots(model, snapshots, evaluate);
+  return report;
+}
+
+}  // namespace psync::sim

@@ -1,0 +1,198 @@
+// Virtual time: the same cores as a real cluster, driven by events on one thread.
+// Checked against arithmetic that can be done by hand (a round costs a step plus
+// two latencies; two flows share a NIC fairly), against the policies' rules (BSP
+// is averaged SGD, LOSP installs every unreflected update, OSP hides latency), for
+// determinism (same seed, bit-identical run), and at 256 workers.
+#include "catch.hpp"
+#include "toy_model.hpp"
+
+#include <psync/policies/asp.hpp>
+#include <psync/policies/bsp.hpp>
+#include <psync/policies/osp.hpp>
+#include <psync/policies/ssp.hpp>
+#include <psync/sim/simulator.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+using namespace std::chrono_literals;
+using psync_test::Quadratic;
+using psync_test::Target;
+
+namespace {
+
+constexpr Eigen::Index dim = 4;
+
+// Worker w pulls towards (w + 1) * 1.
+struct Sources {
+  std::vector<Target> targets;
+  explicit Sources(std::uint32_t workers) {
+    for (std::uint32_t w = 0; w < workers; ++w) targets.push_back(Target{Eigen::VectorXf::Constant(dim, float(w + 1))});
+  }
+  auto operator()(psync::PeerId w) const {
+    const Target* t = &targets[w];
+    return [t]() -> const Target& { return *t; };
+  }
+};
+
+psync::Evaluation loss_only(const Quadratic& m) {
+  return psync::Evaluation{m.loss(Target{Eigen::VectorXf::Zero(dim)}), -1};
+}
+
+template <class P>
+psync::RunReport run(const psync::sim::SimOptions& o, P policy = {}) {
+  return psync::sim::simulate(Quadratic(dim), Sources(o.workers), o, policy, loss_only);
+}
+
+}  // namespace
+
+TEST_CASE("A fair-shared NIC splits its bandwidth between concurrent transfers", "[sim][network]") {
+  psync::sim::SharedLink link(1e6);  // 1 MB/s
+  link.add(1, 1e6, 0, 0);
+  link.add(2, 1e6, 0, 0);
+  // FIFO would finish the first at 1 s; fair share finishes both at 2 s.
+  REQUIRE(link.next_finish() == 2'000'000'000);
+  std::vector<std::uint64_t> done;
+  link.finish_until(1'000'000'000, done);
+  REQUIRE(done.empty());
+  link.add(3, 0.25e6, 0, 1'000'000'000);  // a third joins: each gets a third
+  REQUIRE(link.next_finish() == 1'750'000'000);
+  link.finish_until(1'750'000'000, done);
+  REQUIRE(done == std::vector<std::uint64_t>{3});
+  // A flow capped by its own link leaves the rest to the others.
+  psync::sim::SharedLink capped(1e6);
+  capped.add(1, 1e5, 1e5, 0);  // 0.1 MB/s link: 1 s
+  capped.add(2, 9e5, 0, 0);    // gets the other 0.9 MB/s: 1 s
+  REQUIRE(std::llabs(capped.next_finish() - 1'000'000'000) < 1000);
+}
+
+TEST_CASE("BSP rounds cost a step plus two latencies, and BSP is averaged SGD", "[sim][bsp]") {
+  psync::sim::SimOptions o;
+  o.workers = 3;
+  o.steps_per_worker = 50;
+  o.learning_rate = 0.1f;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link.latency = 2ms;
+  const auto r = run<psync::Bsp>(o);
+  // Join round trip (2 latencies), then per step: compute, push, reply (2 latencies), then the Leave.
+  const double expected = 2 * 2e-3 + 50 * (1e-3 + 2 * 2e-3) + 2e-3;
+  REQUIRE(r.wall_s == Approx(expected).epsilon(1e-6));
+  Eigen::VectorXf x = Eigen::VectorXf::Zero(dim);
+  for (int s = 0; s < 50; ++s) {
+    Eigen::VectorXf g = Eigen::VectorXf::Zero(dim);
+    for (int w = 0; w < 3; ++w) g += x - Eigen::VectorXf::Constant(dim, float(w + 1));
+    x -= 0.1f * g / 3.0f;
+  }
+  REQUIRE((r.parameters - x).cwiseAbs().maxCoeff() < 1e-5f);
+  REQUIRE(r.server.steps_applied == 150);
+}
+
+TEST_CASE("OSP takes communication off the critical path; BSP pays it every step", "[sim][osp]") {
+  psync::sim::SimOptions o;
+  o.workers = 4;
+  o.steps_per_worker = 200;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link.latency = 5ms;  // a round trip is 10 steps
+  const auto bsp = run<psync::Bsp>(o);
+  const auto osp = run<psync::Osp<20>>(o);
+  // BSP: 200 * (1 + 10) ms. OSP with S = 20 > 10: compute never blocks, about 200 ms.
+  REQUIRE(bsp.wall_s > 2.0);
+  REQUIRE(osp.wall_s < 0.25);
+  for (const auto& w : osp.workers) {
+    REQUIRE(w.wait_s < 0.02);
+    REQUIRE(w.steps_per_push.max > 5);
+  }
+  // With S below the round trip, the gate closes: S = 4 unsent steps per 10-step round trip.
+  const auto tight = run<psync::Osp<4>>(o);
+  REQUIRE(tight.wall_s > 0.3);
+  REQUIRE(tight.steps_per_push().max == 4);
+}
+
+TEST_CASE("LOSP in virtual time: the model computed on at step k holds all k updates", "[sim][losp]") {
+  // One worker, constant gradient -1, lr 1: the parameter at step k must be exactly k.
+  struct Counter {
+    using Batch = int;
+    Eigen::VectorXf x = Eigen::VectorXf::Zero(1);
+    std::vector<float>* seen = nullptr;
+    Eigen::Ref<const Eigen::VectorXf> parameters() const { return x; }
+    Eigen::Ref<Eigen::VectorXf> parameters() { return x; }
+    double loss(const Batch&) const { return 0; }
+    void gradient(const Batch&, Eigen::Ref<Eigen::VectorXf> g) const {
+      seen->push_back(x[0]);
+      g.setConstant(-1);
+    }
+  };
+  for (int compensated = 0; compensated < 2; ++compensated) {
+    std::vector<float> seen;
+    Counter model;
+    model.seen = &seen;
+    psync::sim::SimOptions o;
+    o.workers = 1;
+    o.steps_per_worker = 80;
+    o.learning_rate = 1;
+    o.compute.step_s = 1e-3;
+    o.network.worker_link.latency = 2ms;
+    static const int batch = 0;
+    const auto sources = [](psync::PeerId) { return []() -> const int& { return batch; }; };
+    const auto none = [](const Counter&) { return psync::Evaluation{0, -1}; };
+    if (compensated) {
+      psync::sim::simulate(model, sources, o, psync::Losp<20>{}, none);
+    } else {
+      psync::sim::simulate(model, sources, o, psync::Osp<20>{}, none);
+    }
+    REQUIRE(seen.size() == 80);
+    float max_lag = 0;
+    for (std::size_t k = 0; k < seen.size(); ++k) max_lag = std::max(max_lag, static_cast<float>(k) - seen[k]);
+    if (compensated) {
+      REQUIRE(max_lag == 0);
+    } else {
+      REQUIRE(max_lag > 0);
+      REQUIRE(max_lag <= 40);
+    }
+  }
+}
+
+TEST_CASE("Same seed, same run, bit for bit; another seed, another run", "[sim][determinism]") {
+  psync::sim::SimOptions o;
+  o.workers = 5;
+  o.steps_per_worker = 100;
+  o.compute.step_s = 1e-3;
+  o.compute.slowdown = {2.0};
+  o.compute.random_probability = 0.2;
+  o.compute.random_factor = 3;
+  o.network.worker_link = {1e7, 1ms, 500us};
+  o.network.server_nic_bytes_per_s = 2e7;
+  o.snapshot_interval_s = 0.01;
+  const auto a = run<psync::Ssp<2>>(o);
+  const auto b = run<psync::Ssp<2>>(o);
+  REQUIRE(a.wall_s == b.wall_s);
+  REQUIRE(a.parameters == b.parameters);
+  REQUIRE(a.series.size() == b.series.size());
+  for (std::size_t i = 0; i < a.series.size(); ++i) {
+    REQUIRE(a.series[i].seconds == b.series[i].seconds);
+    REQUIRE(a.series[i].train_loss == b.series[i].train_loss);
+  }
+  o.seed = 2;
+  o.network.seed = 2;
+  const auto c = run<psync::Ssp<2>>(o);
+  REQUIRE(c.wall_s != a.wall_s);
+}
+
+TEMPLATE_TEST_CASE("Hundreds of workers in virtual time", "[sim][scale]", psync::Bsp, psync::Asp, psync::Osp<8>) {
+  for (std::uint32_t workers : {2u, 8u, 32u, 256u}) {
+    psync::sim::SimOptions o;
+    o.workers = workers;
+    o.steps_per_worker = 20;
+    o.compute.step_s = 1e-3;
+    o.compute.slowdown = {3.0};
+    o.network.worker_link = {1.25e8, 100us, 0us};
+    o.network.server_nic_bytes_per_s = 1.25e8;
+    const auto r = run<TestType>(o);
+    REQUIRE(r.workers.size() == workers);
+    std::uint64_t steps = 0;
+    for (const auto& w : r.workers) steps += w.steps;
+    REQUIRE(steps == 20ull * workers);
+    REQUIRE(r.server.steps_applied == steps);
+  }
+}
