@@ -1,10 +1,15 @@
 # Plots one scenario's results written by bench/compare_policies:
 #   gnuplot -e "dir='docs/results'; scen='paper-like'" scripts/plot.gp
+# (compare.sh adds xunit/accunit/clock for virtual-time runs.)
 # Reads DIR/SCEN-series.dat (one block per policy: test accuracy vs seconds) and
 # DIR/SCEN-time.dat (share of wall time per policy); writes DIR/SCEN-accuracy.png
 # and DIR/SCEN-time.png.
 if (!exists("dir")) dir = "docs/results"
 if (!exists("scen")) scen = "paper-like"
+# compare.sh sets these for virtual-time runs (bench/compare_policies --time virtual).
+if (!exists("xunit")) xunit = "wall-clock seconds since start"
+if (!exists("accunit")) accunit = "test accuracy (Fashion-MNIST, 10k)"
+if (!exists("clock")) clock = "wall-clock time"
 series = dir."/".scen."-series.dat"
 times = dir."/".scen."-time.dat"
 
@@ -13,9 +18,9 @@ set datafile missing "null"
 
 # --- test accuracy vs wall clock, one line per policy
 set output dir."/".scen."-accuracy.png"
-set title "Test accuracy vs wall-clock time (".scen.")"
-set xlabel "wall-clock seconds since start"
-set ylabel "test accuracy (Fashion-MNIST, 10k)"
+set title "Test accuracy vs ".clock." (".scen.")"
+set xlabel xunit
+set ylabel accunit
 set key bottom right
 set grid
 stats series using 2 nooutput
