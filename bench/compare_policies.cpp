@@ -683,18 +683,7 @@ class Harness {
       progress_.line("  " + what + " done: final accuracy " + fmt(r.final_acc));
       rows.push_back(std::move(r));
     }
-    // Speedup over BSP in time to target.
-    const auto bsp = std::find_if(rows.begin(), rows.end(), [](const Row& r) { return r.label == "bsp"; });
-    for (auto& r : rows) {
-      if (r.tta < 0 || bsp == rows.end() || r.label == "sequential@osp-samples") continue;
-      if (bsp->tta > 0) {
-        r.speedup = bsp->tta / r.tta;
-      } else if (bsp->tta < 0) {
-        // BSP never got there within its budget: budget / t is a lower bound.
-        r.speedup = bsp->rep.wall_s / r.tta;
-        r.speedup_lower_bound = true;
-      }
-    }
+    speedups(rows);
     if (!opt_.trace_dir.empty()) traces(s, policies);
     return rows;
   }
@@ -975,6 +964,7 @@ class Harness {
     return rows;
   }
 
+  // Speedup over BSP in time to target, for real and virtual rows alike.
   static void speedups(std::vector<Row>& rows) {
     const auto bsp = std::find_if(rows.begin(), rows.end(), [](const Row& r) { return r.label == "bsp"; });
     for (auto& r : rows) {

@@ -165,6 +165,26 @@ Eigen::VectorXf two_worker_bsp(std::uint64_t steps, float lr, int first_round_pu
   return x;
 }
 
+/// The run ends with both real workers done and the model exactly theirs (the
+/// refused peer's update never landed); returns the server's report for more checks.
+template <class S>
+psync::ServerReport require_real_workers_prevailed(std::future<psync::WorkerReport>& w0,
+                                                    std::future<psync::WorkerReport>& w1, S& server,
+                                                    std::future<psync::ServerReport>& done, std::uint64_t steps,
+                                                    float lr, int first_round_pushes) {
+  // The real workers finish normally (no exception from get()).
+  const auto r0 = w0.get();
+  const auto r1 = w1.get();
+  auto report = finish_server(server, done);
+  REQUIRE(r0.steps == steps);
+  REQUIRE(r1.steps == steps);
+  const Eigen::VectorXf final_model = server.model().parameters();
+  INFO("final model " << final_model.transpose());
+  REQUIRE(final_model.allFinite());
+  REQUIRE((final_model - two_worker_bsp(steps, lr, first_round_pushes)).cwiseAbs().maxCoeff() < 1e-5f);
+  return report;
+}
+
 }  // namespace
 
 TEST_CASE("A push for a round the server has not answered is refused; the others train on", "[faults]") {
@@ -225,17 +245,9 @@ TEST_CASE("A push for a round the server has not answered is refused; the others
     expect_error(raw, psync::msg::ErrorCode::bad_clock, "pull from worker 2 stamped clock 3, expected 0");
   }
 
-  const auto r0 = w0.get();
-  const auto r1 = w1.get();
-  const auto report = finish_server(server, done);
-  REQUIRE(r0.steps == steps);
-  REQUIRE(r1.steps == steps);
-  const Eigen::VectorXf final_model = server.model().parameters();
-  INFO("final model " << final_model.transpose());
-  REQUIRE(final_model.allFinite());
-  REQUIRE(final_model.cwiseAbs().maxCoeff() < 10.0f);  // the marker never landed
   // Exactly what the two real workers produce under BSP once the raw peer is gone.
-  REQUIRE((final_model - two_worker_bsp(steps, lr, first_round_pushes)).cwiseAbs().maxCoeff() < 1e-5f);
+  const auto report = require_real_workers_prevailed(w0, w1, server, done, steps, lr, first_round_pushes);
+  REQUIRE(server.model().parameters().cwiseAbs().maxCoeff() < 10.0f);  // the marker never landed
   REQUIRE(report.steps_applied == 2 * steps + (first_round_pushes == 3 ? 1 : 0));
   REQUIRE(has_event(report, "worker 2: refused"));
   const auto* p2 = peer(report, 2);
@@ -271,16 +283,7 @@ TEST_CASE("A non-finite update is refused and never touches the model", "[faults
   raw.send(psync::server_peer, psync::msg::Push{0, 0, 1, std::move(update)});
   expect_error(raw, psync::msg::ErrorCode::bad_frame, "non-finite");
 
-  // The real workers finish normally (no exception from get()).
-  const auto r0 = w0.get();
-  const auto r1 = w1.get();
-  const auto report = finish_server(server, done);
-  REQUIRE(r0.steps == steps);
-  REQUIRE(r1.steps == steps);
-  const Eigen::VectorXf final_model = server.model().parameters();
-  INFO("final model " << final_model.transpose());
-  REQUIRE(final_model.allFinite());
-  REQUIRE((final_model - two_worker_bsp(steps, lr, 2)).cwiseAbs().maxCoeff() < 1e-5f);
+  const auto report = require_real_workers_prevailed(w0, w1, server, done, steps, lr, 2);
   REQUIRE(report.steps_applied == 2 * steps);
   REQUIRE(has_event(report, "non-finite"));
 }
