@@ -9,6 +9,10 @@
 #   scripts/compare.sh --time real             threads over the emulated network, wall clock, paper-like
 #   scripts/compare.sh --native                built with -march=native (build-bench-native/)
 #   scripts/compare.sh --scenario all --time real --budget 20 --trace docs/results/traces
+#   scripts/compare.sh --sweep-bandwidth 0.1,0.3,1,3,10 --policies bsp,osp:20,losp:20
+#                                              time to target vs bandwidth (plot: docs/results/paper-like-sweep-bandwidth.png)
+#   scripts/compare.sh --sweep-workers 2,4,8,16,32 --policies bsp,osp:20,losp:20   ... vs worker count
+#   scripts/compare.sh --validate              real threads vs virtual time at 2 workers (docs/results/validation.md)
 # Arguments other than --native go to compare_policies (see its --help).
 # PSYNC_BUILD_DIR overrides the build directory (default build-bench).
 set -euo pipefail
@@ -28,11 +32,16 @@ done
 out=docs/results
 scenario=
 time_mode=virtual
+sweeps=()
+validate=
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
     --out) out="${args[$((i + 1))]:-$out}" ;;
     --scenario) scenario="${args[$((i + 1))]:-$scenario}" ;;
     --time) time_mode="${args[$((i + 1))]:-$time_mode}" ;;
+    --sweep-bandwidth) sweeps+=(bandwidth) ;;
+    --sweep-workers) sweeps+=(workers) ;;
+    --validate) validate=1 ;;
     --help|-h|--list) ;;
   esac
 done
@@ -45,15 +54,35 @@ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DPSYNC_NATIVE="$native" \
       -DPSYNC_BUILD_TESTS=OFF -DPSYNC_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$dir" --target bench.compare_policies -j "$(nproc)"
 
-"$dir/bench/compare_policies" --out "$out" "${args[@]}"
+# Exit status 3: --validate ran and some figure missed its goal (reported, and still written below).
+rc=0
+"$dir/bench/compare_policies" --out "$out" "${args[@]}" || rc=$?
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then exit "$rc"; fi
 for a in "${args[@]}"; do
   case "$a" in --help|-h|--list) exit 0 ;; esac
 done
 
 if [ "$scenario" = all ]; then
-  scenarios=(paper-like paper-like-p8 fast-network heavy-straggler)
+  scenarios=(paper-like paper-like-p8 paper-like-p32 fast-network heavy-straggler)
 else
   IFS=, read -r -a scenarios <<<"$scenario"
+fi
+if [ -n "$validate" ]; then
+  echo "compare: validation written to $out/validation.md"
+  /usr/bin/python3 scripts/update_readme.py --block validation "$out/validation.md"
+  exit "$rc"
+fi
+if [ ${#sweeps[@]} -gt 0 ]; then
+  for s in "${scenarios[@]}"; do
+    for p in "${sweeps[@]}"; do
+      dat="$out/$s-sweep-$p.dat"
+      target=$(awk -F, 'NR == 2 { print $9 }' "$out/$s-sweep-$p.csv")
+      gnuplot -e "dat='$dat'; param='$p'; target='$target'" scripts/plot_sweep.gp
+      echo "compare: plot ${dat%.dat}.png"
+      /usr/bin/python3 scripts/update_readme.py --block "sweep-$p" "$out/$s-sweep-$p.md"
+    done
+  done
+  exit 0
 fi
 if [ "$time_mode" = virtual ]; then
   labels="xunit='virtual seconds (psync::sim)'; accunit='test accuracy (Fashion-MNIST, 2k test samples)'; clock='virtual time'"

@@ -2,10 +2,15 @@
 // Checked against arithmetic that can be done by hand (a round costs a step plus
 // two latencies; two flows share a NIC fairly), against the policies' rules (BSP
 // is averaged SGD, LOSP installs every unreflected update, OSP hides latency), for
-// determinism (same seed, bit-identical run), and at 256 workers.
+// determinism (same seed, bit-identical run), at 2 to 256 workers, against a real
+// threaded BSP run (same parameters), and for bounded memory and early stops.
 #include "catch.hpp"
+#include "synthetic_task.hpp"
 #include "toy_model.hpp"
 
+#include <psync/harness/local_cluster.hpp>
+#include <psync/harness/time_to_target.hpp>
+#include <psync/models/softmax.hpp>
 #include <psync/policies/asp.hpp>
 #include <psync/policies/bsp.hpp>
 #include <psync/policies/osp.hpp>
@@ -65,6 +70,24 @@ TEST_CASE("A fair-shared NIC splits its bandwidth between concurrent transfers",
   capped.add(1, 1e5, 1e5, 0);  // 0.1 MB/s link: 1 s
   capped.add(2, 9e5, 0, 0);    // gets the other 0.9 MB/s: 1 s
   REQUIRE(std::llabs(capped.next_finish() - 1'000'000'000) < 1000);
+}
+
+TEST_CASE("A FIFO NIC (the Emulated transport's model) sends one transfer at a time", "[sim][network]") {
+  psync::sim::SharedLink link(1e6, psync::sim::Sharing::fifo);
+  link.add(1, 1e6, 0, 0);
+  link.add(2, 1e6, 0, 0);
+  REQUIRE(link.next_finish() == 1'000'000'000);
+  std::vector<std::uint64_t> done;
+  link.finish_until(1'000'000'000, done);
+  REQUIRE(done == std::vector<std::uint64_t>{1});
+  REQUIRE(link.next_finish() == 2'000'000'000);
+  // The head is capped by its own link; the NIC does not serve the next one meanwhile.
+  psync::sim::SharedLink capped(1e6, psync::sim::Sharing::fifo);
+  capped.add(1, 1e5, 1e5, 0);
+  capped.add(2, 1e5, 0, 0);
+  REQUIRE(capped.next_finish() == 1'000'000'000);
+  capped.finish_until(1'000'000'000, done);
+  REQUIRE(capped.next_finish() == 1'100'000'000);
 }
 
 TEST_CASE("BSP rounds cost a step plus two latencies, and BSP is averaged SGD", "[sim][bsp]") {
@@ -180,7 +203,7 @@ TEST_CASE("Same seed, same run, bit for bit; another seed, another run", "[sim][
 }
 
 TEMPLATE_TEST_CASE("Hundreds of workers in virtual time", "[sim][scale]", psync::Bsp, psync::Asp, psync::Osp<8>) {
-  for (std::uint32_t workers : {2u, 8u, 32u, 256u}) {
+  for (std::uint32_t workers : {2u, 4u, 8u, 32u, 256u}) {
     psync::sim::SimOptions o;
     o.workers = workers;
     o.steps_per_worker = 20;
@@ -195,4 +218,145 @@ TEMPLATE_TEST_CASE("Hundreds of workers in virtual time", "[sim][scale]", psync:
     REQUIRE(steps == 20ull * workers);
     REQUIRE(r.server.steps_applied == steps);
   }
+}
+
+TEST_CASE("A long run holds O(P) models: snapshots are evaluated, not kept", "[sim][memory]") {
+  psync::sim::SimOptions o;
+  o.workers = 6;
+  o.steps_per_worker = 400;
+  o.compute.step_s = 1e-3;
+  o.compute.slowdown = {2.0};
+  o.network.worker_link = {1e6, 1ms, 0us};
+  o.snapshot_interval_s = 1e-3;  // hundreds of snapshots
+  psync::sim::SimStats stats;
+  std::size_t evaluated = 0;
+  const auto r = psync::sim::simulate(Quadratic(dim), Sources(o.workers), o, psync::Osp<4>{},
+                                      [&](const Quadratic& m) {
+                                        ++evaluated;
+                                        return loss_only(m);
+                                      },
+                                      &stats);
+  REQUIRE(r.series.size() > 200);
+  REQUIRE(evaluated == r.series.size());
+  // Every worker has at most one push and one reply travelling at a time.
+  REQUIRE(stats.peak_in_flight >= o.workers);
+  REQUIRE(stats.peak_in_flight <= 2 * o.workers);
+  REQUIRE(stats.steps == 6u * 400u);
+  REQUIRE(stats.gradient_s > 0);
+  REQUIRE(stats.evaluate_s > 0);
+  REQUIRE(stats.real_s >= stats.gradient_s + stats.evaluate_s);
+  REQUIRE(stats.overhead() >= 1.0);
+}
+
+// Under BSP the round barrier fixes the order of everything, so threads in real
+// time and events in virtual time must compute the same model; with 2 workers the
+// round's sum a + b is the same float whichever push arrives first.
+TEST_CASE("BSP: a real threaded run and a virtual run reach the same parameters", "[sim][validation]") {
+  const auto& data = psync_test::synthetic();
+  const psync::models::SoftmaxRegression model(data.dimension(), data.num_classes);
+  const std::uint64_t seed = 3;
+  const std::uint64_t steps = 150;
+
+  psync::LocalOptions lo;
+  lo.workers = 2;
+  lo.learning_rate = 0.2f;
+  lo.batch_size = 32;
+  lo.steps_per_worker = steps;
+  lo.seed = seed;
+  lo.snapshot_interval = 0ms;
+  const auto real = psync::run_local(model, data, nullptr, lo, psync::Bsp{});
+
+  // The batch sources run_local documents for its dataset overload.
+  const auto shards = psync::data::shard(data, 2, seed);
+  const auto sources = [&](psync::PeerId w) {
+    return [smp = psync::data::BatchSampler(shards[w], 32, seed * 7919 + w + 1)]() mutable
+               -> const psync::data::Batch& { return smp.next(); };
+  };
+  psync::sim::SimOptions o;
+  o.workers = 2;
+  o.learning_rate = 0.2f;
+  o.steps_per_worker = steps;
+  o.compute.step_s = 1e-3;
+  o.compute.slowdown = {3.0};
+  o.network.worker_link = {1e6, 2ms, 1ms};
+  const auto virt = psync::sim::simulate(model, sources, o, psync::Bsp{},
+                                         [](const psync::models::SoftmaxRegression&) { return psync::Evaluation{}; });
+  REQUIRE(real.server.steps_applied == 2 * steps);
+  REQUIRE(virt.server.steps_applied == 2 * steps);
+  REQUIRE(real.parameters.size() == virt.parameters.size());
+  REQUIRE(real.parameters == virt.parameters);
+  // And the run moved: not two copies of the initial model.
+  REQUIRE((virt.parameters - model.parameters()).norm() > 0.1f);
+}
+
+TEMPLATE_TEST_CASE("stop_when ends a run at the snapshot that asks it to", "[sim][stop]", psync::Bsp, psync::Osp<8>) {
+  psync::sim::SimOptions o;
+  o.workers = 4;
+  o.steps_per_worker = 2000;
+  o.compute.step_s = 1e-3;
+  o.compute.slowdown = {2.0};
+  o.network.worker_link = {1e6, 1ms, 0us};
+  o.snapshot_interval_s = 0.01;
+  const auto full = run<TestType>(o);
+  double asked_at = -1;
+  o.stop_when = [&](const std::vector<psync::SeriesPoint>& s) {
+    if (s.back().seconds < 0.3) return false;
+    asked_at = s.back().seconds;
+    return true;
+  };
+  const auto stopped = run<TestType>(o);
+  REQUIRE(asked_at == Approx(0.3).margin(0.011));
+  REQUIRE(full.wall_s > 2.0);
+  // Everyone leaves within a step (2 ms for the straggler) and a round trip of the stop.
+  REQUIRE(stopped.wall_s >= asked_at);
+  REQUIRE(stopped.wall_s < asked_at + 0.05);
+  // Up to the stop, the run is the same run.
+  for (std::size_t i = 0; i + 1 < stopped.series.size() && stopped.series[i].seconds <= asked_at; ++i) {
+    REQUIRE(stopped.series[i].seconds == full.series[i].seconds);
+    REQUIRE(stopped.series[i].train_loss == full.series[i].train_loss);
+  }
+}
+
+TEST_CASE("run_until_target stops once the target is reached and held", "[sim][harness]") {
+  psync::sim::SimOptions o;
+  o.workers = 3;
+  o.learning_rate = 0.05f;
+  o.steps_per_worker = 100000;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link = {1e7, 1ms, 0us};
+  // "Accuracy" rises towards 1 as the model nears the workers' mean target (2).
+  const auto evaluate = [](const Quadratic& m) {
+    const double d = (m.parameters().array() - 2.0f).matrix().norm();
+    return psync::Evaluation{d, std::exp(-d)};
+  };
+  psync::harness::TargetRun run;
+  run.cap_s = 100;
+  run.snapshot_s = 0.01;
+  run.target = 0.9;
+  psync::sim::SimStats stats;
+  const auto r = psync::harness::run_until_target(Quadratic(dim), psync::Bsp{}, Sources(3), o, evaluate, run, &stats);
+  const double t = r.time_to_accuracy(0.9);
+  REQUIRE(t > 0);
+  const double held = psync::harness::held_until(t, run.snapshot_s);
+  REQUIRE(held == Approx(t + std::max(0.04, 0.1 * t)));
+  // Stopped at the first snapshot at or after `held`, plus at most a round to leave.
+  REQUIRE(r.wall_s >= held);
+  REQUIRE(r.wall_s < held + run.snapshot_s + 0.01);
+  REQUIRE(r.series.back().test_accuracy >= 0.85);
+  REQUIRE(stats.steps == r.server.steps_applied);
+  // A target never reached runs to the cap.
+  run.target = 2.0;
+  run.cap_s = 0.5;
+  const auto capped = psync::harness::run_until_target(Quadratic(dim), psync::Bsp{}, Sources(3), o, evaluate, run);
+  REQUIRE(capped.time_to_accuracy(2.0) < 0);
+  REQUIRE(capped.wall_s >= 0.5);
+  REQUIRE(capped.wall_s < 0.52);
+}
+
+TEST_CASE("Median time to target counts a miss as infinitely late", "[sim][harness]") {
+  REQUIRE(psync::harness::median_time({3.0, 1.0, 2.0}) == 2.0);
+  REQUIRE(psync::harness::median_time({1.0, -1.0, 2.0}) == 2.0);
+  REQUIRE(psync::harness::median_time({1.0, -1.0, -1.0}) < 0);
+  REQUIRE(psync::harness::median_time({1.0, 3.0}) == 2.0);
+  REQUIRE(psync::harness::median_time({}) < 0);
 }

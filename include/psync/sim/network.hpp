@@ -4,6 +4,7 @@
 /// it fairly with the others in the same direction (max-min fair share, each flow
 /// also capped by its worker's link), as the kernel shares a link between
 /// concurrent TCP flows; a message arrives `latency + jitter` after its last byte.
+/// `Sharing::fifo` instead models the real-time `Emulated` transport.
 
 #include "psync/transport/emulated.hpp"
 
@@ -19,6 +20,15 @@ namespace psync::sim {
 /// @brief Virtual time in nanoseconds since the start of a simulation.
 using Nanos = std::int64_t;
 
+/// @brief How a link divides its bandwidth between concurrent transfers.
+enum class Sharing {
+  /// Max-min fair share, what the kernel does to concurrent TCP flows (the default).
+  fair,
+  /// One transfer at a time, in the order they started, each at its full rate:
+  /// the model of the real-time `Emulated` transport, kept to validate against it.
+  fifo,
+};
+
 /// @brief One direction of the server's NIC (workers to server, or server to
 /// workers) with the transfers crossing it. Pure arithmetic: the simulator asks
 /// when the next transfer finishes and advances it to that time.
@@ -33,8 +43,8 @@ class SharedLink {
   };
 
   /// @brief `nic_bytes_per_s` = 0 means infinite.
-  explicit SharedLink(double nic_bytes_per_s = 0)
-      : nic_(nic_bytes_per_s > 0 ? nic_bytes_per_s : std::numeric_limits<double>::infinity()) {}
+  explicit SharedLink(double nic_bytes_per_s = 0, Sharing sharing = Sharing::fair)
+      : nic_(nic_bytes_per_s > 0 ? nic_bytes_per_s : std::numeric_limits<double>::infinity()), sharing_(sharing) {}
 
   /// @brief Starts a transfer of `bytes` capped at `link_bytes_per_s` (0: infinite) at time `now`.
   void add(std::uint64_t id, double bytes, double link_bytes_per_s, Nanos now) {
@@ -85,6 +95,11 @@ class SharedLink {
   /// Max-min fair share (water filling): flows capped below an equal share keep
   /// their cap, the rest split what is left equally.
   void share() {
+    if (sharing_ == Sharing::fifo && !std::isinf(nic_)) {
+      // flows_ is in start order: the oldest sends alone, at its full rate.
+      for (std::size_t i = 0; i < flows_.size(); ++i) flows_[i].rate = i == 0 ? std::min(flows_[i].cap, nic_) : 0;
+      return;
+    }
     std::vector<Flow*> order;
     order.reserve(flows_.size());
     for (auto& f : flows_) order.push_back(&f);
@@ -100,6 +115,7 @@ class SharedLink {
   }
 
   double nic_;
+  Sharing sharing_;
   Nanos last_ = 0;
   std::vector<Flow> flows_;
 };

@@ -59,12 +59,40 @@ struct SimOptions {
   /// @brief Links, server NIC and jitter (the same description as `Emulated`'s);
   /// the NIC is shared fairly between concurrent transfers, not first come first served.
   NetworkSpec network;
+  /// @brief How the server NIC divides its bandwidth: `fair` (the kernel's TCP
+  /// behaviour, the default) or `fifo` (as the real-time `Emulated` transport).
+  Sharing sharing = Sharing::fair;
   /// @brief Server seconds per float of a push (apply and copy into the reply; calibrate or give it).
   double server_s_per_float = 0;
   /// @brief Virtual seconds between two snapshots of the global model for the series.
   double snapshot_interval_s = 0.5;
   /// @brief Seeds the compute slowdowns (the network has `network.seed`).
   std::uint64_t seed = 1;
+  /// @brief Optional early stop, asked after each snapshot with the series so far:
+  /// when it returns true, every worker finishes at its next step boundary, as if
+  /// the budget had ended then (e.g. "the target is reached and held").
+  std::function<bool(const std::vector<SeriesPoint>&)> stop_when;
+};
+
+/// @brief What a virtual-time run cost in real time, and what it held: the
+/// simulator's own overhead is `(real_s - evaluate_s) / gradient_s` (1 would be
+/// the gradient math alone).
+struct SimStats {
+  /// @brief Real seconds of the whole `simulate` call.
+  double real_s = 0;
+  /// @brief Real seconds inside the model's `gradient` (the math a real run does too).
+  double gradient_s = 0;
+  /// @brief Real seconds inside the snapshot evaluator (not the simulator's work).
+  double evaluate_s = 0;
+  /// @brief Local steps computed, all workers.
+  std::uint64_t steps = 0;
+  /// @brief Events processed by the loop.
+  std::uint64_t events = 0;
+  /// @brief The most messages in flight at once (each holds at most one model-sized vector).
+  std::size_t peak_in_flight = 0;
+
+  /// @brief Real time per unit of gradient time, evaluation excluded (>= 1).
+  double overhead() const { return gradient_s > 0 ? (real_s - evaluate_s) / gradient_s : 0; }
 };
 
 /// @brief Median seconds of one gradient step of `model` on batches from `next`,
@@ -90,10 +118,21 @@ double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, in
 /// virtual time and returns the same report as `run_local` (times in virtual
 /// seconds). `batches_for(w)` gives worker w's batch source; `evaluate(model)` turns
 /// each snapshot into the series after the run.
+///
+/// Each snapshot is evaluated when it is taken (virtual time does not move while
+/// it is), so a run holds the server's model, each worker's model, gradient and
+/// buffers, and the messages in flight: O(P) model copies, whatever its length.
+/// `stats`, when given, receives the run's real cost (see `SimStats`).
 template <Model M, SyncPolicy P, class BatchesFor, class Evaluate>
   requires BatchSourceFactory<BatchesFor, typename M::Batch> && SnapshotEvaluator<Evaluate, M>
 RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& options, P policy,
-                   Evaluate&& evaluate) {
+                   Evaluate&& evaluate, SimStats* stats = nullptr) {
+  using RealClock = std::chrono::steady_clock;
+  const auto real_start = RealClock::now();
+  const auto real_since = [](RealClock::time_point t0) {
+    return std::chrono::duration<double>(RealClock::now() - t0).count();
+  };
+  SimStats st;
   if (options.workers == 0) throw ConfigError("simulate: workers must be at least 1");
   if (!(options.compute.step_s > 0)) throw ConfigError("simulate: compute.step_s must be positive");
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
@@ -151,7 +190,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   };
   std::map<std::uint64_t, InFlight> flying;
   std::uint64_t next_handle = 0;
-  SharedLink up(options.network.server_nic_bytes_per_s), down(options.network.server_nic_bytes_per_s);
+  SharedLink up(options.network.server_nic_bytes_per_s, options.sharing),
+      down(options.network.server_nic_bytes_per_s, options.sharing);
   std::uint64_t up_gen = 0, down_gen = 0;
   std::vector<std::mt19937_64> jitter_rng;
   for (PeerId w = 0; w <= options.workers; ++w) jitter_rng.emplace_back(options.network.seed ^ (w + 1));
@@ -167,6 +207,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     const std::uint64_t h = next_handle++;
     const double bytes = static_cast<double>(emulated_size(m));
     flying.emplace(h, InFlight{worker, to_server, std::move(m)});
+    st.peak_in_flight = std::max(st.peak_in_flight, flying.size());
     (to_server ? up : down).add(h, bytes, options.network.link(worker).bandwidth_bytes_per_s, now);
     reschedule_net(to_server, now);
   };
@@ -207,9 +248,10 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   const auto drain_worker = [&](PeerId w, Nanos now) {
     while (auto t = workers[w].core->poll_transmit()) send(w, true, std::move(t->message), now);
   };
+  Nanos stop_at = options.budget_s > 0 ? to_ns(options.budget_s) : std::numeric_limits<Nanos>::max();
   const auto out_of_budget = [&](const WorkerState& ws, Nanos now) {
     if (ws.core->report().steps >= options.steps_per_worker) return true;
-    return options.budget_s > 0 && now >= to_ns(options.budget_s);
+    return now >= stop_at;
   };
   const auto step_cost = [&](PeerId w) {
     auto& ws = workers[w];
@@ -252,11 +294,20 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     workers[w].core->start(at(0));
     drain_worker(w, 0);
   }
-  std::vector<Snapshot> snapshots;
+  // Evaluated as they are taken: no model copy per snapshot is kept.
+  std::vector<SeriesPoint> series;
   const auto snapshot = [&](Nanos now) {
-    if (!snapshots.empty() && snapshots.back().version == server.version()) return;
-    snapshots.push_back(Snapshot{static_cast<double>(now) * 1e-9, server.version(), server.report().steps_applied,
-                                 server.model().parameters()});
+    if (!series.empty() && series.back().version == server.version()) return;
+    const auto t0 = RealClock::now();
+    const Evaluation e = std::invoke(evaluate, server.model());
+    st.evaluate_s += real_since(t0);
+    SeriesPoint p;
+    p.seconds = static_cast<double>(now) * 1e-9;
+    p.version = server.version();
+    p.steps = server.report().steps_applied;
+    p.train_loss = e.train_loss;
+    p.test_accuracy = e.test_accuracy;
+    series.push_back(p);
   };
   snapshot(0);
   schedule(to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
@@ -265,6 +316,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   while (pending > 0 && !server.done()) {
     const Event e = events.top();
     events.pop();
+    ++st.events;
     if (e.kind != Kind::snapshot) --pending;
     now = e.time;
     switch (e.kind) {
@@ -274,11 +326,14 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         auto& core = *ws.core;
         const auto& batch = (*ws.batches)();
         double loss = std::numeric_limits<double>::quiet_NaN();
+        const auto t0 = RealClock::now();
         if constexpr (detail::GradientReturnsLoss<M>) {
           loss = static_cast<double>(core.model().gradient(batch, core.gradient()));
         } else {
           core.model().gradient(batch, core.gradient());
         }
+        st.gradient_s += real_since(t0);
+        ++st.steps;
         core.end_step(detail::samples_in(batch), loss, at(now));
         ws.computing = false;
         drain_worker(w, now);
@@ -319,6 +374,11 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
       }
       case Kind::snapshot:
         snapshot(now);
+        if (options.stop_when && now < stop_at && options.stop_when(std::as_const(series))) {
+          // Workers blocked at a gate are finished now; computing ones at their step's end.
+          stop_at = now;
+          for (PeerId w = 0; w < options.workers; ++w) advance_worker(w, now);
+        }
         schedule(now + to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
         break;
     }
@@ -339,7 +399,9 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   report.server = server.finish_report();
   report.server.wall_s = report.wall_s;
   report.parameters = server.model().parameters();
-  report.series = evaluate_snapshots(model, snapshots, evaluate);
+  report.series = std::move(series);
+  st.real_s = real_since(real_start);
+  if (stats) *stats = st;
   return report;
 }
 

@@ -1,0 +1,332 @@
+// compare_policies: the command line (Options, parse, usage) and the policies it
+// names (PolicyId, with_policy) with the learning rate each runs at (LrRule).
+#pragma once
+
+#include "scenarios.hpp"
+
+#include <psync/core/error.hpp>
+#include <psync/core/metrics.hpp>
+#include <psync/policies/parse.hpp>
+#include <psync/policies/rules.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace compare {
+
+// ---------------------------------------------------------------- policies
+
+// A policy by its canonical spelling ("bsp", "ssp:3", "dssp:2:6", "osp:20", ...),
+// or "sequential" for the single-threaded reference.
+struct PolicyId {
+  std::string label;
+  bool sequential() const { return label == "sequential"; }
+};
+
+// The spelling psync itself gives the policy `text` names (throws psync::ConfigError
+// if it names none), so "ssp:03" and "ssp:3" are one policy.
+inline PolicyId policy_id(const std::string& text) {
+  if (text == "sequential") return {text};
+  return {psync::with_policy(text, [](const auto& policy) { return policy.name(); })};
+}
+
+// The library's one run-time -> compile-time table (psync::with_policy) picks the type.
+template <class F>
+psync::RunReport with_policy(const PolicyId& p, F&& f) {
+  return psync::with_policy(p.label, [&](auto policy) -> psync::RunReport { return f(policy); });
+}
+
+// How each policy's learning rate follows from --lr.
+enum class LrRule {
+  scaled,  // --lr for averaging policies (and sequential SGD); lr / P for those that add every push
+  same,    // --lr for every policy
+};
+
+inline const char* lr_rule_name(LrRule r) { return r == LrRule::scaled ? "scaled" : "same"; }
+
+// The rate policy `p` runs at under `rule`: with `scaled`, one round moves the model
+// as far as a round of an averaging policy at `base` (Combiner::step_scale is the
+// factor relative to sequential SGD: 1 for combine::Sum, 1/P for combine::RoundAverage).
+inline float learning_rate_for(const PolicyId& p, float base, std::uint32_t workers, LrRule rule) {
+  if (p.sequential() || rule == LrRule::same) return base;
+  return psync::with_policy(p.label, [&](const auto& policy) {
+    using Combiner = typename std::decay_t<decltype(policy)>::Combiner;
+    return static_cast<float>(base * psync::combine::RoundAverage::step_scale(workers) / Combiner::step_scale(workers));
+  });
+}
+
+// ---------------------------------------------------------------- options
+
+struct Options {
+  std::string scenario = "paper-like";
+  std::optional<double> budget_s;
+  std::optional<double> target;
+  std::optional<std::uint32_t> workers;
+  std::optional<unsigned> ssp;
+  std::optional<unsigned> osp;
+  bool sweep = false;
+  std::string trace_dir;
+  std::string out = "docs/results";
+  bool quiet = false;
+  std::optional<float> lr;
+  LrRule lr_rule = LrRule::scaled;
+  std::vector<PolicyId> only;  // --policies: policies to run (empty: all)
+  std::string command_line;
+  bool virtual_time = true;        // --time virtual|real
+  std::uint64_t seed = 1;          // --seed: sharding, batch order, stragglers, jitter
+  unsigned seeds = 1;              // --seeds K: seeds seed .. seed+K-1 (virtual time)
+  std::optional<double> step_ms;   // --step-ms: virtual step cost instead of calibrating
+  bool quick = false;              // --quick: small budgets, no sequential@osp-samples
+  std::optional<double> server_ns;  // --server-ns: server cost per float instead of calibrating
+  std::optional<double> gbps;       // --gbps: links and server NIC
+  std::optional<double> latency_ms; // --latency-ms: one-way per link
+  std::optional<double> straggler;  // --straggler: worker 0's slowdown (1: none)
+  std::vector<float> lr_grid;       // --lr-grid: base rates to try; each policy keeps its best
+  std::vector<double> sweep_gbps;   // --sweep-bandwidth: Gbit/s values
+  std::vector<unsigned> sweep_workers;  // --sweep-workers: worker counts
+  bool validate = false;            // --validate: real threads vs virtual time, P = 2
+
+  // Whether scenario `name` was asked for (--scenario takes a comma-separated list or "all").
+  bool wants(const std::string& name) const {
+    if (scenario == "all") return true;
+    std::stringstream ss(scenario);
+    for (std::string t; std::getline(ss, t, ',');)
+      if (t == name) return true;
+    return false;
+  }
+};
+
+inline void usage(std::ostream& o) {
+  o << "usage: compare_policies [options]\n"
+       "  --scenario NAME|all   scenario to run (default paper-like; see --list)\n"
+       "  --list                print the scenarios and exit\n"
+       "  --time virtual|real   virtual (default): discrete-event simulation (psync::sim), real math,\n"
+       "                        modelled time; real: threads over the emulated network, wall clock\n"
+       "  --budget SECONDS      budget per policy: virtual seconds (a cap; runs stop once the target\n"
+       "                        is reached) or wall-clock seconds (default: the scenario's)\n"
+       "  --seed N              seed of sharding, batch order, stragglers and jitter (default 1)\n"
+       "  --seeds K             virtual time: run seeds N..N+K-1, report median and min-max\n"
+       "  --step-ms X           virtual time: a step costs X ms (default: calibrated on this machine)\n"
+       "  --quick               virtual time: target 0.80 (unless --target), 60 s cap, no\n"
+       "                        sequential@osp-samples (the demo)\n"
+       "  --target ACC          target test accuracy in (0,1) (default 0.85)\n"
+       "  --workers N           workers, 1..1024 (real time: at most 64; default: the scenario's)\n"
+       "  --ssp S               SSP staleness bound (default 3)\n"
+       "  --osp S               OSP/LOSP stale threshold, >= 1 (default 20)\n"
+       "  --policies LIST       only these, comma-separated (sequential always runs); each one of\n"
+       "                        bsp, asp, ssp:s, dssp:LO:HI, osp:S, losp:S, osp-uninstalled:S,\n"
+       "                        losp-uninstalled:S (e.g. bsp,osp:20,dssp:2:6)\n"
+       "  --lr RATE             base learning rate (default: the scenario's, 0.15)\n"
+       "  --lr-rule scaled|same scaled (default): RATE for bsp/osp/losp and sequential SGD,\n"
+       "                        RATE / workers for asp/ssp/dssp, which add every push where\n"
+       "                        bsp/osp average a round; same: RATE for every policy\n"
+       "  --sweep               also run OSP S in {5,10,20,40} and SSP s in {1,3,8}\n"
+       "  --gbps X              links and server NIC at X Gbit/s (default: the scenario's, 1)\n"
+       "  --latency-ms X        one-way latency per link (default: the scenario's, 1)\n"
+       "  --straggler X         worker 0 is X times slower (1: no straggler; default: the scenario's)\n"
+       "  --server-ns X         virtual time: the server spends X ns per float of a push\n"
+       "                        (default: calibrated on this machine)\n"
+       "  --lr-grid LIST        virtual time: try each base rate (e.g. 0.1,0.2,0.4); every policy\n"
+       "                        keeps the rate with its earliest median time to target\n"
+       "  --sweep-bandwidth LIST  virtual time: rerun at each Gbit/s value (e.g. 0.1,0.3,1,3,10);\n"
+       "                        writes SCENARIO-sweep-bandwidth.{csv,dat,md} (and a plot via compare.sh)\n"
+       "  --sweep-workers LIST  virtual time: rerun with each worker count (e.g. 2,4,8,16,32);\n"
+       "                        writes SCENARIO-sweep-workers.{csv,dat,md}\n"
+       "  --validate            real threads (emulated network, wall clock) against virtual time at\n"
+       "                        2 workers: time to target per policy, and BSP's parameters\n"
+       "  --trace DIR           also write one Chrome trace JSON per policy (short separate run)\n"
+       "  --out DIR             where results go (default docs/results)\n"
+       "  --quiet               no progress on stderr\n"
+       "  --help                this text\n";
+}
+
+[[noreturn]] inline void bad(const std::string& m) {
+  std::cerr << "compare_policies: " << m << "\n(try --help)\n";
+  std::exit(2);
+}
+
+inline double parse_double(const std::string& flag, const std::string& v) {
+  try {
+    std::size_t pos = 0;
+    double d = std::stod(v, &pos);
+    if (pos != v.size() || !std::isfinite(d)) throw std::invalid_argument(v);
+    return d;
+  } catch (const std::exception&) {
+    bad(flag + " needs a number, got '" + v + "'");
+  }
+}
+
+inline unsigned parse_unsigned(const std::string& flag, const std::string& v) {
+  try {
+    std::size_t pos = 0;
+    unsigned long u = std::stoul(v, &pos);
+    if (pos != v.size() || v.empty() || v[0] == '-' || u > 1000000) throw std::invalid_argument(v);
+    return static_cast<unsigned>(u);
+  } catch (const std::exception&) {
+    bad(flag + " needs a non-negative integer, got '" + v + "'");
+  }
+}
+
+// "a,b,c" as numbers.
+inline std::vector<double> parse_list(const std::string& flag, const std::string& v) {
+  std::vector<double> out;
+  std::stringstream ss(v);
+  for (std::string t; std::getline(ss, t, ',');) out.push_back(parse_double(flag, t));
+  if (out.empty()) bad(flag + " needs a comma-separated list");
+  return out;
+}
+
+inline Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 0; i < argc; ++i) {
+    if (i) o.command_line += ' ';
+    o.command_line += argv[i];
+  }
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) bad(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      usage(std::cout);
+      std::exit(0);
+    } else if (a == "--list") {
+      for (const auto& s : scenarios()) std::cout << s.name << ": " << s.summary << "\n";
+      std::exit(0);
+    } else if (a == "--scenario") {
+      o.scenario = value();
+      if (o.scenario != "all") {
+        std::stringstream ss(o.scenario);
+        for (std::string t; std::getline(ss, t, ',');) {
+          bool known = false;
+          for (const auto& s : scenarios()) known = known || s.name == t;
+          if (!known) bad("unknown scenario '" + t + "' (see --list)");
+        }
+      }
+    } else if (a == "--time") {
+      const std::string t = value();
+      if (t == "virtual") {
+        o.virtual_time = true;
+      } else if (t == "real") {
+        o.virtual_time = false;
+      } else {
+        bad("--time must be virtual or real, got '" + t + "'");
+      }
+    } else if (a == "--seed") {
+      o.seed = parse_unsigned(a, value());
+    } else if (a == "--seeds") {
+      o.seeds = parse_unsigned(a, value());
+      if (o.seeds < 1 || o.seeds > 20) bad("--seeds must be in [1, 20]");
+    } else if (a == "--step-ms") {
+      o.step_ms = parse_double(a, value());
+      if (!(*o.step_ms > 0) || *o.step_ms > 10000) bad("--step-ms must be in (0, 10000]");
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--budget") {
+      o.budget_s = parse_double(a, value());
+      if (*o.budget_s < 0.5 || *o.budget_s > 36000) bad("--budget must be in [0.5, 36000] seconds");
+    } else if (a == "--target") {
+      o.target = parse_double(a, value());
+      if (*o.target <= 0 || *o.target >= 1) bad("--target must be in (0, 1)");
+    } else if (a == "--workers") {
+      o.workers = parse_unsigned(a, value());
+      if (*o.workers < 1 || *o.workers > 1024) bad("--workers must be in [1, 1024] (above 64: virtual time only)");
+    } else if (a == "--ssp") {
+      o.ssp = parse_unsigned(a, value());
+    } else if (a == "--osp") {
+      o.osp = parse_unsigned(a, value());
+      if (*o.osp < 1) bad("--osp must be at least 1");
+    } else if (a == "--lr") {
+      o.lr = static_cast<float>(parse_double(a, value()));
+      if (!(*o.lr > 0) || *o.lr > 10) bad("--lr must be in (0, 10]");
+    } else if (a == "--lr-rule") {
+      const std::string r = value();
+      if (r == "scaled") {
+        o.lr_rule = LrRule::scaled;
+      } else if (r == "same") {
+        o.lr_rule = LrRule::same;
+      } else {
+        bad("--lr-rule must be scaled or same, got '" + r + "'");
+      }
+    } else if (a == "--policies") {
+      std::stringstream ss(value());
+      for (std::string t; std::getline(ss, t, ',');) {
+        try {
+          o.only.push_back(policy_id(t));
+        } catch (const psync::ConfigError& e) {
+          bad(std::string("--policies: ") + e.what());
+        }
+      }
+    } else if (a == "--sweep") {
+      o.sweep = true;
+    } else if (a == "--gbps") {
+      o.gbps = parse_double(a, value());
+      if (!(*o.gbps >= 0.001) || *o.gbps > 1000) bad("--gbps must be in [0.001, 1000]");
+    } else if (a == "--latency-ms") {
+      o.latency_ms = parse_double(a, value());
+      if (*o.latency_ms < 0 || *o.latency_ms > 10000) bad("--latency-ms must be in [0, 10000]");
+    } else if (a == "--straggler") {
+      o.straggler = parse_double(a, value());
+      if (*o.straggler < 1 || *o.straggler > 1000) bad("--straggler must be in [1, 1000]");
+    } else if (a == "--server-ns") {
+      o.server_ns = parse_double(a, value());
+      if (*o.server_ns < 0 || *o.server_ns > 1e6) bad("--server-ns must be in [0, 1e6]");
+    } else if (a == "--lr-grid") {
+      for (double v : parse_list(a, value())) {
+        if (!(v > 0) || v > 10) bad("--lr-grid rates must be in (0, 10]");
+        o.lr_grid.push_back(static_cast<float>(v));
+      }
+    } else if (a == "--sweep-bandwidth") {
+      for (double v : parse_list(a, value())) {
+        if (!(v >= 0.001) || v > 1000) bad("--sweep-bandwidth values must be in [0.001, 1000] Gbit/s");
+        o.sweep_gbps.push_back(v);
+      }
+    } else if (a == "--sweep-workers") {
+      for (double v : parse_list(a, value())) {
+        if (v < 1 || v > 1024 || v != std::floor(v)) bad("--sweep-workers values must be integers in [1, 1024]");
+        o.sweep_workers.push_back(static_cast<unsigned>(v));
+      }
+    } else if (a == "--validate") {
+      o.validate = true;
+    } else if (a == "--trace") {
+      o.trace_dir = value();
+    } else if (a == "--out") {
+      o.out = value();
+    } else if (a == "--quiet") {
+      o.quiet = true;
+    } else {
+      bad("unknown argument '" + a + "'");
+    }
+  }
+  if (!o.virtual_time && o.workers && *o.workers > 64) bad("--time real runs at most 64 workers");
+  if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweep_gbps.empty() || !o.sweep_workers.empty()))
+    bad("--lr-grid and the sweeps run in virtual time");
+  if (!o.sweep_workers.empty() && o.workers) bad("--sweep-workers sets the worker count: drop --workers");
+  // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.
+  if (o.quick && o.virtual_time && !o.target) o.target = 0.80;
+  return o;
+}
+
+// The scenario with the command line's network and straggler overrides applied
+// (its summary says what changed).
+inline Scenario with_overrides(Scenario s, const Options& o) {
+  const Scenario base = s;
+  if (o.gbps) s.gbps = *o.gbps, s.emulate = true;
+  if (o.latency_ms) s.latency_ms = *o.latency_ms;
+  if (o.straggler) s.slow_worker = *o.straggler;
+  if (o.workers) s.workers = *o.workers;
+  s.summary += describe_overrides(base, s);
+  return s;
+}
+
+}  // namespace compare

@@ -1,0 +1,693 @@
+// compare_policies: running the policies of a scenario and measuring them: the
+// Harness (real time over threads, virtual time through psync::harness), each
+// policy's Row of figures, and the goals checked against them.
+#pragma once
+
+#include "format.hpp"
+#include "options.hpp"
+#include "scenarios.hpp"
+
+#include <psync/harness/time_to_target.hpp>
+#include <psync/psync.hpp>
+#include <psync/sim/simulator.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <optional>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace compare {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------- progress
+
+// Prints at most one line a second while a run is going; run_local blocks, so a
+// watcher thread reports elapsed time and the caller reports each policy's end.
+class Progress {
+ public:
+  explicit Progress(bool quiet) : quiet_(quiet) {}
+  template <class F>
+  auto watch(const std::string& what, double budget_s, F&& f) const {
+    if (quiet_) return f();
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread watcher([&] {
+      std::unique_lock lock(m);
+      while (!cv.wait_for(lock, 1s, [&] { return done; })) {
+        const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::fprintf(stderr, "  %-28s %5.1f s of %.0f s budget%s\n", what.c_str(), el, budget_s,
+                     el > budget_s ? " (evaluating snapshots)" : "");
+      }
+    });
+    auto finish = [&] {
+      {
+        std::lock_guard g(m);
+        done = true;
+      }
+      cv.notify_all();
+      watcher.join();
+    };
+    try {
+      auto r = f();
+      finish();
+      return r;
+    } catch (...) {
+      finish();
+      throw;
+    }
+  }
+  void line(const std::string& s) const {
+    if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
+  }
+
+ private:
+  bool quiet_;
+};
+
+// ---------------------------------------------------------------- measurements
+
+struct Row {
+  std::string label;
+  float lr = 0;  // the learning rate this policy ran at
+  psync::RunReport rep;
+  double tta = -1;  // time to target accuracy, < 0 if never
+  double speedup = std::numeric_limits<double>::quiet_NaN();
+  bool speedup_lower_bound = false;
+  double compute = 0, wait = 0, comm = 0, held = 0, hidden = 0;
+  double comm_per_round = 0, step_s = 0;
+  std::uint64_t samples = 0, pushes = 0;
+  std::string note;
+  // Final test accuracy (virtual time: of the final model on the full test set).
+  double final_acc = -1;
+  // Local SGD steps folded into the model at the time-to-target point (-1: never).
+  double steps_at_target = -1;
+  // Virtual time: time to target per seed (< 0: never); tta is their median.
+  std::vector<double> tta_seeds;
+  double real_s = 0;  // real seconds this row's runs took (simulation and evaluation)
+  // Virtual time: the simulator's real cost over this row's runs (policies, not sequential SGD).
+  psync::sim::SimStats sim;
+};
+
+// A row of figures from one run's report: time to `target`, the time split, throughput.
+inline Row summarize(const std::string& label, float lr, psync::RunReport rep, double target) {
+  Row r;
+  r.label = label;
+  r.lr = lr;
+  r.tta = rep.time_to_accuracy(target);
+  const double n = static_cast<double>(std::max<std::size_t>(1, rep.workers.size()));
+  double comm_total = 0, steps_total = 0, compute_total = 0;
+  for (const auto& w : rep.workers) {
+    const double wall = w.wall_s > 0 ? w.wall_s : 1;
+    r.compute += w.compute_s / wall / n;
+    r.wait += w.wait_s / wall / n;
+    r.comm += w.comm_s / wall / n;
+    r.held += w.held_s / wall / n;
+    r.hidden += w.hidden_fraction() / n;
+    r.samples += w.samples;
+    r.pushes += w.pushes;
+    comm_total += w.comm_s;
+    compute_total += w.compute_s;
+    steps_total += static_cast<double>(w.steps);
+  }
+  r.comm_per_round = r.pushes ? comm_total / static_cast<double>(r.pushes) : 0;
+  r.step_s = steps_total > 0 ? compute_total / steps_total : 0;
+  r.final_acc = rep.final_accuracy();
+  r.steps_at_target = psync::harness::steps_at(rep, r.tta);
+  r.rep = std::move(rep);
+  return r;
+}
+
+inline std::string speedup_str(const Row& r) {
+  if (std::isnan(r.speedup)) return "-";
+  return (r.speedup_lower_bound ? ">= " : "") + fmt(r.speedup, 2) + "x";
+}
+
+struct Data {
+  psync::data::Dataset train, test;
+};
+
+// Caps a Chrome trace at `max_events` events: the writer puts one event per line.
+inline void write_capped_trace(const psync::Trace& t, const fs::path& path, std::size_t max_events) {
+  std::ostringstream s;
+  t.write_json(s);
+  std::istringstream in(s.str());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  std::string line;
+  std::size_t events = 0;
+  bool first = true;
+  while (std::getline(in, line)) {
+    if (line.rfind("],", 0) == 0) break;
+    const bool is_meta = line.find("\"ph\":\"M\"") != std::string::npos;
+    if (!first && !is_meta && line.find("\"ph\":") != std::string::npos) {
+      if (events >= max_events) continue;
+      ++events;
+    }
+    out << line << '\n';
+    first = false;
+  }
+  out << "],\"displayTimeUnit\":\"ms\"}\n";
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+class Harness {
+ public:
+  Harness(const Options& o, const Data& d, const Progress& p)
+      : opt_(o),
+        data_(d),
+        progress_(p),
+        eval_train_(psync::data::whole(d.train, 500)),
+        test_subset_(psync::data::whole(d.test, 2000)),
+        test_full_(psync::data::whole(d.test)) {}
+
+  psync::models::Mlp model() const {
+    psync::models::Mlp m({784, 256, 128, 10});
+    m.initialize(42);
+    return m;
+  }
+
+  std::uint32_t workers(const Scenario& s) const { return opt_.workers.value_or(s.workers); }
+  float base_lr(const Scenario& s) const { return base_override_.value_or(opt_.lr.value_or(s.lr)); }
+  // The rate `p` runs at in scenario `s` (see LrRule).
+  float lr(const Scenario& s, const PolicyId& p) const {
+    return learning_rate_for(p, base_lr(s), workers(s), opt_.lr_rule);
+  }
+
+  psync::LocalOptions local(const Scenario& s, double budget_s) const {
+    psync::LocalOptions lo;
+    lo.workers = workers(s);
+    lo.learning_rate = base_lr(s);
+    lo.batch_size = s.batch;
+    lo.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
+    lo.time_budget = std::chrono::milliseconds(static_cast<long long>(budget_s * 1000));
+    lo.seed = opt_.seed;
+    // Each snapshot costs a full test-set pass afterwards (off the clock, ~0.3 s
+    // here), so 500 ms bounds the evaluation time; it is also the resolution of
+    // every time-to-accuracy figure.
+    lo.snapshot_interval = 500ms;
+    lo.stragglers = s.stragglers(lo.workers);
+    lo.network = s.network();
+    lo.eval_train_samples = 2000;
+    return lo;
+  }
+
+  psync::RunReport run(const Scenario& s, const PolicyId& p, double budget_s, psync::Trace* trace = nullptr) const {
+    if (p.sequential()) {
+      psync::SequentialOptions so;
+      so.learning_rate = lr(s, p);
+      so.batch_size = s.batch;
+      so.steps = std::numeric_limits<std::uint64_t>::max() / 2;
+      so.time_budget = std::chrono::milliseconds(static_cast<long long>(budget_s * 1000));
+      so.seed = opt_.seed;
+      so.snapshot_interval = 500ms;
+      so.eval_train_samples = 2000;
+      return psync::run_sequential(model(), data_.train, &data_.test, so);
+    }
+    auto lo = local(s, budget_s);
+    lo.learning_rate = lr(s, p);
+    lo.trace = trace;
+    return with_policy(p, [&](auto policy) { return psync::run_local(model(), data_.train, &data_.test, lo, policy); });
+  }
+
+  // Same total samples as `samples`, no time limit: the fair accuracy reference.
+  psync::RunReport sequential_samples(const Scenario& s, std::uint64_t samples) const {
+    psync::SequentialOptions so;
+    so.learning_rate = base_lr(s);
+    so.batch_size = s.batch;
+    so.steps = std::max<std::uint64_t>(1, samples / static_cast<std::uint64_t>(s.batch));
+    so.seed = 1;
+    so.snapshot_interval = 1000ms;
+    so.eval_train_samples = 2000;
+    return psync::run_sequential(model(), data_.train, &data_.test, so);
+  }
+
+  void warm_up(const Scenario& s) const {
+    psync::SequentialOptions so;
+    so.learning_rate = base_lr(s);
+    so.batch_size = s.batch;
+    so.steps = 30;
+    so.snapshot_interval = 0ms;
+    (void)psync::run_sequential(model(), data_.train, nullptr, so);
+    auto lo = local(s, 0);
+    lo.time_budget = 0ms;
+    lo.steps_per_worker = 10;
+    lo.network = {};
+    lo.stragglers.clear();
+    lo.snapshot_interval = 0ms;
+    lo.learning_rate = lr(s, {"asp"});
+    (void)psync::run_local(model(), data_.train, nullptr, lo, psync::Asp{});
+  }
+
+  // The policies a scenario runs: sequential SGD, BSP, ASP, SSP(s), OSP(S), LOSP(S),
+  // or --policies (sequential SGD always), and --sweep's.
+  std::vector<PolicyId> policies(const Scenario& s) const {
+    const unsigned S = opt_.osp.value_or(s.osp);
+    const unsigned ssp = opt_.ssp.value_or(s.ssp);
+    const auto numbered = [](const char* kind, unsigned v) { return PolicyId{kind + (":" + std::to_string(v))}; };
+    std::vector<PolicyId> policies = {{"sequential"},      {"bsp"},           {"asp"},
+                                      numbered("ssp", ssp), numbered("osp", S), numbered("losp", S)};
+    const auto listed = [&](const PolicyId& p) {
+      return std::any_of(policies.begin(), policies.end(), [&](const PolicyId& q) { return q.label == p.label; });
+    };
+    if (!opt_.only.empty()) {
+      std::erase_if(policies, [&](const PolicyId& p) {
+        return !p.sequential() && std::none_of(opt_.only.begin(), opt_.only.end(),
+                                               [&](const PolicyId& q) { return q.label == p.label; });
+      });
+      for (const auto& p : opt_.only)
+        if (!listed(p)) policies.push_back(p);
+    }
+    if (opt_.sweep) {
+      for (unsigned v : {1u, 3u, 8u})
+        if (!listed(numbered("ssp", v))) policies.push_back(numbered("ssp", v));
+      for (unsigned v : {5u, 10u, 20u, 40u})
+        if (!listed(numbered("osp", v))) policies.push_back(numbered("osp", v));
+    }
+    return policies;
+  }
+
+  std::vector<Row> scenario(const Scenario& s) {
+    const double budget = opt_.budget_s.value_or(s.budget_s);
+    const double target = opt_.target.value_or(s.target);
+    const unsigned S = opt_.osp.value_or(s.osp);
+    const auto policies = this->policies(s);
+    progress_.line("compare: scenario " + s.name + ": " + s.summary);
+    if (opt_.virtual_time) return scenario_virtual(s, policies);
+    progress_.line("compare: warm-up (data touched, threads and buffers exercised)");
+    warm_up(s);
+    std::vector<Row> rows;
+    for (const auto& p : policies) {
+      const std::string what = "[" + s.name + "] " + p.label + " (lr " + fmt(lr(s, p), 4) + ")";
+      auto rep = progress_.watch(what, budget, [&] { return run(s, p, budget); });
+      rows.push_back(summarize(p.label, lr(s, p), std::move(rep), target));
+      const auto& r = rows.back();
+      progress_.line("  " + what + " done: final accuracy " + fmt(r.final_acc) + ", " + s.name +
+                     " target " + fmt(target, 2) + ": " + tta_s(r.tta) + ", " + fmt(r.rep.throughput(), 0) +
+                     " samples/s");
+    }
+    // Sequential SGD with as many samples as OSP processed (the accuracy goal's reference).
+    const auto osp_it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.label == "osp:" + std::to_string(S); });
+    if (osp_it != rows.end()) {
+      const std::uint64_t n = osp_it->samples;
+      const std::string what = "[" + s.name + "] sequential, " + std::to_string(n) + " samples";
+      auto rep = progress_.watch(what, budget, [&] { return sequential_samples(s, n); });
+      Row r = summarize("sequential@osp-samples", base_lr(s), std::move(rep), target);
+      r.note = "no time limit; same samples as osp:" + std::to_string(S);
+      progress_.line("  " + what + " done: final accuracy " + fmt(r.final_acc));
+      rows.push_back(std::move(r));
+    }
+    speedups(rows);
+    if (!opt_.trace_dir.empty()) traces(s, policies);
+    return rows;
+  }
+
+  // ------------------------------------------------------------ virtual time
+  //
+  // Every policy runs in psync::sim::simulate: the real ServerCore and WorkerCores
+  // and the real gradients on the real data, with time modelled (a step costs
+  // step_s times the worker's slowdown, the scenario's network, the server's cost
+  // per float). Sequential SGD is a plain SGD loop (psync::harness::sequential_virtual)
+  // whose virtual time is steps x step_s, evaluated as it goes so it stops at the target.
+  //
+  // Cost control: a run's real cost is its gradient math, so each policy runs once
+  // and stops when its time to target is reached and held
+  // (psync::harness::run_until_target), at most the scenario's cap. The series evaluates each snapshot on 2,000 test samples (and
+  // 500 training samples for the loss); only the final figure uses the full 10k test set.
+
+  struct VirtualCosts {
+    double step_s = 0;
+    double server_s_per_float = 0;
+    bool step_given = false;
+    std::size_t data_bytes = 0;   // the training and test features in memory
+    std::size_t shard_bytes = 0;  // each run's shards: a copy of the training features
+    std::size_t model_floats = 0;
+  };
+
+  // The step cost (median of calibrate_step, data touched first) and the server's
+  // cost per float (psync::harness::calibrate_server_cost: median of `model += update`
+  // plus a copy, model-sized).
+  VirtualCosts calibrate() const {
+    VirtualCosts c;
+    const auto m = model();
+    if (opt_.step_ms) {
+      c.step_s = *opt_.step_ms * 1e-3;
+      c.step_given = true;
+    } else {
+      psync::data::BatchSampler sampler(data_.train, 64, 12345);
+      c.step_s = psync::sim::calibrate_step(m, [&]() -> const psync::data::Batch& { return sampler.next(); }, 200, 20);
+    }
+    c.server_s_per_float = opt_.server_ns ? *opt_.server_ns * 1e-9 : psync::harness::calibrate_server_cost(m);
+    c.data_bytes = static_cast<std::size_t>(data_.train.features.size() + data_.test.features.size()) * sizeof(float);
+    c.shard_bytes = static_cast<std::size_t>(data_.train.features.size()) * sizeof(float);
+    c.model_floats = static_cast<std::size_t>(m.parameters().size());
+    return c;
+  }
+
+  double virtual_cap(const Scenario& s) const {
+    if (opt_.budget_s) return *opt_.budget_s;
+    return opt_.quick ? s.quick_budget_s : s.virtual_budget_s;
+  }
+
+  // The scenario's simulation set-up for policy `p` and `seed`; run_until_target
+  // sets each attempt's budget_s and snapshot_interval_s.
+  psync::sim::SimOptions sim_options(const Scenario& s, const PolicyId& p, std::uint64_t seed) const {
+    psync::sim::SimOptions o;
+    o.workers = workers(s);
+    o.learning_rate = lr(s, p);
+    o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
+    o.compute.step_s = costs_.step_s;
+    o.compute.slowdown = {s.slow_worker};
+    // The simulator draws random slow steps for every worker (run_local: workers 1..P-1 only).
+    o.compute.random_probability = s.random_p;
+    o.compute.random_factor = s.random_factor;
+    o.network = s.network();
+    o.network.seed = 7 + seed - 1;
+    o.server_s_per_float = costs_.server_s_per_float;
+    o.seed = seed;
+    return o;
+  }
+
+  psync::Evaluation evaluate_subset(const psync::models::Mlp& m) const {
+    return psync::Evaluation{m.loss(eval_train_), m.accuracy(test_subset_)};
+  }
+
+  double full_accuracy(const Eigen::VectorXf& parameters) const {
+    auto m = model();
+    m.parameters() = parameters;
+    return m.accuracy(test_full_);
+  }
+
+  // Sequential SGD at the scenario's base rate on batches seeded by `seed`, for
+  // `max_steps` steps (virtual time steps x step_s), evaluated every `every` steps;
+  // stops at the target when `stop_at_target`.
+  psync::RunReport sequential_virtual(const Scenario& s, std::uint64_t seed, std::uint64_t max_steps,
+                                      std::uint64_t every, double target, bool stop_at_target) const {
+    psync::data::BatchSampler sampler(data_.train, s.batch, seed);
+    return psync::harness::sequential_virtual(
+        model(), [&]() -> const psync::data::Batch& { return sampler.next(); }, base_lr(s), costs_.step_s, max_steps,
+        every, [this](const psync::models::Mlp& m) { return evaluate_subset(m); }, target, stop_at_target);
+  }
+
+  // One policy, one seed, run until it reaches and holds the target (see
+  // psync::harness::run_until_target), at most the scenario's cap, evaluations every
+  // snapshot_s of the scenario; the simulator's real cost goes to `stats`.
+  psync::RunReport run_virtual(const Scenario& s, const PolicyId& p, std::uint64_t seed, double target,
+                               psync::sim::SimStats& stats) const {
+    const auto shards = psync::data::shard(data_.train, static_cast<int>(workers(s)), seed);
+    const auto sources = [&](psync::PeerId w) {
+      return [smp = psync::data::BatchSampler(shards[w], s.batch, seed * 7919 + w + 1)]() mutable
+                 -> const psync::data::Batch& { return smp.next(); };
+    };
+    psync::harness::TargetRun run;
+    run.cap_s = virtual_cap(s);
+    run.snapshot_s = s.snapshot_s;
+    run.target = target;
+    const auto options = sim_options(s, p, seed);
+    const auto evaluate = [this](const psync::models::Mlp& m) { return evaluate_subset(m); };
+    return with_policy(p, [&](auto policy) {
+      return psync::harness::run_until_target(model(), policy, sources, options, evaluate, run, &stats);
+    });
+  }
+
+  // sequential@osp-samples costs as many real gradient steps as OSP computed: above this, it is skipped.
+  static constexpr std::uint64_t max_reference_steps = 20000;
+
+  // The virtual costs, calibrated on first use.
+  const VirtualCosts& ensure_costs() {
+    if (!costs_.step_s) {
+      costs_ = calibrate();
+      progress_.line("compare: virtual step " + fmt(costs_.step_s * 1e3, 3) + " ms (" +
+                     (costs_.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), server " +
+                     fmt(costs_.server_s_per_float * 1e9, 3) + " ns per float (" +
+                     (opt_.server_ns ? "--server-ns" : "median of += and copy") + ")");
+    }
+    return costs_;
+  }
+
+  const Data& data() const { return data_; }
+
+  std::vector<Row> scenario_virtual(const Scenario& s, const std::vector<PolicyId>& policies) {
+    ensure_costs();
+    const double target = opt_.target.value_or(s.target);
+    const double cap = virtual_cap(s);
+    // One policy at the current base rate over every seed: the median row.
+    const auto run_seeds = [&](const PolicyId& p) {
+      Row row;
+      psync::sim::SimStats row_sim;
+      std::vector<double> steps;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (unsigned k = 0; k < opt_.seeds; ++k) {
+        const std::uint64_t seed = opt_.seed + k;
+        psync::RunReport rep;
+        if (p.sequential()) {
+          const auto max_steps = static_cast<std::uint64_t>(cap / costs_.step_s);
+          const auto every = static_cast<std::uint64_t>(std::max(1.0, std::round(s.snapshot_s / costs_.step_s)));
+          rep = sequential_virtual(s, seed, max_steps, every, target, true);
+        } else {
+          psync::sim::SimStats st;
+          rep = run_virtual(s, p, seed, target, st);
+          row_sim.real_s += st.real_s;
+          row_sim.gradient_s += st.gradient_s;
+          row_sim.evaluate_s += st.evaluate_s;
+          row_sim.steps += st.steps;
+          row_sim.peak_in_flight = std::max(row_sim.peak_in_flight, st.peak_in_flight);
+        }
+        const double acc = full_accuracy(rep.parameters);
+        Row r = summarize(p.label, lr(s, p), std::move(rep), target);
+        r.final_acc = acc;
+        progress_.line("  [" + s.name + "] " + p.label + " lr " + fmt(lr(s, p), 4) + " seed " + std::to_string(seed) +
+                       ": target " + fmt(target, 2) + " at " + tta_s(r.tta) + " virtual (" +
+                       (r.steps_at_target < 0 ? std::string("-") : fmt(r.steps_at_target, 0)) + " steps), run " +
+                       fmt(r.rep.wall_s, 1) + " virtual s, final accuracy " + fmt(acc, 4));
+        row.tta_seeds.push_back(r.tta);
+        steps.push_back(r.steps_at_target);
+        if (k == 0) row = std::move(r), row.tta_seeds = {row.tta};
+      }
+      row.real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      row.sim = row_sim;
+      row.tta = psync::harness::median_time(row.tta_seeds);
+      row.steps_at_target = psync::harness::median_time(steps);
+      return row;
+    };
+    std::vector<Row> rows;
+    for (const auto& p : policies) {
+      if (opt_.lr_grid.empty()) {
+        rows.push_back(run_seeds(p));
+        continue;
+      }
+      // --lr-grid: every base rate (each policy's own rate follows from it by --lr-rule);
+      // the row kept is the one with the earliest median time to target.
+      std::optional<Row> best;
+      std::string tried;
+      double real_s = 0;
+      psync::sim::SimStats all;
+      for (float base : opt_.lr_grid) {
+        base_override_ = base;
+        Row r = run_seeds(p);
+        real_s += r.real_s;
+        all.real_s += r.sim.real_s;
+        all.gradient_s += r.sim.gradient_s;
+        all.evaluate_s += r.sim.evaluate_s;
+        all.steps += r.sim.steps;
+        all.peak_in_flight = std::max(all.peak_in_flight, r.sim.peak_in_flight);
+        tried += (tried.empty() ? "" : ", ") + fmt(r.lr, 4) + ": " + tta_str(r.tta);
+        const auto earlier = [](double a, double b) { return (a < 0 ? 1e300 : a) < (b < 0 ? 1e300 : b); };
+        if (!best || earlier(r.tta, best->tta)) best = std::move(r);
+      }
+      base_override_.reset();
+      best->real_s = real_s;
+      best->sim = all;
+      best->note = "lr grid (time to target): " + tried;
+      progress_.line("  [" + s.name + "] " + p.label + ": best lr " + fmt(best->lr, 4) + " (" + tried + ")");
+      rows.push_back(std::move(*best));
+    }
+    // Sequential SGD on as many samples as OSP and as LOSP processed (first seed), no
+    // time limit: the accuracy goals' references.
+    for (const char* kind : {"osp", "losp"}) {
+      const std::string label = kind + (":" + std::to_string(opt_.osp.value_or(s.osp)));
+      const auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.label == label; });
+      if (opt_.quick || it == rows.end()) continue;
+      const std::string name = std::string("sequential@") + kind + "-samples";
+      const std::uint64_t steps = std::max<std::uint64_t>(1, it->samples / static_cast<std::uint64_t>(s.batch));
+      if (steps > max_reference_steps) {
+        progress_.line("  [" + s.name + "] " + name + " skipped: " + std::to_string(steps) + " steps is more than " +
+                       std::to_string(max_reference_steps) + " (cost)");
+        continue;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      auto rep = sequential_virtual(s, opt_.seed, steps, 0, target, false);
+      const double acc = full_accuracy(rep.parameters);
+      Row r = summarize(name, base_lr(s), std::move(rep), target);
+      r.final_acc = acc;
+      r.tta = -1;
+      r.steps_at_target = -1;
+      r.note = "no time limit; same samples as " + label;
+      r.real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      progress_.line("  [" + s.name + "] sequential on " + std::to_string(r.samples) + " samples: final accuracy " +
+                     fmt(acc, 4));
+      rows.push_back(std::move(r));
+    }
+    speedups(rows);
+    return rows;
+  }
+
+  // Speedup over BSP in time to target, for real and virtual rows alike.
+  static void speedups(std::vector<Row>& rows) {
+    const auto bsp = std::find_if(rows.begin(), rows.end(), [](const Row& r) { return r.label == "bsp"; });
+    for (auto& r : rows) {
+      if (r.tta < 0 || bsp == rows.end() || r.label.rfind("sequential@", 0) == 0) continue;
+      if (bsp->tta > 0) {
+        r.speedup = bsp->tta / r.tta;
+      } else if (bsp->tta < 0) {
+        // BSP never got there within its budget: budget / t is a lower bound.
+        r.speedup = bsp->rep.wall_s / r.tta;
+        r.speedup_lower_bound = true;
+      }
+    }
+  }
+
+  const VirtualCosts& costs() const { return costs_; }
+
+  void traces(const Scenario& s, const std::vector<PolicyId>& policies) const {
+    fs::create_directories(opt_.trace_dir);
+    for (const auto& p : policies) {
+      if (p.sequential()) continue;
+      psync::Trace t(1 << 14);
+      (void)progress_.watch("[" + s.name + "] trace " + p.label, 2.0, [&] { return run(s, p, 2.0, &t); });
+      std::string name = p.label;
+      std::replace(name.begin(), name.end(), ':', '-');
+      const fs::path path = fs::path(opt_.trace_dir) / (s.name + "-" + name + ".trace.json");
+      write_capped_trace(t, path, 4000);
+      progress_.line("  trace: " + path.string() + " (" + std::to_string(t.size()) + " events recorded, <= 4000 kept)");
+    }
+  }
+
+ private:
+  const Options& opt_;
+  const Data& data_;
+  const Progress& progress_;
+  psync::data::Batch eval_train_, test_subset_, test_full_;
+  VirtualCosts costs_;
+  std::optional<float> base_override_;  // the --lr-grid rate being run
+};
+
+// ---------------------------------------------------------------- goals
+
+struct Goal {
+  std::string text, measured, verdict;
+};
+
+inline const Row* find(const std::vector<Row>& rows, const std::string& label) {
+  for (const auto& r : rows)
+    if (r.label == label) return &r;
+  return nullptr;
+}
+
+inline std::vector<Goal> goals(const Scenario& s, const std::vector<Row>& rows, const Options& o) {
+  std::vector<Goal> g;
+  const unsigned S = o.osp.value_or(s.osp);
+  const unsigned ssp = o.ssp.value_or(s.ssp);
+  const std::string osp_l = "osp:" + std::to_string(S);
+  const Row* osp = find(rows, osp_l);
+  const Row* bsp = find(rows, "bsp");
+  const Row* asp = find(rows, "asp");
+  const Row* sspr = find(rows, "ssp:" + std::to_string(ssp));
+  const Row* seq = find(rows, "sequential@osp-samples");
+  const std::string losp_l = "losp:" + std::to_string(S);
+  const Row* losp = find(rows, losp_l);
+  const Row* seq_losp = find(rows, "sequential@losp-samples");
+  const double target = o.target.value_or(s.target);
+  auto t = [](const Row* r) { return r && r->tta >= 0 ? r->tta : std::numeric_limits<double>::infinity(); };
+  // OSP at least 3x faster than BSP, LOSP at least 8x; both ahead of SSP and ASP.
+  const auto speed_goals = [&](const Row* r, const std::string& label, double factor) {
+    if (!s.emulate || !r || !bsp) return;
+    Goal a;
+    a.text = label + " reaches " + fmt(target, 2) + " at least " + fmt(factor, 0) + "x faster than BSP";
+    if (r->tta < 0) {
+      a.measured = label + " did not reach the target";
+      a.verdict = "miss";
+    } else {
+      a.measured = "speedup " + speedup_str(*r) + " (" + label + " " + tta_str(r->tta) + " s, bsp " +
+                   tta_str(bsp->tta) + (bsp->tta < 0 ? " in " + fmt(bsp->rep.wall_s, 1) + " s" : " s") + ")";
+      a.verdict = r->speedup >= factor ? "pass"
+                                       : (r->speedup_lower_bound ? "inconclusive (BSP never reached it)" : "miss");
+    }
+    g.push_back(a);
+    Goal b;
+    b.text = label + " reaches " + fmt(target, 2) + " faster than SSP and ASP";
+    b.measured = label + " " + tta_s(r->tta) + ", ssp:" + std::to_string(ssp) + " " + tta_s(sspr ? sspr->tta : -1) +
+                 ", asp " + tta_s(asp ? asp->tta : -1);
+    b.verdict = (r->tta >= 0 && t(r) < t(sspr) && t(r) < t(asp)) ? "pass" : "miss";
+    g.push_back(b);
+  };
+  speed_goals(osp, osp_l, 3);
+  speed_goals(losp, losp_l, 8);
+  // LOSP's final accuracy against sequential SGD on as many samples.
+  if (losp && seq_losp) {
+    Goal c;
+    const double d = 100 * (losp->final_acc - seq_losp->final_acc);
+    c.text = losp_l + " final accuracy within 0.5 points of sequential SGD on the same samples";
+    c.measured = losp_l + " " + fmt(losp->final_acc, 4) + " vs sequential " + fmt(seq_losp->final_acc, 4) + " on " +
+                 std::to_string(seq_losp->samples) + " samples (" + (d >= 0 ? "+" : "") + fmt(d, 2) + " points)";
+    c.verdict = d >= -0.5 ? "pass" : "miss";
+    g.push_back(c);
+  }
+  if (osp && seq) {
+    Goal c;
+    const double d = 100 * (osp->final_acc - seq->final_acc);
+    c.text = osp_l + " final accuracy within 0.5 points of sequential SGD on the same samples";
+    c.measured = osp_l + " " + fmt(osp->final_acc, 4) + " vs sequential " +
+                 fmt(seq->final_acc, 4) + " on " + std::to_string(seq->samples) + " samples (" +
+                 (d >= 0 ? "+" : "") + fmt(d, 2) + " points)";
+    c.verdict = d >= -0.5 ? "pass" : "miss";
+    g.push_back(c);
+  }
+  if (osp && s.emulate) {
+    Goal h;
+    const bool cond = osp->comm_per_round < S * osp->step_s;
+    h.text = osp_l + " hides >= 90% of communication when a round's comm < S compute steps";
+    h.measured = "hidden " + pct(osp->hidden) + "%; comm per round " + fmt(1e3 * osp->comm_per_round, 1) +
+                 " ms vs S x step " + fmt(1e3 * S * osp->step_s, 1) + " ms (condition " + (cond ? "holds" : "does not hold") + ")";
+    h.verdict = !cond ? "n/a (condition not met)" : (osp->hidden >= 0.9 ? "pass" : "miss");
+    g.push_back(h);
+  }
+  if (!s.emulate && asp) {
+    Goal f;
+    f.text = "no policy's throughput more than 10% below ASP's";
+    double worst = 1e300;
+    std::string who;
+    for (const auto& r : rows) {
+      if (r.label.rfind("sequential", 0) == 0) continue;
+      const double ratio = r.rep.throughput() / asp->rep.throughput();
+      if (ratio < worst) {
+        worst = ratio;
+        who = r.label;
+      }
+    }
+    f.measured = "lowest: " + who + " at " + pct(worst) + "% of ASP's " + fmt(asp->rep.throughput(), 0) + " samples/s";
+    f.verdict = worst >= 0.9 ? "pass" : "miss";
+    g.push_back(f);
+  }
+  return g;
+}
+
+}  // namespace compare

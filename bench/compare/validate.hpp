@@ -1,0 +1,195 @@
+// compare_policies --validate: virtual time checked against real runs on this
+// machine, in one benchmark run.
+//
+// At 2 workers (2 worker threads fit on 2 cores) each policy runs twice on the
+// same data, seeds, network and straggler: once as real threads over the emulated
+// network (run_local, wall clock) and once in psync::sim with the step cost
+// calibrated single-threaded. Both evaluate the same snapshots the same way (2,000
+// test samples, every 0.25 s), so the two times to target differ only by how well
+// virtual time models the real run. The goal is within 15%.
+//
+// BSP's round barrier fixes the order of everything, and with 2 workers the round's
+// sum a + b is the same float whichever push arrives first: real and virtual BSP
+// must end at the same parameters, bit for bit.
+#pragma once
+
+#include "format.hpp"
+#include "options.hpp"
+#include "runner.hpp"
+#include "scenarios.hpp"
+#include "writers.hpp"
+
+#include <psync/harness/time_to_target.hpp>
+#include <psync/psync.hpp>
+#include <psync/sim/simulator.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace compare {
+
+struct ValidationRow {
+  std::string policy;
+  float lr = 0;
+  double real_tta = -1, virtual_tta = -1;
+  double real_step_ms = 0;  // mean real compute per step of the real run's workers (speed-1 worker)
+  double measured_tta = -1;  // virtual time with the real run's own step cost
+  double fifo_tta = -1;      // ... and a FIFO server NIC, as the Emulated transport models it
+  double error() const { return relative(virtual_tta); }
+  double measured_error() const { return relative(measured_tta); }
+  double relative(double v) const { return real_tta > 0 && v > 0 ? (v - real_tta) / real_tta : std::nan(""); }
+};
+
+// Runs the validation on scenario `base` at 2 workers; prints the table and
+// writes <out>/validation.md. Returns false if any figure missed its goal.
+inline bool validate(Harness& h, const Scenario& base, const Options& o, const Progress& progress,
+                     const std::vector<PolicyId>& policies) {
+  Scenario s = base;
+  s.workers = 2;
+  const double target = o.target.value_or(s.target);
+  const double budget = o.budget_s.value_or(60);
+  const std::uint64_t seed = o.seed;
+  const auto& costs = h.ensure_costs();
+  progress.line("validate: 2 workers, " + s.name + " network and straggler; virtual step " +
+                fmt(costs.step_s * 1e3, 3) + " ms (" + (costs.step_given ? "--step-ms" : "calibrated") +
+                "), real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));
+  const auto shards = psync::data::shard(h.data().train, 2, seed);
+  // Fresh samplers per run: both clocks see worker w's batches in the same order.
+  const auto sources = [&](psync::PeerId w) {
+    return [smp = psync::data::BatchSampler(shards[w], s.batch, seed * 7919 + w + 1)]() mutable
+               -> const psync::data::Batch& { return smp.next(); };
+  };
+  const auto evaluate = [&h](const psync::models::Mlp& m) { return h.evaluate_subset(m); };
+  const auto local = [&](const PolicyId& p, double budget_s, std::uint64_t steps) {
+    auto lo = h.local(s, budget_s);
+    lo.workers = 2;
+    lo.learning_rate = h.lr(s, p);
+    lo.seed = seed;
+    lo.snapshot_interval = std::chrono::milliseconds(static_cast<long long>(s.snapshot_s * 1000));
+    lo.stragglers = s.stragglers(2);
+    if (steps) lo.steps_per_worker = steps;
+    return lo;
+  };
+  const auto virtual_options = [&](const PolicyId& p) {
+    auto vo = h.sim_options(s, p, seed);
+    vo.workers = 2;
+    // run_local seeds the network with NetworkSpec::seed; use the same.
+    vo.network = s.network();
+    return vo;
+  };
+
+  bool ok = true;
+  std::string md = "### Validation: virtual time against real runs (2 workers)\n\n";
+
+  // 1. BSP: the same parameters.
+  const std::uint64_t steps = 300;
+  progress.line("validate: BSP, " + std::to_string(steps) + " steps per worker, real and virtual");
+  const PolicyId bsp{"bsp"};
+  const auto real_bsp = psync::run_local(h.model(), sources, local(bsp, 0, steps), psync::Bsp{},
+                                         [](const psync::models::Mlp&) { return psync::Evaluation{}; });
+  auto bo = virtual_options(bsp);
+  bo.steps_per_worker = steps;
+  bo.budget_s = 0;
+  const auto virt_bsp = psync::sim::simulate(h.model(), sources, bo, psync::Bsp{},
+                                             [](const psync::models::Mlp&) { return psync::Evaluation{}; });
+  const bool same_size = real_bsp.parameters.size() == virt_bsp.parameters.size();
+  const double max_diff = same_size ? (real_bsp.parameters - virt_bsp.parameters).cwiseAbs().maxCoeff() : -1;
+  const bool identical = same_size && real_bsp.parameters == virt_bsp.parameters;
+  ok = ok && identical;
+  const std::string bsp_line = "BSP, " + std::to_string(steps) + " steps per worker: real and virtual parameters " +
+                               (identical ? "identical, bit for bit" : "differ (max |diff| " + fmt(max_diff, 9) + ")") +
+                               " over " + std::to_string(real_bsp.parameters.size()) + " floats (steps applied: real " +
+                               std::to_string(real_bsp.server.steps_applied) + ", virtual " +
+                               std::to_string(virt_bsp.server.steps_applied) + ") -> " + (identical ? "pass" : "miss");
+  std::printf("\n== validation (2 workers, %s) ==\n%s\n", s.name.c_str(), bsp_line.c_str());
+  md += "- " + bsp_line + "\n\n";
+
+  // 2. Time to target per policy, real threads against virtual time.
+  std::vector<ValidationRow> rows;
+  for (const auto& p : policies) {
+    if (p.sequential()) continue;
+    ValidationRow r;
+    r.policy = p.label;
+    r.lr = h.lr(s, p);
+    progress.line("validate: " + p.label + " real (up to " + fmt(budget, 0) + " s of wall clock)");
+    const auto real = with_policy(p, [&](auto policy) {
+      return psync::run_local(h.model(), sources, local(p, budget, 0), policy, evaluate);
+    });
+    r.real_tta = real.time_to_accuracy(target);
+    double compute = 0, n = 0;
+    for (std::size_t w = 1; w < real.workers.size(); ++w) {  // worker 0 is the straggler
+      compute += real.workers[w].compute_s;
+      n += static_cast<double>(real.workers[w].steps);
+    }
+    r.real_step_ms = n > 0 ? 1e3 * compute / n : 0;
+    progress.line("validate: " + p.label + " virtual");
+    psync::harness::TargetRun run;
+    run.cap_s = budget;
+    run.snapshot_s = s.snapshot_s;
+    run.target = target;
+    const auto virt = with_policy(p, [&](auto policy) {
+      return psync::harness::run_until_target(h.model(), policy, sources, virtual_options(p), evaluate, run);
+    });
+    r.virtual_tta = virt.time_to_accuracy(target);
+    // The same run at the step cost the real run measured: what is left is the
+    // model of the network, the server and the policies.
+    auto mo = virtual_options(p);
+    if (r.real_step_ms > 0) mo.compute.step_s = r.real_step_ms * 1e-3;
+    const auto measured = with_policy(p, [&](auto policy) {
+      return psync::harness::run_until_target(h.model(), policy, sources, mo, evaluate, run);
+    });
+    r.measured_tta = measured.time_to_accuracy(target);
+    mo.sharing = psync::sim::Sharing::fifo;
+    const auto fifo = with_policy(p, [&](auto policy) {
+      return psync::harness::run_until_target(h.model(), policy, sources, mo, evaluate, run);
+    });
+    r.fifo_tta = fifo.time_to_accuracy(target);
+    rows.push_back(r);
+  }
+  std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", "policy", "lr", "real t(s)", "virtual t(s)",
+              "error", "step ms", "at real step", "error", "+FIFO NIC", "error", "verdict");
+  md += "| policy | lr | real time to " + fmt(target, 2) + " (s) | virtual, calibrated step (s) | error | real step (ms) | "
+        "virtual, real step (s) | error | virtual, real step, FIFO NIC (s) | error | verdict (calibrated, within 15%) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  const auto pct_str = [](double e) { return std::isnan(e) ? std::string("-") : (e >= 0 ? "+" : "") + fmt(100 * e, 1) + "%"; };
+  for (const auto& r : rows) {
+    const double e = r.error();
+    const std::string verdict = std::isnan(e) ? "n/a (target not reached)" : (std::abs(e) <= 0.15 ? "pass" : "miss");
+    if (verdict != "pass") ok = false;
+    std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", r.policy.c_str(), fmt(r.lr, 4).c_str(),
+                tta_str(r.real_tta).c_str(), tta_str(r.virtual_tta).c_str(), pct_str(e).c_str(),
+                fmt(r.real_step_ms, 3).c_str(), tta_str(r.measured_tta).c_str(), pct_str(r.measured_error()).c_str(),
+                tta_str(r.fifo_tta).c_str(), pct_str(r.relative(r.fifo_tta)).c_str(), verdict.c_str());
+    md += "| " + r.policy + " | " + fmt(r.lr, 4) + " | " + tta_str(r.real_tta) + " | " + tta_str(r.virtual_tta) + " | " +
+          pct_str(e) + " | " + fmt(r.real_step_ms, 3) + " | " + tta_str(r.measured_tta) + " | " +
+          pct_str(r.measured_error()) + " | " + tta_str(r.fifo_tta) + " | " + pct_str(r.relative(r.fifo_tta)) + " | " +
+          verdict + " |\n";
+  }
+  const std::string how =
+      "Real: `run_local`, 2 worker threads and the server thread over the emulated network (" + fmt(s.gbps, 2) +
+      " Gbit/s, " + fmt(s.latency_ms, 2) + " ms, worker 0 " + fmt(s.slow_worker, 1) +
+      "x slower), wall clock. Virtual: `psync::sim` with the step cost calibrated single-threaded. Same data, "
+      "seeds and evaluation (2,000 test samples every " + fmt(s.snapshot_s, 2) +
+      " s; time to target is the first time the mean of the last 3 evaluations reached it). Calibrated step: " +
+      fmt(costs.step_s * 1e3, 3) + " ms, the median of `calibrate_step` before the runs (single-threaded). Real "
+      "step: the speed-1 worker's mean compute per step in the real run, where it shares 2 cores with the other "
+      "worker, the server and the emulator; the virtual run at that step isolates the model of the network, the "
+      "server and the policies from the calibration; the FIFO column also shares the server NIC as `Emulated` "
+      "does (one message at a time) instead of fairly as the kernel does (psync::sim's default), so it compares "
+      "like with like.";
+  std::printf("%s\n", how.c_str());
+  md += "\n" + how + "\n\nBuild: `" + std::string(PSYNC_BUILD_FLAGS) + "`. Date: " + now_utc() + ".\nCommand: `" +
+        o.command_line + "`.\n";
+  std::filesystem::create_directories(o.out);
+  std::ofstream(std::filesystem::path(o.out) / "validation.md") << md;
+  std::fflush(stdout);
+  return ok;
+}
+
+}  // namespace compare
