@@ -634,9 +634,14 @@ inline std::vector<Goal> goals(const Scenario& s, const std::vector<Row>& rows, 
     g.push_back(a);
     Goal b;
     b.text = label + " reaches " + fmt(target, 2) + " faster than SSP and ASP";
-    b.measured = label + " " + tta_s(r->tta) + ", ssp:" + std::to_string(ssp) + " " + tta_s(sspr ? sspr->tta : -1) +
-                 ", asp " + tta_s(asp ? asp->tta : -1);
-    b.verdict = (r->tta >= 0 && t(r) < t(sspr) && t(r) < t(asp)) ? "pass" : "miss";
+    const auto tta_or_not_run = [](const Row* q) { return q ? tta_s(q->tta) : std::string("not run"); };
+    b.measured = label + " " + tta_s(r->tta) + ", ssp:" + std::to_string(ssp) + " " + tta_or_not_run(sspr) + ", asp " +
+                 tta_or_not_run(asp);
+    if (!sspr || !asp) {
+      b.verdict = "n/a (ssp:" + std::to_string(ssp) + " or asp not run)";
+    } else {
+      b.verdict = (r->tta >= 0 && t(r) < t(sspr) && t(r) < t(asp)) ? "pass" : "miss";
+    }
     g.push_back(b);
   };
   speed_goals(osp, osp_l, 3);
