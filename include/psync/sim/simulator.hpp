@@ -117,7 +117,7 @@ double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, in
 /// @brief Runs `options.workers` workers and one server under policy `P` in
 /// virtual time and returns the same report as `run_local` (times in virtual
 /// seconds). `batches_for(w)` gives worker w's batch source; `evaluate(model)` turns
-/// each snapshot into the series after the run.
+/// each snapshot of the server's model into a point of the series.
 ///
 /// Each snapshot is evaluated when it is taken (virtual time does not move while
 /// it is), so a run holds the server's model, each worker's model, gradient and
