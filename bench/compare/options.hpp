@@ -312,6 +312,7 @@ inline Options parse(int argc, char** argv) {
   if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweep_gbps.empty() || !o.sweep_workers.empty()))
     bad("--lr-grid and the sweeps run in virtual time");
   if (!o.sweep_workers.empty() && o.workers) bad("--sweep-workers sets the worker count: drop --workers");
+  if (o.validate && o.workers) bad("--validate runs 2 workers: drop --workers");
   // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.
   if (o.quick && o.virtual_time && !o.target) o.target = 0.80;
   return o;
