@@ -246,6 +246,11 @@ TEST_CASE("A long run holds O(P) models: snapshots are evaluated, not kept", "[s
   REQUIRE(stats.evaluate_s > 0);
   REQUIRE(stats.real_s >= stats.gradient_s + stats.evaluate_s);
   REQUIRE(stats.overhead() >= 1.0);
+  psync::sim::SimStats twice = stats;
+  twice += stats;
+  REQUIRE(twice.steps == 2 * stats.steps);
+  REQUIRE(twice.gradient_s == 2 * stats.gradient_s);
+  REQUIRE(twice.peak_in_flight == stats.peak_in_flight);
 }
 
 // Under BSP the round barrier fixes the order of everything, so threads in real

@@ -465,11 +465,7 @@ class Harness {
         } else {
           psync::sim::SimStats st;
           rep = run_virtual(s, p, seed, target, st);
-          row_sim.real_s += st.real_s;
-          row_sim.gradient_s += st.gradient_s;
-          row_sim.evaluate_s += st.evaluate_s;
-          row_sim.steps += st.steps;
-          row_sim.peak_in_flight = std::max(row_sim.peak_in_flight, st.peak_in_flight);
+          row_sim += st;
         }
         const double acc = full_accuracy(rep.parameters);
         Row r = summarize(p.label, lr(s, p), std::move(rep), target);
@@ -504,11 +500,7 @@ class Harness {
         base_override_ = base;
         Row r = run_seeds(p);
         real_s += r.real_s;
-        all.real_s += r.sim.real_s;
-        all.gradient_s += r.sim.gradient_s;
-        all.evaluate_s += r.sim.evaluate_s;
-        all.steps += r.sim.steps;
-        all.peak_in_flight = std::max(all.peak_in_flight, r.sim.peak_in_flight);
+        all += r.sim;
         tried += (tried.empty() ? "" : ", ") + fmt(r.lr, 4) + ": " + tta_str(r.tta);
         const auto earlier = [](double a, double b) { return (a < 0 ? 1e300 : a) < (b < 0 ? 1e300 : b); };
         if (!best || earlier(r.tta, best->tta)) best = std::move(r);

@@ -133,23 +133,20 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
     run.cap_s = budget;
     run.snapshot_s = s.snapshot_s;
     run.target = target;
-    const auto virt = with_policy(p, [&](auto policy) {
-      return psync::harness::run_until_target(h.model(), policy, sources, virtual_options(p), evaluate, run);
-    });
-    r.virtual_tta = virt.time_to_accuracy(target);
+    // Virtual time to target of policy `p` under simulation options `vo`.
+    const auto virtual_tta = [&](const psync::sim::SimOptions& vo) {
+      return with_policy(p, [&](auto policy) {
+        return psync::harness::run_until_target(h.model(), policy, sources, vo, evaluate, run);
+      }).time_to_accuracy(target);
+    };
+    r.virtual_tta = virtual_tta(virtual_options(p));
     // The same run at the step cost the real run measured: what is left is the
     // model of the network, the server and the policies.
     auto mo = virtual_options(p);
     if (r.real_step_ms > 0) mo.compute.step_s = r.real_step_ms * 1e-3;
-    const auto measured = with_policy(p, [&](auto policy) {
-      return psync::harness::run_until_target(h.model(), policy, sources, mo, evaluate, run);
-    });
-    r.measured_tta = measured.time_to_accuracy(target);
+    r.measured_tta = virtual_tta(mo);
     mo.sharing = psync::sim::Sharing::fifo;
-    const auto fifo = with_policy(p, [&](auto policy) {
-      return psync::harness::run_until_target(h.model(), policy, sources, mo, evaluate, run);
-    });
-    r.fifo_tta = fifo.time_to_accuracy(target);
+    r.fifo_tta = virtual_tta(mo);
     rows.push_back(r);
   }
   std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", "policy", "lr", "real t(s)", "virtual t(s)",

@@ -106,13 +106,7 @@ inline std::string steps_str(double v) { return v < 0 ? "-" : fmt(v, 0); }
 inline std::string sim_cost_text(const std::vector<Row>& rows, const Harness::VirtualCosts& costs,
                                  std::uint32_t workers) {
   psync::sim::SimStats t;
-  for (const auto& r : rows) {
-    t.real_s += r.sim.real_s;
-    t.gradient_s += r.sim.gradient_s;
-    t.evaluate_s += r.sim.evaluate_s;
-    t.steps += r.sim.steps;
-    t.peak_in_flight = std::max(t.peak_in_flight, r.sim.peak_in_flight);
-  }
+  for (const auto& r : rows) t += r.sim;
   if (t.steps == 0) return "";
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

@@ -91,6 +91,17 @@ struct SimStats {
   /// @brief The most messages in flight at once (each holds at most one model-sized vector).
   std::size_t peak_in_flight = 0;
 
+  /// @brief Adds another run's costs (the peak is the larger of the two).
+  SimStats& operator+=(const SimStats& o) noexcept {
+    real_s += o.real_s;
+    gradient_s += o.gradient_s;
+    evaluate_s += o.evaluate_s;
+    steps += o.steps;
+    events += o.events;
+    peak_in_flight = std::max(peak_in_flight, o.peak_in_flight);
+    return *this;
+  }
+
   /// @brief Real time per unit of gradient time, evaluation excluded (>= 1).
   double overhead() const { return gradient_s > 0 ? (real_s - evaluate_s) / gradient_s : 0; }
 };
