@@ -92,7 +92,11 @@ trap on_signal INT TERM
 start() {  # start NAME args...
   local name=$1
   shift
-  "$BIN" "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" </dev/null &
+  # Created here, not by the child's redirection: the port loop below reads
+  # server.out before the child may have opened it.
+  : >"$RUN/$name.out"
+  : >"$RUN/$name.err"
+  "$BIN" "$@" >>"$RUN/$name.out" 2>>"$RUN/$name.err" </dev/null &
   PIDS+=("$!")
   NAMES+=("$name")
 }
@@ -115,7 +119,8 @@ SERVER_PID=${PIDS[0]}
 PORT=
 deadline=$((SECONDS + START_TIMEOUT))
 while [[ -z $PORT ]]; do
-  PORT=$(sed -n 's/^psync-train: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$RUN/server.out" | head -n1)
+  # `|| true`: under set -e and pipefail a failed read must not end the script.
+  PORT=$(sed -n 's/^psync-train: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$RUN/server.out" 2>/dev/null | head -n1) || true
   [[ -n $PORT ]] && break
   if reap "$SERVER_PID"; then
     echo "launch_local.sh: the server exited with code ${CODE[$SERVER_PID]} before listening:" >&2

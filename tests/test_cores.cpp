@@ -409,3 +409,77 @@ TEMPLATE_TEST_CASE("Cores allocate nothing per step or per message once running"
   REQUIRE(g_allocations.load() - before == 0);
   REQUIRE(worker.report().pushes > 50);
 }
+
+// ---- liveness: a worker is judged by its own silence, never by the server's ----
+
+namespace {
+
+// Drains the core's outbox; returns how many models went to each worker.
+template <class Core>
+std::map<psync::PeerId, int> drain_models(Core& core) {
+  std::map<psync::PeerId, int> n;
+  while (auto t = core.poll_transmit()) {
+    if (std::holds_alternative<psync::msg::Model>(t->message)) ++n[t->to];
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("A held read is not silence: the healthy worker outlives the frozen one", "[cores][liveness]") {
+  using namespace std::chrono_literals;
+  namespace msg = psync::msg;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  psync::ServerCoreOptions o;
+  o.expected_workers = 2;
+  o.peer_timeout = 1000ms;
+  psync::ServerCore<Quadratic, psync::Bsp> core(Quadratic(3), o, psync::Bsp{}, t0);
+  core.on_message(0, msg::Join{0, 3, "bsp"}, t0);
+  core.on_message(1, msg::Join{1, 3, "bsp"}, t0);
+  CHECK(drain_models(core) == std::map<psync::PeerId, int>{{0, 1}, {1, 1}});
+  // Worker 0 pushes at once and waits for round 0; worker 1 is frozen (SIGSTOP) from here.
+  core.on_message(0, msg::Push{0, 0, 1, Eigen::VectorXf::Ones(3)}, t0 + 10ms);
+  // Worker 0's read is held for 1.5 s: it is waiting, not silent.
+  core.on_timer(t0 + 900ms);
+  CHECK(core.live_workers() == 2);
+  // Worker 1 (last heard at t0) passes the timeout: removed, and worker 0 is answered.
+  REQUIRE(core.next_deadline() <= t0 + 1001ms);
+  core.on_timer(t0 + 1500ms);
+  CHECK(core.live_workers() == 1);
+  CHECK(drain_models(core) == std::map<psync::PeerId, int>{{0, 1}});
+  // Worker 0's last message is 1.49 s old, but its silence counts from the answer.
+  core.on_timer(t0 + 1600ms);
+  core.on_timer(t0 + 2400ms);
+  CHECK(core.live_workers() == 1);
+  CHECK(core.next_deadline() == t0 + 2500ms);
+  // It does go silent for real: removed one timeout after the answer.
+  core.on_timer(t0 + 2501ms);
+  CHECK(core.live_workers() == 0);
+}
+
+TEST_CASE("Worker ids past max_workers are refused; the admitted keep training", "[cores][bounds]") {
+  using namespace std::chrono_literals;
+  namespace msg = psync::msg;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  psync::ServerCoreOptions o;
+  o.expected_workers = 1;
+  o.max_workers = 2;
+  psync::ServerCore<Quadratic, psync::Asp> core(Quadratic(3), o, psync::Asp{}, t0);
+  core.on_message(0, msg::Join{0, 3, "asp"}, t0);
+  core.on_message(1, msg::Join{1, 3, "asp"}, t0);
+  while (core.poll_transmit()) {
+  }
+  core.on_message(2, msg::Join{2, 3, "asp"}, t0);
+  auto t = core.poll_transmit();
+  REQUIRE(t);
+  CHECK(t->to == 2);
+  const auto* e = std::get_if<msg::Error>(&t->message);
+  REQUIRE(e);
+  CHECK(e->code == msg::ErrorCode::limit_exceeded);
+  CHECK(e->text == "server: 2 worker ids already admitted (max_workers 2)");
+  CHECK(core.live_workers() == 2);
+  // A known id may rejoin after leaving: the bound counts ids, not joins.
+  core.on_message(1, msg::Leave{msg::LeaveReason::finished}, t0 + 1ms);
+  core.on_message(1, msg::Join{1, 3, "asp"}, t0 + 2ms);
+  CHECK(core.live_workers() == 2);
+}

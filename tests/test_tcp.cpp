@@ -64,8 +64,9 @@ psync::TcpServerOptions server_options(std::uint64_t dimension = 0,
 }
 
 // Joins worker `id` and consumes the Join on the server side.
-psync::Tcp join(psync::TcpServer& server, psync::PeerId id, std::uint64_t dimension = 8) {
-  psync::Tcp t("127.0.0.1", server.port(), id);
+psync::Tcp join(psync::TcpServer& server, psync::PeerId id, std::uint64_t dimension = 8,
+                psync::TcpOptions options = {}) {
+  psync::Tcp t("127.0.0.1", server.port(), id, options);
   t.send(server_peer, msg::Join{id, dimension, "bsp"});
   const auto j = expect<msg::Join>(server, id);
   CHECK(j.worker == id);
@@ -161,15 +162,13 @@ TEST_CASE("a server and three workers exchange every message kind", "[tcp]") {
     w.send(server_peer, msg::Pull{4, ramp(8)});
     const auto pull = expect<msg::Pull>(server, id);
     CHECK(pull.clock == 4);
-    CHECK(pull.buffer.size() == 8);
+    CHECK(pull.buffer.size() == 0);  // the server allocates a read's buffer only once it admits the read
 
     w.send(server_peer, msg::Error{msg::ErrorCode::bad_clock, "from worker"});
     const auto err = expect<msg::Error>(server, id);
     CHECK(err.code == msg::ErrorCode::bad_clock);
     CHECK(err.text == "from worker");
 
-    server.send(id, msg::Error{msg::ErrorCode::policy_mismatch, "from server"});
-    CHECK(expect<msg::Error>(w, server_peer).text == "from server");
     server.send(id, msg::Leave{msg::LeaveReason::timed_out});
     CHECK(expect<msg::Leave>(w, server_peer).reason == msg::LeaveReason::timed_out);
     server.send(id, msg::Join{id, 8, "ssp:2"});  // odd, but the transport does not judge content
@@ -186,6 +185,12 @@ TEST_CASE("a server and three workers exchange every message kind", "[tcp]") {
   CHECK(expect<msg::Leave>(server, 1).reason == msg::LeaveReason::disconnected);
   CHECK_THROWS_AS(server.send(1, msg::Leave{}), psync::TransportError);
   CHECK_THROWS_AS(workers[1].send(server_peer, msg::Leave{}), psync::TransportError);
+  // An error frame from the server ends the conversation: delivered, then the connection closes.
+  server.send(2, msg::Error{msg::ErrorCode::policy_mismatch, "from server"});
+  CHECK(expect<msg::Error>(workers[2], server_peer).text == "from server");
+  CHECK(expect<msg::Leave>(workers[2], server_peer).reason == msg::LeaveReason::disconnected);
+  CHECK(expect<msg::Leave>(server, 2).reason == msg::LeaveReason::disconnected);
+  CHECK_THROWS_AS(server.send(2, msg::Leave{}), psync::TransportError);
   CHECK(server.try_receive() == std::nullopt);
 }
 
@@ -202,10 +207,10 @@ TEST_CASE("a 1M-float vector goes there and back exactly, in reused buffers", "[
     v = expect<msg::Model>(worker, server_peer).parameters;
     REQUIRE(v == original);
   }
-  // Pull: only the size travels; the server fills the buffer it got and sends it back.
+  // Pull: only the size travels, and the server's transport allocates nothing for it.
   worker.send(server_peer, msg::Pull{5, std::move(v)});
   auto pull = expect<msg::Pull>(server, 0);
-  REQUIRE(pull.buffer.size() == 1'000'000);
+  REQUIRE(pull.buffer.size() == 0);
   pull.buffer = original;
   server.send(0, msg::Model{2, 0, 0, std::move(pull.buffer)});
   CHECK(expect<msg::Model>(worker, server_peer).parameters == original);
@@ -443,8 +448,15 @@ TEST_CASE("endpoint misuse throws TransportError", "[tcp]") {
 }
 
 TEST_CASE("concurrent sends never interleave and keep each sender's order", "[tcp]") {
-  psync::TcpServer server;
-  psync::Tcp w = join(server, 0);
+  // Bounds well above this test's bursts: it checks ordering, not the bounds.
+  psync::TcpServerOptions so;
+  so.max_queued_sends = 1000;
+  psync::TcpServer server(so);
+  psync::TcpOptions wo;
+  wo.max_queued_sends = 1000;
+  // Dimension 0 in the join: vectors of every size below are accepted (a worker
+  // endpoint otherwise refuses models of another size than its join declared).
+  psync::Tcp w = join(server, 0, 0, wo);
   constexpr int per_thread = 300;
   auto sender = [&](std::uint32_t tag) {
     for (int i = 0; i < per_thread; ++i) {
@@ -477,10 +489,22 @@ TEST_CASE("concurrent sends never interleave and keep each sender's order", "[tc
   d.join();
 }
 
+// Bounds far above a stream's length, so only the vanishing peer stops it.
+psync::TcpServerOptions unbounded_server() {
+  psync::TcpServerOptions o;
+  o.max_queued_sends = o.max_queued_receives = 1000;
+  return o;
+}
+psync::TcpOptions unbounded_worker() {
+  psync::TcpOptions o;
+  o.max_queued_sends = o.max_queued_receives = 1000;
+  return o;
+}
+
 TEST_CASE("a peer vanishing during a stream of large writes is handled on both sides", "[tcp]") {
   SECTION("worker vanishes while the server writes") {
-    psync::TcpServer server;
-    auto w = std::make_unique<psync::Tcp>("127.0.0.1", server.port(), 0);
+    psync::TcpServer server(unbounded_server());
+    auto w = std::make_unique<psync::Tcp>("127.0.0.1", server.port(), 0, unbounded_worker());
     w->send(server_peer, msg::Join{0, 100'000, "bsp"});
     CHECK(expect<msg::Join>(server, 0).worker == 0);
     std::atomic<bool> refused{false};
@@ -503,8 +527,8 @@ TEST_CASE("a peer vanishing during a stream of large writes is handled on both s
     CHECK(refused);
   }
   SECTION("server vanishes while the worker writes") {
-    std::optional<psync::TcpServer> server(std::in_place);
-    psync::Tcp w = join(*server, 0, 100'000);
+    std::optional<psync::TcpServer> server(std::in_place, unbounded_server());
+    psync::Tcp w = join(*server, 0, 100'000, unbounded_worker());
     std::atomic<bool> refused{false};
     std::thread writer([&] {
       const Eigen::VectorXf v = ramp(100'000);
@@ -533,4 +557,160 @@ TEST_CASE("a peer vanishing during a stream of large writes is handled on both s
     }
     CHECK(left);
   }
+}
+
+// ---- bounds: what one peer can make the server hold ----
+
+TEST_CASE("a flooding peer meets backpressure: the receive queue holds its bound, nothing is lost", "[tcp][bounds]") {
+  psync::TcpServerOptions so;
+  so.max_queued_receives = 4;
+  psync::TcpServer server(so);
+  constexpr Eigen::Index n = 65'536;  // 256 KB per push: 200 of them overflow every socket buffer
+  constexpr int pushes = 200;
+  RawClient raw(server.port());
+  raw.write(wire::encode_to_bytes(0, msg::Join{0, n, "bsp"}));
+  CHECK(expect<msg::Join>(server, 0).worker == 0);
+  std::atomic<int> written{0};
+  std::thread flood([&] {
+    for (int i = 0; i < pushes; ++i) {
+      raw.write(wire::encode_to_bytes(0, msg::Push{static_cast<std::uint64_t>(i), 0, 1, ramp(n)}));
+      ++written;
+    }
+  });
+  std::this_thread::sleep_for(500ms);
+  // The server took nothing: the connection stopped being read at the bound, and the
+  // flooder is blocked by TCP, far from done.
+  CHECK(server.queued_receives() == 4);
+  CHECK(written.load() < pushes);
+  for (int i = 0; i < pushes; ++i) {
+    const auto p = expect<msg::Push>(server, 0);
+    REQUIRE(p.clock == static_cast<std::uint64_t>(i));
+  }
+  flood.join();
+  CHECK(server.queued_receives() == 0);
+}
+
+TEST_CASE("a peer that does not read its replies is disconnected at the send bound", "[tcp][bounds]") {
+  psync::TcpServerOptions so;
+  so.max_queued_sends = 3;
+  psync::TcpServer server(so);
+  psync::Tcp good = join(server, 1, 8);
+  RawClient raw(server.port());  // joins, then never reads
+  raw.write(wire::encode_to_bytes(0, msg::Join{0, 1'000'000, "bsp"}));
+  CHECK(expect<msg::Join>(server, 0).worker == 0);
+  const Eigen::VectorXf v = ramp(1'000'000);
+  int sent = 0;
+  std::string refusal;
+  for (; sent < 100; ++sent) {
+    try {
+      server.send(0, msg::Model{static_cast<std::uint64_t>(sent), 0, 0, v});
+    } catch (const psync::TransportError& e) {
+      refusal = e.what();
+      break;
+    }
+  }
+  INFO(refusal);
+  CHECK(sent < 100);  // 4 MB frames: a few fill the socket buffers, then 3 wait, then the bound
+  CHECK(refusal.find("max_queued_sends 3") != std::string::npos);
+  CHECK(expect<msg::Leave>(server, 0).reason == msg::LeaveReason::disconnected);
+  CHECK_THROWS_AS(server.send(0, msg::Leave{}), psync::TransportError);
+  still_works(server, good);
+}
+
+TEST_CASE("before its join a connection may send one join, small, in time", "[tcp][bounds]") {
+  psync::TcpServerOptions so;
+  so.join_timeout = 300ms;
+  psync::TcpServer server(so);
+  psync::Tcp good = join(server, 1);
+  SECTION("a push header before join is refused before its payload is read") {
+    RawClient raw(server.port());
+    Bytes b = wire::encode_to_bytes(2, msg::Push{0, 0, 1, ramp(1000)});
+    raw.write(Bytes(b.begin(), b.begin() + wire::header_size));  // the header alone: 4 KB announced
+    const auto e = error_reply(raw);
+    CHECK(e.code == msg::ErrorCode::not_joined);
+    CHECK(e.text == "first frame must be a join, got a push");
+  }
+  SECTION("a join frame longer than any join") {
+    RawClient raw(server.port());
+    Bytes b = wire::encode_to_bytes(2, msg::Join{2, 8, "bsp"});
+    const std::uint64_t big = 100'000;
+    std::memcpy(b.data() + 12, &big, 8);
+    raw.write(Bytes(b.begin(), b.begin() + wire::header_size));
+    const auto e = error_reply(raw);
+    CHECK(e.code == msg::ErrorCode::bad_frame);
+    CHECK(e.text == "join payload of 100000 bytes, above the join limit " + std::to_string(wire::max_join_payload));
+  }
+  SECTION("an idle connection is closed at the join deadline") {
+    RawClient raw(server.port());
+    const auto start = Clock::now();
+    const auto e = error_reply(raw);
+    CHECK(Clock::now() - start >= 250ms);
+    CHECK(e.code == msg::ErrorCode::not_joined);
+    CHECK(e.text == "no join within 300 ms of connecting");
+  }
+  still_works(server, good);
+  CHECK(server.try_receive() == std::nullopt);
+}
+
+TEST_CASE("connections past the pending cap evict the oldest unjoined; past the total cap they are refused",
+          "[tcp][bounds]") {
+  psync::TcpServerOptions so;
+  so.max_pending_connections = 3;
+  so.max_connections = 6;
+  psync::TcpServer server(so);
+  psync::Tcp joined = join(server, 1);
+  std::vector<std::unique_ptr<RawClient>> idle;
+  for (int i = 0; i < 5; ++i) {
+    idle.push_back(std::make_unique<RawClient>(server.port()));
+    std::this_thread::sleep_for(50ms);  // accepted in this order
+  }
+  // The two oldest were closed to make room; the three newest are open.
+  for (int i = 0; i < 2; ++i) CHECK(idle[static_cast<std::size_t>(i)]->read_until_closed(2000ms).second);
+  for (int i = 2; i < 5; ++i) CHECK_FALSE(idle[static_cast<std::size_t>(i)]->read_until_closed(100ms).second);
+  // A worker still joins (it evicts one more idle connection) and trains.
+  psync::Tcp late = join(server, 2);
+  still_works(server, late);
+  still_works(server, joined);
+  CHECK(server.connection_count() == 4);  // 2 joined + 2 pending
+  // Two more: 6 open, the cap; the next connection is closed before it is read.
+  psync::Tcp third = join(server, 3);
+  RawClient fill(server.port());
+  std::this_thread::sleep_for(50ms);
+  CHECK(server.connection_count() == 6);
+  RawClient over(server.port());
+  CHECK(over.read_until_closed(2000ms).second);
+  CHECK_FALSE(fill.read_until_closed(100ms).second);
+  still_works(server, third);
+}
+
+TEST_CASE("the server's dimension, once known, refuses a wrong-sized vector before it is read", "[tcp][bounds]") {
+  psync::TcpServer server;
+  server.expect_dimension(16);
+  RawClient raw(server.port());
+  raw.write(wire::encode_to_bytes(4, msg::Join{4, 1'000'000, "bsp"}));
+  const auto e = error_reply(raw);
+  CHECK(e.code == msg::ErrorCode::wrong_dimension);
+  psync::Tcp good = join(server, 1, 16);
+  good.send(server_peer, msg::Push{0, 0, 1, ramp(17)});
+  CHECK(expect<msg::Error>(good, server_peer).code == msg::ErrorCode::wrong_dimension);
+}
+
+TEST_CASE("a model larger than max_payload_bytes travels once its dimension is known", "[tcp][bounds]") {
+  psync::TcpServerOptions so;
+  so.limits.max_payload_bytes = 1024;  // 256 floats
+  psync::TcpServer server(so);
+  server.expect_dimension(1000);
+  psync::TcpOptions wo;
+  wo.limits.max_payload_bytes = 1024;
+  psync::Tcp w = join(server, 0, 1000, wo);  // the worker's join tells its endpoint the size too
+  w.send(server_peer, msg::Push{0, 0, 1, ramp(1000)});
+  auto p = expect<msg::Push>(server, 0);
+  CHECK(p.update == ramp(1000));
+  server.send(0, msg::Model{1, 0, 0, std::move(p.update)});
+  CHECK(expect<msg::Model>(w, server_peer).parameters == ramp(1000));
+  // Any other size is still bounded: 2000 floats is over the raised limit (a 1000-float model's frame).
+  w.send(server_peer, msg::Push{1, 0, 1, ramp(2000)});
+  const auto e = expect<msg::Error>(w, server_peer);
+  CHECK(e.code == msg::ErrorCode::bad_frame);
+  CHECK(e.text == "payload length 8028 above limit 4032");
 }

@@ -80,6 +80,7 @@ enum class ErrorCode : std::uint8_t {
   not_joined = 6,        ///< a push or pull before join
   shutting_down = 7,     ///< the server is stopping
   internal = 8,
+  limit_exceeded = 9,    ///< the peer went past one of the server's bounds (named in the text)
 };
 
 /// @brief Either side -> the other: a request was refused; the connection closes after it.
@@ -116,6 +117,7 @@ inline std::string_view error_code_name(msg::ErrorCode c) noexcept {
     case msg::ErrorCode::not_joined: return "not_joined";
     case msg::ErrorCode::shutting_down: return "shutting_down";
     case msg::ErrorCode::internal: return "internal";
+    case msg::ErrorCode::limit_exceeded: return "limit_exceeded";
   }
   return "unknown";
 }

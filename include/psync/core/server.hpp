@@ -46,8 +46,11 @@ struct ServerOptions {
   std::uint32_t expected_workers = 1;
   /// @brief How long to wait for `expected_workers`; then start with those present (none: `TimeoutError`).
   std::chrono::milliseconds join_timeout{30000};
-  /// @brief A live worker the others wait on that stays silent this long is removed.
+  /// @brief A live worker silent this long (from its last message or the server's last
+  /// answer to it; never while the server holds its read) is removed.
   std::chrono::milliseconds peer_timeout{60000};
+  /// @brief Most distinct worker ids ever admitted; later joins are refused.
+  std::uint32_t max_workers = 4096;
   /// @brief Copy the parameters this often (0: never) for a loss/accuracy series evaluated after the run.
   std::chrono::milliseconds snapshot_interval{0};
   /// @brief At most this many snapshots (each copies the parameters: keep the interval coarse).
@@ -98,11 +101,16 @@ class Server {
     co.expected_workers = options_.expected_workers;
     co.join_timeout = options_.join_timeout;
     co.peer_timeout = options_.peer_timeout;
+    co.max_workers = options_.max_workers;
     if (options_.log) {
       co.log = [log = options_.log](std::string_view line) { *log << "[psync server] " << line << '\n' << std::flush; };
     }
     core_.emplace(std::move(*initial_), std::move(co), policy_, start_);
     initial_.reset();
+    // A transport that can refuse a wrong-sized vector before reading it is told the size.
+    if constexpr (requires { transport.expect_dimension(std::uint64_t{}); }) {
+      transport.expect_dimension(static_cast<std::uint64_t>(dimension()));
+    }
     next_snapshot_ = start_;
     snapshots_.reserve(options_.max_snapshots);
     take_snapshot_if_due(start_);

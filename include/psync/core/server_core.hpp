@@ -33,8 +33,13 @@ struct ServerCoreOptions {
   std::uint32_t expected_workers = 1;
   /// @brief How long to wait for `expected_workers`; then start with those present (none: `TimeoutError`).
   std::chrono::milliseconds join_timeout{30000};
-  /// @brief A live worker the others wait on that stays silent this long is removed.
+  /// @brief A live worker that stays silent this long is removed. Silence counts
+  /// from its last message or from the server's last answer to it, whichever is
+  /// later; a worker whose read the server holds is waiting, not silent.
   std::chrono::milliseconds peer_timeout{60000};
+  /// @brief Most distinct worker ids the server will ever admit (each costs a clock
+  /// table entry and a report); a join beyond it is refused with `limit_exceeded`.
+  std::uint32_t max_workers = 4096;
   /// @brief Receives one line per event (joins, departures, refusals); may be empty.
   std::function<void(std::string_view)> log;
 };
@@ -234,6 +239,12 @@ class ServerCore {
       refuse(from, msg::ErrorCode::policy_mismatch, "worker runs policy '" + j.policy + "', server runs '" + policy_.name() + "'");
       return;
     }
+    if (!peers_.contains(from) && peers_.size() >= options_.max_workers) {
+      refuse(from, msg::ErrorCode::limit_exceeded,
+             "server: " + std::to_string(peers_.size()) + " worker ids already admitted (max_workers " +
+                 std::to_string(options_.max_workers) + ")");
+      return;
+    }
     // A late joiner starts at the slowest live clock so it neither blocks nor skips rounds;
     // the join reply's min_clock tells it that clock.
     const std::uint64_t start_clock = started_ ? clocks_.min_clock() : 0;
@@ -345,6 +356,9 @@ class ServerCore {
       const PeerId to = h.worker;
       held_[i] = std::move(held_.back());
       held_.pop_back();
+      // The worker's silence counts from this answer, not from the request it waited
+      // on: a read held longer than peer_timeout must not get the worker removed.
+      last_heard_[to] = now;
       outbox_.push(to, std::move(reply));
     }
   }

@@ -65,15 +65,28 @@ static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559, "psyn
 /// @brief The 4 bytes every frame starts with.
 inline constexpr std::array<std::byte, 4> magic{std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'}};
 /// @brief The protocol version this codec speaks; any other is refused.
-inline constexpr std::uint8_t protocol_version = 1;
+inline constexpr std::uint8_t protocol_version = 2;
 /// @brief Size of the fixed frame header in bytes.
 inline constexpr std::size_t header_size = 20;
 /// @brief Longest `Join::policy` accepted, in bytes.
 inline constexpr std::size_t max_policy_bytes = 256;
 /// @brief Longest `Error::text` sent or accepted, in bytes (longer texts are cut on encode).
 inline constexpr std::size_t max_error_text_bytes = 1024;
+/// @brief Largest payload of a `Join` frame: its fixed fields and the longest policy string.
+inline constexpr std::size_t max_join_payload = 4 + 8 + 4 + max_policy_bytes;
 /// @brief Largest per-type fixed part (Model's).
 inline constexpr std::size_t max_fixed_size = 32;
+
+/// @brief `limits` with `max_payload_bytes` raised, if need be, to fit a `Model` of
+/// `expected_dimension` floats: once the dimension is fixed, a frame carrying exactly
+/// that vector is legitimate however large, and every other vector is refused by the
+/// dimension check. So a model over the default 64 MiB needs no setting.
+inline WireLimits fit_dimension(WireLimits limits) noexcept {
+  if (limits.expected_dimension != 0 && limits.expected_dimension <= (~std::uint64_t{0} - max_fixed_size) / 4) {
+    limits.max_payload_bytes = std::max(limits.max_payload_bytes, max_fixed_size + 4 * limits.expected_dimension);
+  }
+  return limits;
+}
 
 /// @brief Message type byte; the value is the alternative's index in `psync::Message`.
 enum class MessageType : std::uint8_t { join = 0, leave = 1, push = 2, pull = 3, model = 4, error = 5 };
@@ -307,7 +320,7 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
     case MessageType::error: {
       const auto code = detail::get<std::uint8_t>(p);
       if (code < static_cast<std::uint8_t>(msg::ErrorCode::bad_frame) ||
-          code > static_cast<std::uint8_t>(msg::ErrorCode::internal)) {
+          code > static_cast<std::uint8_t>(msg::ErrorCode::limit_exceeded)) {
         detail::bad("unknown error code " + std::to_string(code));
       }
       const auto length = detail::get<std::uint32_t>(p + 1);
