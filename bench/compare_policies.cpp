@@ -25,16 +25,24 @@
 //
 //   compare_policies --list
 //   compare_policies [--time virtual|real] [--seed N] [--seeds K] [--step-ms X] [--quick]
-//                    [--scenario paper-like|paper-like-p8|fast-network|heavy-straggler|LIST|all] [--budget S]
-//                    [--target ACC] [--workers N] [--ssp S] [--osp S] [--sweep]
-//                    [--lr RATE] [--lr-rule scaled|same] [--policies LIST]
-//                    [--trace DIR] [--out DIR] [--quiet]
+//                    [--scenario paper-like|paper-like-p8|paper-like-p32|fast-network|heavy-straggler|LIST|all]
+//                    [--budget S] [--target ACC] [--workers N] [--ssp S] [--osp S] [--sweep]
+//                    [--lr RATE] [--lr-rule scaled|same] [--lr-grid LIST] [--policies LIST]
+//                    [--gbps X] [--latency-ms X] [--straggler X] [--server-ns X]
+//                    [--sweep-bandwidth LIST] [--sweep-workers LIST] [--sweep-staleness S-LIST/s-LIST]
+//                    [--validate] [--trace DIR] [--out DIR] [--quiet]
+//
+// Sweeps (virtual time; sweeps.hpp): --sweep-bandwidth and --sweep-workers rerun the
+// scenario at each value, --sweep-staleness runs OSP/LOSP at each S and SSP at each
+// s with the other policies as references; each writes SCENARIO-sweep-PARAM.{csv,dat,md}
+// and scripts/compare.sh plots it. --sweep instead adds OSP S in {5,10,20,40} and SSP
+// s in {1,3,8} as rows of the scenario's own table.
 //
 // The tool's parts, under bench/compare/: scenarios.hpp (the scenarios),
 // options.hpp (the command line, the policies and their learning rates),
 // runner.hpp (running and measuring them; the model-generic virtual-time harness is
-// include/psync/harness/time_to_target.hpp), writers.hpp (tables and files) and
-// format.hpp (number formatting).
+// include/psync/harness/time_to_target.hpp), writers.hpp (tables and files),
+// sweeps.hpp (the sweeps), validate.hpp (--validate) and format.hpp (number formatting).
 #include "compare/options.hpp"
 #include "compare/runner.hpp"
 #include "compare/scenarios.hpp"
@@ -75,15 +83,11 @@ int main(int argc, char** argv) {
         ok = compare::validate(h, s, opt, progress, h.policies(s)) && ok;
         continue;
       }
-      if (!opt.sweep_gbps.empty() || !opt.sweep_workers.empty()) {
-        if (!opt.sweep_gbps.empty()) {
-          const auto points = compare::run_sweep(h, s, "bandwidth", opt.sweep_gbps, progress);
-          compare::write_sweep(s, "bandwidth", points, opt);
-        }
-        if (!opt.sweep_workers.empty()) {
-          const std::vector<double> values(opt.sweep_workers.begin(), opt.sweep_workers.end());
-          const auto points = compare::run_sweep(h, s, "workers", values, progress);
-          compare::write_sweep(s, "workers", points, opt);
+      if (const auto sweeps = opt.sweeps(); !sweeps.empty()) {
+        for (const auto& param : sweeps) {
+          compare::write_sweep(s, compare::run_sweep(h, s, param, opt, progress), opt);
+          progress.line("compare: wrote " + (std::filesystem::path(opt.out) / (s.name + "-sweep-" + param)).string() +
+                        ".{csv,dat,md}");
         }
         continue;
       }

@@ -93,7 +93,19 @@ struct Options {
   std::vector<float> lr_grid;       // --lr-grid: base rates to try; each policy keeps its best
   std::vector<double> sweep_gbps;   // --sweep-bandwidth: Gbit/s values
   std::vector<unsigned> sweep_workers;  // --sweep-workers: worker counts
+  std::vector<unsigned> sweep_osp;      // --sweep-staleness S-LIST/s-LIST: OSP's and LOSP's S values
+  std::vector<unsigned> sweep_ssp;      // ... and SSP's s values
   bool validate = false;            // --validate: real threads vs virtual time, P = 2
+
+  // The sweeps asked for, in the order they run: "bandwidth", "workers", "staleness"
+  // (each writes <scenario>-sweep-<name>.*; see sweeps.hpp).
+  std::vector<std::string> sweeps() const {
+    std::vector<std::string> v;
+    if (!sweep_gbps.empty()) v.push_back("bandwidth");
+    if (!sweep_workers.empty()) v.push_back("workers");
+    if (!sweep_osp.empty() || !sweep_ssp.empty()) v.push_back("staleness");
+    return v;
+  }
 
   // Whether scenario `name` was asked for (--scenario takes a comma-separated list or "all").
   bool wants(const std::string& name) const {
@@ -141,6 +153,10 @@ inline void usage(std::ostream& o) {
        "                        writes SCENARIO-sweep-bandwidth.{csv,dat,md} (and a plot via compare.sh)\n"
        "  --sweep-workers LIST  virtual time: rerun with each worker count (e.g. 2,4,8,16,32);\n"
        "                        writes SCENARIO-sweep-workers.{csv,dat,md}\n"
+       "  --sweep-staleness S-LIST/s-LIST  virtual time: each OSP/LOSP policy at every S of S-LIST and\n"
+       "                        each SSP policy at every s of s-LIST (e.g. 5,10,20,40/1,3,8; either list\n"
+       "                        may be empty), the other policies once as references; writes\n"
+       "                        SCENARIO-sweep-staleness.{csv,dat,md}\n"
        "  --validate            real threads (emulated network, wall clock) against virtual time at\n"
        "                        2 workers: time to target per policy, and BSP's parameters\n"
        "  --trace DIR           also write one Chrome trace JSON per policy (short separate run)\n"
@@ -296,6 +312,25 @@ inline Options parse(int argc, char** argv) {
         if (v < 1 || v > 1024 || v != std::floor(v)) bad("--sweep-workers values must be integers in [1, 1024]");
         o.sweep_workers.push_back(static_cast<unsigned>(v));
       }
+    } else if (a == "--sweep-staleness") {
+      const std::string v = value();
+      const auto slash = v.find('/');
+      if (slash == std::string::npos || v.find('/', slash + 1) != std::string::npos)
+        bad("--sweep-staleness needs S-LIST/s-LIST (e.g. 5,10,20,40/1,3,8), got '" + v + "'");
+      // One side's integers, at least `least` each (the empty side sweeps nothing).
+      const auto side = [&](const std::string& text, unsigned least, const char* what) {
+        std::vector<unsigned> out;
+        if (text.empty()) return out;
+        for (double x : parse_list(a, text)) {
+          if (x < least || x > 1000000 || x != std::floor(x))
+            bad(std::string("--sweep-staleness: ") + what + " values must be integers >= " + std::to_string(least));
+          out.push_back(static_cast<unsigned>(x));
+        }
+        return out;
+      };
+      o.sweep_osp = side(v.substr(0, slash), 1, "OSP/LOSP S");
+      o.sweep_ssp = side(v.substr(slash + 1), 0, "SSP s");
+      if (o.sweep_osp.empty() && o.sweep_ssp.empty()) bad("--sweep-staleness: both lists are empty");
     } else if (a == "--validate") {
       o.validate = true;
     } else if (a == "--trace") {
@@ -309,7 +344,7 @@ inline Options parse(int argc, char** argv) {
     }
   }
   if (!o.virtual_time && o.workers && *o.workers > 64) bad("--time real runs at most 64 workers");
-  if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweep_gbps.empty() || !o.sweep_workers.empty()))
+  if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweeps().empty()))
     bad("--lr-grid and the sweeps run in virtual time");
   if (!o.sweep_workers.empty() && o.workers) bad("--sweep-workers sets the worker count: drop --workers");
   if (o.validate && o.workers) bad("--validate runs 2 workers: drop --workers");

@@ -285,13 +285,18 @@ class Harness {
     return policies;
   }
 
-  std::vector<Row> scenario(const Scenario& s) {
+  std::vector<Row> scenario(const Scenario& s) { return scenario(s, policies(s)); }
+
+  // `policies` (sequential SGD among them if wanted) in scenario `s`. With
+  // `sample_references`, also sequential SGD on as many samples as OSP(S) (and, in
+  // virtual time, LOSP(S)) processed: the accuracy goals' references, which the
+  // sweeps, printing no goals, go without.
+  std::vector<Row> scenario(const Scenario& s, const std::vector<PolicyId>& policies, bool sample_references = true) {
     const double budget = opt_.budget_s.value_or(s.budget_s);
     const double target = opt_.target.value_or(s.target);
     const unsigned S = opt_.osp.value_or(s.osp);
-    const auto policies = this->policies(s);
     progress_.line("compare: scenario " + s.name + ": " + s.summary);
-    if (opt_.virtual_time) return scenario_virtual(s, policies);
+    if (opt_.virtual_time) return scenario_virtual(s, policies, sample_references);
     progress_.line("compare: warm-up (data touched, threads and buffers exercised)");
     warm_up(s);
     std::vector<Row> rows;
@@ -306,7 +311,7 @@ class Harness {
     }
     // Sequential SGD with as many samples as OSP processed (the accuracy goal's reference).
     const auto osp_it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.label == "osp:" + std::to_string(S); });
-    if (osp_it != rows.end()) {
+    if (sample_references && osp_it != rows.end()) {
       const std::uint64_t n = osp_it->samples;
       const std::string what = "[" + s.name + "] sequential, " + std::to_string(n) + " samples";
       auto rep = progress_.watch(what, budget, [&] { return sequential_samples(s, n); });
@@ -445,7 +450,7 @@ class Harness {
 
   const Data& data() const { return data_; }
 
-  std::vector<Row> scenario_virtual(const Scenario& s, const std::vector<PolicyId>& policies) {
+  std::vector<Row> scenario_virtual(const Scenario& s, const std::vector<PolicyId>& policies, bool sample_references) {
     ensure_costs();
     const double target = opt_.target.value_or(s.target);
     const double cap = virtual_cap(s);
@@ -517,7 +522,7 @@ class Harness {
     for (const char* kind : {"osp", "losp"}) {
       const std::string label = kind + (":" + std::to_string(opt_.osp.value_or(s.osp)));
       const auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.label == label; });
-      if (opt_.quick || it == rows.end()) continue;
+      if (opt_.quick || !sample_references || it == rows.end()) continue;
       const std::string name = std::string("sequential@") + kind + "-samples";
       const std::uint64_t steps = std::max<std::uint64_t>(1, it->samples / static_cast<std::uint64_t>(s.batch));
       if (steps > max_reference_steps) {
