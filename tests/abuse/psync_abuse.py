@@ -18,8 +18,8 @@ Usage:
   tests/abuse/psync_abuse.py [--bin build/tools/psync-train] [--cases a,b,c] [--json FILE]
   tests/abuse/psync_abuse.py --list
 
-The last line is "N passed, M failed"; the exit code is 1 if any case failed,
-2 on a usage error or when the unattacked baseline itself fails.
+The last line is "N passed, M failed"; the exit code is 1 if any case failed
+(a case whose unattacked baseline fails counts as failed), 2 on a usage error.
 See tests/abuse/README.md for what each case checks.
 
 The wire format is docs/wire-protocol.md (include/psync/transport/wire.hpp):
@@ -32,7 +32,6 @@ import array
 import json
 import math
 import os
-import random
 import re
 import resource
 import select
@@ -110,12 +109,13 @@ def floats_le(values):
 class Frame:
     """A frame received from the server; bodies of models are skipped, not kept."""
 
-    __slots__ = ("t", "type", "sender", "length", "fields", "text")
+    __slots__ = ("t", "type", "sender", "length", "fields", "text", "body")
 
     def __init__(self, t, ftype, sender, length):
         self.t, self.type, self.sender, self.length = t, ftype, sender, length
         self.fields = ()
         self.text = ""
+        self.body = None  # a Model's floats (bytes), only when the parser keeps them
 
     def describe(self):
         if self.type == T_ERROR:
@@ -127,10 +127,12 @@ class Frame:
 
 
 class FrameParser:
-    """Incremental decoder of the server's byte stream; never buffers a float body."""
+    """Incremental decoder of the server's byte stream; buffers a Model's floats only
+    with keep_models (the overwrite attacker reads the model), other bodies never."""
 
-    def __init__(self):
+    def __init__(self, keep_models=False):
         self.stage, self.need, self.buf, self.cur, self.bad = "head", HEADER.size, bytearray(), None, None
+        self.keep_models = keep_models
 
     def feed(self, data, t):
         out = []
@@ -169,12 +171,15 @@ class FrameParser:
             if body == 0:
                 out.append(self.cur)
                 self._reset()
-            elif ftype in (T_ERROR, T_JOIN) and body <= 65536:
+            elif (ftype in (T_ERROR, T_JOIN) and body <= 65536) or (ftype == T_MODEL and self.keep_models):
                 self.stage, self.need = "body", body
             else:
                 self.stage, self.need = "skip", body
         elif self.stage == "body":
-            self.cur.text = bytes(self.buf).decode("utf-8", "replace")
+            if self.cur.type == T_MODEL:
+                self.cur.body = bytes(self.buf)
+            else:
+                self.cur.text = bytes(self.buf).decode("utf-8", "replace")
             out.append(self.cur)
             self._reset()
         else:  # skip
@@ -190,7 +195,7 @@ class Conn:
     """One attacker socket (non-blocking). Records every frame type received, the
     Error frames, and when and how the server disconnected it."""
 
-    def __init__(self, host, port, label, connect_timeout=3.0):
+    def __init__(self, host, port, label, connect_timeout=3.0, keep_models=False):
         self.label = label
         self.t_disc = None
         self.disc_how = None
@@ -198,7 +203,7 @@ class Conn:
         self.received = [0] * 6
         self.bytes_sent = 0
         self.frames_sent = 0
-        self.parser = FrameParser()
+        self.parser = FrameParser(keep_models)
         self.clock = 0
         self.version = 0
         self.join_reply = None
@@ -343,10 +348,10 @@ class Conn:
             self.sock = None
 
 
-def join(run, rep, worker_id, label, read_reply=True):
+def join(run, rep, worker_id, label, read_reply=True, keep_models=False):
     """Connects and joins as `worker_id` with the server's dimension and policy; reads
     the join reply (the Model whose min_clock is this peer's starting clock)."""
-    c = Conn(run.host, run.port, label)
+    c = Conn(run.host, run.port, label, keep_models=keep_models)
     rep.conns.append(c)
     if not c.alive:
         return c
@@ -509,6 +514,10 @@ def proc_status(pid):
 # One cluster run: server, workers, optional attack
 # ---------------------------------------------------------------------------
 
+def data_classes(data):
+    return 4 if data == "synthetic" else 10
+
+
 def model_dimension(model, data):
     inputs, classes = (20, 4) if data == "synthetic" else (784, 10)
     if model == "softmax":
@@ -587,7 +596,6 @@ class Run:
         a = self.ctx.args
         argv = [a.bin, "--role", "worker", "--server", "%s:%d" % (self.host, self.port), "--id", str(spec.wid),
                 "--workers", str(spec.workers)] + self.common()
-        argv[argv.index("--timeout-ms") + 1] = str(self.timeout_ms)
         delay = a.step_delay_ms if spec.step_delay_ms is None else spec.step_delay_ms
         argv += ["--steps", str(spec.steps), "--step-delay-ms", str(delay), "--batch", str(a.batch),
                  "--metrics", os.path.join(self.dir, "worker-%d.json" % spec.wid)] + self.ctx.worker_args
@@ -608,16 +616,24 @@ class Run:
         return rss
 
     def wait_joined(self, ids, seconds):
-        """Waits until the server log shows every id in `ids` joined (fallback: the
-        workers' "connected" lines plus a little); returns True if seen in the log."""
+        """Waits until the server's event log shows every id in `ids` joined or,
+        failing that, until every worker has printed its "connected" line and
+        --connected-grace-s more have passed; after `seconds` the attack starts anyway."""
         end = time.monotonic() + seconds
+        t_connected = None
         while time.monotonic() < end:
             self.sample()
-            log = self.server.err()
-            seen = {int(x) for x in re.findall(r"worker ([0-9]+) joined", log)}
+            seen = {int(x) for x in re.findall(r"worker ([0-9]+) joined", self.server.err())}
             if set(ids) <= seen:
                 return True
             if not self.server.running:
+                return False
+            if t_connected is None and all(re.search(r"\bconnected\b", s.proc.out())
+                                           for s in self.specs if s.proc is not None and s.wid in ids):
+                t_connected = time.monotonic()
+            if t_connected is not None and time.monotonic() - t_connected >= self.ctx.args.connected_grace_s:
+                self.notes.append("joins not in the server log; attacked %.1f s after the workers' connected lines"
+                                  % self.ctx.args.connected_grace_s)
                 return False
             time.sleep(0.02)
         self.notes.append("the server log did not show workers %s joining within %.1f s" % (ids, seconds))
@@ -709,7 +725,9 @@ def run_cluster(ctx, run, specs, attack=None, phase="post", tick=None, attack_s=
                 kill_at = s.proc.t_start + (s.limit if s.limit is not None else s.hard_s) + a.grace_s
                 if now > kill_at:
                     s.proc.kill("past its deadline (%.1f s)" % (kill_at - s.proc.t_start))
-        workers_done = all(s.proc is not None and not s.proc.running for s in specs)
+        # A worker not started yet never will be once the server is gone.
+        workers_done = all((s.proc is not None and not s.proc.running) or (s.proc is None and not run.server.running)
+                           for s in specs)
         if rss is not None and rss > abort_kb and run.aborted is None:
             run.aborted = rss
             run.notes.append("server RSS %.0f MB passed --rss-abort-mb %d: attack stopped" % (rss / 1024, a.rss_abort_mb))
@@ -720,7 +738,7 @@ def run_cluster(ctx, run, specs, attack=None, phase="post", tick=None, attack_s=
         if thread is not None and not stop.is_set() and (workers_done or now - rep.t_start > attack_s):
             stop.set()
         if workers_done and run.t_train_end is None:
-            run.t_train_end = max(s.proc.t_end for s in specs)
+            run.t_train_end = max([s.proc.t_end for s in specs if s.proc is not None] or [now])
         if run.t_train_end is None and not run.server.running:
             # The server is gone while workers still run: training is over for the attacker too.
             run.t_train_end = run.server.t_end
@@ -752,8 +770,7 @@ def mb(kb):
     return None if kb is None else round(kb / 1024.0, 1)
 
 
-def evaluate(ctx, case, run, rep, expect_disconnect, attack_kind="single", check_accuracy=False,
-             rss_checked=True, extra=None):
+def evaluate(ctx, case, run, rep, expect_disconnect, check_accuracy=False, rss_checked=True):
     """Builds the result record and the verdict of one run."""
     a = ctx.args
     reasons = []
@@ -793,7 +810,7 @@ def evaluate(ctx, case, run, rep, expect_disconnect, attack_kind="single", check
     res["time_ratio"] = round(max(ratios), 2) if ratios else None
 
     # The attacker: disconnected by the server while training was still going on.
-    att = {"expected": expect_disconnect, "kind": attack_kind}
+    att = {"expected": expect_disconnect}
     if rep is not None and rep.conns:
         margin = a.disconnect_margin_s
         t_end = run.t_train_end if run.t_train_end is not None else float("inf")
@@ -831,15 +848,13 @@ def evaluate(ctx, case, run, rep, expect_disconnect, attack_kind="single", check
 
     acc = run.accuracy()
     res["accuracy"] = acc
-    base_acc = ctx.baseline_accuracy.get(run.policy)
+    base_acc = ctx.baseline_accuracy.get((run.policy, run.model))
     res["baseline_accuracy"] = base_acc
     if check_accuracy:
         if acc is None:
             reasons.append("no final accuracy reported")
         elif base_acc is not None and acc < base_acc - a.accuracy_tolerance:
             reasons.append("accuracy %.3f < baseline %.3f - %.2f" % (acc, base_acc, a.accuracy_tolerance))
-    if extra:
-        res.update(extra)
     if run.aborted:
         res["aborted_at_rss_mb"] = mb(run.aborted)
     res["reasons"] = reasons
@@ -893,12 +908,14 @@ def print_case_line(res):
 # Baselines
 # ---------------------------------------------------------------------------
 
-def measure_baseline(ctx, policy):
+def measure_baseline(ctx, policy, model):
     a = ctx.args
+    key = (policy, model)
+    name = policy if model == a.model else "%s, %s" % (policy, model)
     times, accs, peaks = [], [], []
     for i in range(a.baseline_runs):
         for attempt in range(2):
-            run = Run(ctx, "baseline-%s-%d" % (policy, i), policy)
+            run = Run(ctx, "baseline-%s-%s-%d" % (policy, model, i), policy, model=model)
             specs = [WorkerSpec(w, 2, a.steps, None) for w in range(2)]
             try:
                 run_cluster(ctx, run, specs)
@@ -914,37 +931,49 @@ def measure_baseline(ctx, policy):
                 err = "rc server %s workers %s: %s" % (run.server.rc, [s.proc.rc for s in specs],
                                                        " | ".join(sum((s.proc.tail(1) for s in specs), [])))
             kill_all_children()
-            print("baseline %s failed (%s)%s" % (policy, err, ", retrying" if attempt == 0 else ""), flush=True)
+            print("baseline %s failed (%s)%s" % (name, err, ", retrying" if attempt == 0 else ""), flush=True)
         else:
-            raise SystemExit(2)
+            ctx.baseline_failed[key] = err
+            raise CaseError("the unattacked baseline under %s failed: %s" % (name, err))
     base = min(times)  # the least disturbed run
-    acc = accs[times.index(base)]
-    ctx.baseline[policy] = base
-    ctx.baseline_accuracy[policy] = acc
-    ctx.baseline_rss[policy] = mb(max(peaks))
+    ctx.baseline[key] = base
+    ctx.baseline_accuracy[key] = accs[times.index(base)]
+    ctx.baseline_rss[key] = mb(max(peaks))
     print("baseline %s: workers %.2f s (runs: %s), accuracy %s, server peak RSS %s MB" % (
-        policy, base, ", ".join("%.2f" % t for t in times), acc, mb(max(peaks))), flush=True)
+        name, base, ", ".join("%.2f" % t for t in times), ctx.baseline_accuracy[key], mb(max(peaks))), flush=True)
     return base
 
 
-def baseline(ctx, policy):
-    if policy not in ctx.baseline:
-        measure_baseline(ctx, policy)
-    return ctx.baseline[policy]
+def baseline(ctx, policy, model=None):
+    """The unattacked workers' time under `policy` (and `model`, default --model)."""
+    key = (policy, model or ctx.args.model)
+    if key in ctx.baseline_failed:
+        raise CaseError("the unattacked baseline under %s failed: %s" % (policy, ctx.baseline_failed[key]))
+    if key not in ctx.baseline:
+        measure_baseline(ctx, *key)
+    return ctx.baseline[key]
 
 
 # ---------------------------------------------------------------------------
 # Attacks
 # ---------------------------------------------------------------------------
 
-def standard(ctx, case, policy, attack, phase="post", expect_disconnect=True, check_accuracy=False):
+def standard(ctx, case, policy, attack, phase="post", expect_disconnect=True, check_accuracy=False, model=None):
     """Two real workers (ids 0, 1) and one attack."""
-    base = baseline(ctx, policy)
-    run = Run(ctx, case + "-" + policy, policy)
+    model = model or ctx.args.model
+    base = baseline(ctx, policy, model)
+    run = Run(ctx, "%s-%s-%s" % (case, policy, model), policy, model=model)
     specs = [WorkerSpec(w, 2, ctx.args.steps, base) for w in range(2)]
     rep = run_cluster(ctx, run, specs, attack=attack, phase=phase)
-    return evaluate(ctx, case, run, rep, expect_disconnect and case not in ctx.disconnect_optional,
+    label = case if model == ctx.args.model else "%s [%s]" % (case, model)
+    return evaluate(ctx, label, run, rep, expect_disconnect and case not in ctx.disconnect_optional,
                     check_accuracy=check_accuracy)
+
+
+def flood_models(ctx):
+    """--model, then each of --flood-extra-models: message-count and byte-size attacks differ."""
+    extra = [m for m in split_list(ctx.args.flood_extra_models) if m != ctx.args.model]
+    return [ctx.args.model] + extra
 
 
 def attack_flood_push(run, rep, stop, ready):
@@ -1099,22 +1128,25 @@ def attack_idle_conns(run, rep, stop, ready):
                     del by_fd[fd]
 
 
-def push_loop(run, rep, stop, label, make_update):
-    """Joins, then pushes make_update(i) every --push-interval-ms, reading each reply."""
+def push_loop(run, rep, stop, label, make_update, keep_models=False):
+    """Joins, then pushes make_update(i, latest Model frame) every --push-interval-ms,
+    reading each reply."""
     a = run.ctx.args
-    c = join(run, rep, a.attacker_id, label)
+    c = join(run, rep, a.attacker_id, label, keep_models=keep_models)
     if not c.alive:
         return c
     i = 0
     accepted = refused = 0
+    latest = c.join_reply
     nxt = time.monotonic()
     while not stop.is_set() and c.alive:
-        if not c.send_all(push_frame(a.attacker_id, c.clock, c.version, 1, make_update(i))):
+        if not c.send_all(push_frame(a.attacker_id, c.clock, c.version, 1, make_update(i, latest))):
             break
         c.frames_sent += 1
         f = c.read_until((T_MODEL, T_ERROR), time.monotonic() + 2.0)
         if f is not None and f.type == T_MODEL:
             accepted += 1
+            latest = f
             c.version = f.fields[0]
             c.clock += 1
         elif f is not None:
@@ -1127,10 +1159,23 @@ def push_loop(run, rep, stop, label, make_update):
 
 
 def attack_overwrite(run, rep, stop, ready):
+    """Joins, then every --push-interval-ms pushes `bad - current`, current being the
+    parameters of its last Model reply: under asp (model += update) that replaces the
+    model with `bad`, a dead network (all zero) whose last bias says class 0."""
     a = run.ctx.args
-    rng = random.Random(12345)
-    updates = [floats_le([rng.gauss(0.0, a.overwrite_scale) for _ in range(run.dim)]) for _ in range(8)]
-    push_loop(run, rep, stop, "overwrite", lambda i: updates[i % len(updates)])
+    bad = [0.0] * run.dim
+    bad[run.dim - data_classes(a.data)] = a.overwrite_bias  # parameters end with the output bias
+
+    def update(i, latest):
+        if latest is None or latest.body is None or len(latest.body) != 4 * run.dim:
+            return floats_le(bad)
+        cur = array.array("f")
+        cur.frombytes(latest.body)
+        if sys.byteorder != "little":
+            cur.byteswap()
+        return floats_le([b - x if math.isfinite(x) else 0.0 for b, x in zip(bad, cur)])
+
+    push_loop(run, rep, stop, "overwrite", update, keep_models=True)
 
 
 def attack_nan(run, rep, stop, ready):
@@ -1138,7 +1183,7 @@ def attack_nan(run, rep, stop, ready):
     nan, inf = float("nan"), float("inf")
     patterns = [floats_le([nan] * n), floats_le([inf] * n), floats_le([0.0] * (n - 1) + [nan]),
                 floats_le([-inf] + [0.0] * (n - 1))]
-    push_loop(run, rep, stop, "nan", lambda i: patterns[i % len(patterns)])
+    push_loop(run, rep, stop, "nan", lambda i, latest: patterns[i % len(patterns)])
 
 
 def attack_id_squat(run, rep, stop, ready):
@@ -1163,15 +1208,17 @@ def one_policy(ctx, default):
 
 
 def case_flood_push(ctx):
-    return [standard(ctx, "flood-push", one_policy(ctx, "bsp"), attack_flood_push)]
+    return [standard(ctx, "flood-push", one_policy(ctx, "bsp"), attack_flood_push, model=m) for m in flood_models(ctx)]
 
 
 def case_no_read(ctx):
-    return [standard(ctx, "no-read", one_policy(ctx, ctx.args.no_read_policy), attack_no_read)]
+    return [standard(ctx, "no-read", one_policy(ctx, ctx.args.no_read_policy), attack_no_read, model=m)
+            for m in flood_models(ctx)]
 
 
 def case_pull_huge_clock(ctx):
-    return [standard(ctx, "pull-huge-clock", one_policy(ctx, "bsp"), attack_pull_huge_clock)]
+    return [standard(ctx, "pull-huge-clock", one_policy(ctx, "bsp"), attack_pull_huge_clock, model=m)
+            for m in flood_models(ctx)]
 
 
 def case_stall(ctx):
@@ -1360,6 +1407,7 @@ class Ctx:
         self.baseline = {}
         self.baseline_accuracy = {}
         self.baseline_rss = {}
+        self.baseline_failed = {}
         self.server_args = shlex.split(args.server_args)
         self.worker_args = shlex.split(args.worker_args)
         self.disconnect_optional = set(split_list(args.disconnect_optional))
@@ -1382,9 +1430,15 @@ def parse_args(argv):
     g.add_argument("--keep", action="store_true", help="keep the run directory (process logs and metrics)")
     g.add_argument("--server-args", default="", help="extra psync-train arguments for the server (shell words)")
     g.add_argument("--worker-args", default="", help="extra psync-train arguments for the real workers")
+    g.add_argument("--secret-file", help="pass --secret-file FILE to the server and the real workers (never to the "
+                   "attacker); needs a psync-train with authentication (issue 10)")
+    g.add_argument("--auth", action="store_true", help="as --secret-file, with a fresh random secret in the run directory")
     g = p.add_argument_group("cluster")
     g.add_argument("--policy", help="policy for every single-policy case (default: per case)")
-    g.add_argument("--model", default="softmax")
+    g.add_argument("--model", default="mlp:256", help="psync-train --model (mlp:256: 6404 floats, 25 KB a vector)")
+    g.add_argument("--flood-extra-models", default="softmax",
+                   help="flood-push, no-read, pull-huge-clock also run with these (softmax: 84 floats, many small "
+                        "messages); empty: none")
     g.add_argument("--data", default="synthetic", choices=["synthetic", "fashion-mnist"])
     g.add_argument("--steps", type=int, default=300, help="steps per real worker")
     g.add_argument("--step-delay-ms", type=int, default=4, help="worker --step-delay-ms (makes runs ~1.5 s)")
@@ -1394,7 +1448,7 @@ def parse_args(argv):
     g.add_argument("--timeout-ms", type=int, default=3000, help="psync-train --timeout-ms (server and workers)")
     g.add_argument("--child-nofile", type=int, default=1024,
                    help="soft RLIMIT_NOFILE of the server and workers (the usual default); 0: inherit this script's")
-    g.add_argument("--baseline-runs", type=int, default=1, help="unattacked runs per policy (the fastest counts)")
+    g.add_argument("--baseline-runs", type=int, default=2, help="unattacked runs per policy (the fastest counts)")
     g.add_argument("--start-timeout-s", type=float, default=20)
     g = p.add_argument_group("verdict")
     g.add_argument("--rss-limit-mb", type=float, default=256)
@@ -1412,6 +1466,8 @@ def parse_args(argv):
     g.add_argument("--attacker-id", type=int, default=7, help="worker id of a joined attacker")
     g.add_argument("--join-reply-s", type=float, default=2.0, help="attacker's wait for its join reply")
     g.add_argument("--join-wait-s", type=float, default=3.0, help="wait for the real workers' joins in the log")
+    g.add_argument("--connected-grace-s", type=float, default=0.2,
+                   help="without join lines in the server log: attack this long after the workers connected")
     g.add_argument("--pre-wait-s", type=float, default=15.0, help="longest wait for a pre-join attack to be ready")
     g.add_argument("--grace-s", type=float, default=5.0, help="workers are killed this long past their limit")
     g.add_argument("--server-exit-s", type=float, default=8.0, help="wait for the server to exit after the workers")
@@ -1430,7 +1486,8 @@ def parse_args(argv):
                    help="idle-conns: start the workers once this fraction is open (the rest open meanwhile)")
     g.add_argument("--poison-policy", default="asp", help="overwrite, nan: policy")
     g.add_argument("--push-interval-ms", type=float, default=10, help="overwrite, nan: one push every ...")
-    g.add_argument("--overwrite-scale", type=float, default=100.0, help="overwrite: std-dev of the update")
+    g.add_argument("--overwrite-bias", type=float, default=1000.0,
+                   help="overwrite: the planted model's class-0 output bias (every other parameter 0)")
     g.add_argument("--sigstop-policies", default="bsp,ssp:3,osp:20")
     g.add_argument("--sigstop-timeout-ms", type=int, default=3000, help="sigstop: server/worker --timeout-ms")
     g.add_argument("--sigstop-after-s", type=float, default=0.5, help="sigstop: stop worker 1 this long after start")
@@ -1475,9 +1532,11 @@ def print_table(results):
     rows = []
     for r in results:
         rcs = ",".join(("%s" % w.get("rc")) + ("" if w["judged"] else "*") for w in r["workers"])
-        rows.append([r["case"], r["policy"], "%s / %s" % (r["rss_before_mb"], r["rss_peak_mb"]), rcs,
-                     "-" if r["time_ratio"] is None else "%.2fx" % r["time_ratio"], disc_text(r["attacker"]),
-                     str(r["server_rc"]) + (" (killed)" if r["server_killed"] else ""), r["verdict"]])
+        dash = lambda v: "-" if v is None else str(v)
+        rows.append([r["case"], r["policy"], "%s / %s" % (dash(r["rss_before_mb"]), dash(r["rss_peak_mb"])),
+                     rcs or "-", "-" if r["time_ratio"] is None else "%.2fx" % r["time_ratio"],
+                     disc_text(r["attacker"]), dash(r["server_rc"]) + (" (killed)" if r["server_killed"] else ""),
+                     r["verdict"]])
     widths = [max(len(head[i]), *(len(row[i]) for row in rows)) for i in range(len(head))]
     fmt = "| " + " | ".join("%%-%ds" % w for w in widths) + " |"
     print(fmt % tuple(head))
@@ -1504,6 +1563,15 @@ def main(argv=None):
         print("psync_abuse: RLIMIT_NOFILE is %d, below the %d idle-conns needs" % (have, need), flush=True)
     ctx = Ctx(args)
     ctx.run_dir = tempfile.mkdtemp(prefix="psync-abuse.")
+    secret = args.secret_file
+    if args.auth and not secret:
+        secret = os.path.join(ctx.run_dir, "secret")
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+    if secret:
+        ctx.server_args += ["--secret-file", secret]
+        ctx.worker_args += ["--secret-file", secret]
     print("psync_abuse: %s; cases %s; run directory %s" % (args.bin, ",".join(args.case_list), ctx.run_dir),
           flush=True)
     results = []
@@ -1539,8 +1607,9 @@ def main(argv=None):
     if args.json:
         doc = {"binary": args.bin, "command": " ".join(shlex.quote(x) for x in sys.argv), "elapsed_s": round(elapsed, 1),
                "settings": {k: v for k, v in vars(args).items() if k not in ("list",)},
-               "baselines": {p: {"worker_s": round(t, 3), "accuracy": ctx.baseline_accuracy.get(p),
-                                 "server_peak_rss_mb": ctx.baseline_rss.get(p)} for p, t in ctx.baseline.items()},
+               "baselines": [{"policy": k[0], "model": k[1], "worker_s": round(t, 3),
+                              "accuracy": ctx.baseline_accuracy.get(k), "server_peak_rss_mb": ctx.baseline_rss.get(k)}
+                             for k, t in ctx.baseline.items()],
                "results": results, "passed": passed, "failed": failed, "interrupted": interrupted}
         with open(args.json + ".tmp", "w") as f:
             json.dump(doc, f, indent=2)
