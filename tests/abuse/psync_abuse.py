@@ -94,10 +94,6 @@ def pull_frame(worker, clock, buffer_floats):
     return frame(T_PULL, worker, PULL_FIXED.pack(clock, buffer_floats))
 
 
-def leave_frame(worker, reason=0):
-    return frame(T_LEAVE, worker, LEAVE_FIXED.pack(reason))
-
-
 def floats_le(values):
     a = array.array("f", values)
     assert a.itemsize == 4
