@@ -10,6 +10,7 @@
 #define PSYNC_VERSION_STRING "0.1.0"
 
 #include "psync/concepts.hpp"
+#include "psync/core/checkpoint.hpp"
 #include "psync/core/clock_table.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"

@@ -2,14 +2,27 @@
 /// @file
 /// @brief The server's view of its workers: who is live, each one's clock.
 
+#include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace psync {
+
+/// @brief One worker's entry of a `ClockTable`, as a checkpoint stores it.
+struct WorkerClock {
+  PeerId worker = 0;        ///< the worker's id
+  std::uint64_t clock = 0;  ///< pushes the server accepted from it
+  bool live = false;        ///< joined and not gone
+  /// @brief Field-wise equality.
+  friend bool operator==(const WorkerClock&, const WorkerClock&) = default;
+};
 
 /// @brief Per-worker push clocks and liveness. Pure bookkeeping: no threads, no I/O.
 ///
@@ -75,6 +88,35 @@ class ClockTable {
 
   /// @brief Number of workers that ever joined.
   std::size_t known_count() const { return entries_.size(); }
+
+  /// @brief Every worker that ever joined, by ascending id (what a checkpoint stores).
+  std::vector<WorkerClock> entries() const {
+    std::vector<WorkerClock> out;
+    out.reserve(entries_.size());
+    for (const auto& [id, e] : entries_) out.push_back(WorkerClock{id, e.clock, e.live});
+    return out;
+  }
+
+  /// @brief Largest clock ever held by any worker. Not derivable from `entries()`: a
+  /// worker that left and rejoined at the slowest clock lowered its own entry.
+  std::uint64_t max_clock_seen() const noexcept { return max_seen_; }
+
+  /// @brief Replaces the table with checkpointed entries; throws `ConfigError` on a
+  /// worker listed twice or a clock above `max_clock_seen`.
+  void restore(std::span<const WorkerClock> entries, std::uint64_t max_clock_seen) {
+    std::map<PeerId, Entry> restored;
+    for (const WorkerClock& w : entries) {
+      if (w.clock > max_clock_seen) {
+        throw ConfigError("clock table: worker " + std::to_string(w.worker) + " has clock " + std::to_string(w.clock) +
+                          ", above the largest clock seen " + std::to_string(max_clock_seen));
+      }
+      if (!restored.try_emplace(w.worker, Entry{w.clock, w.live}).second) {
+        throw ConfigError("clock table: worker " + std::to_string(w.worker) + " listed twice");
+      }
+    }
+    entries_ = std::move(restored);
+    max_seen_ = max_clock_seen;
+  }
 
   /// @brief Calls `f(id, clock)` for each live worker.
   template <class F>

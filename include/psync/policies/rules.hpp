@@ -14,9 +14,12 @@
 ///   round (BSP, OSP): lr*mean(g) per round, like sequential SGD on a P-times
 ///   larger batch.
 
+#include "psync/core/error.hpp"
+
 #include <Eigen/Core>
 
 #include <cstdint>
+#include <string>
 
 namespace psync {
 
@@ -25,6 +28,15 @@ struct Applied {
   std::uint64_t versions = 0;  ///< new model versions made
   std::uint64_t updates = 0;   ///< pushes folded into the model
   std::uint64_t steps = 0;     ///< local SGD steps those pushes covered
+};
+
+/// @brief A combiner's pending state, as a checkpoint stores it: the round
+/// `RoundAverage` has open (`Sum` has none: empty sum, zero counts).
+struct OpenRound {
+  Eigen::VectorXf sum;       ///< sum of the open round's pushes; empty for `Sum`
+  std::uint64_t pushes = 0;  ///< pushes in the open round
+  std::uint64_t steps = 0;   ///< local SGD steps those pushes covered
+  std::uint64_t round = 0;   ///< index of the open round
 };
 
 namespace combine {
@@ -47,6 +59,18 @@ struct Sum {
   Applied advance(Eigen::Ref<Eigen::VectorXf>, std::uint64_t /*min_clock*/) { return {}; }
   /// @brief Nothing is ever pending.
   Applied flush(Eigen::Ref<Eigen::VectorXf>) { return {}; }
+  /// @brief Nothing is pending: an empty round.
+  void save(OpenRound& out) const {
+    out.sum.resize(0);
+    out.pushes = out.steps = out.round = 0;
+  }
+  /// @brief Accepts only an empty round (one from an averaging policy does not fit: `ConfigError`).
+  void restore(const OpenRound& r, Eigen::Index /*dimension*/) {
+    if (r.sum.size() != 0 || r.pushes != 0 || r.steps != 0 || r.round != 0) {
+      throw ConfigError("sum combiner: the checkpoint holds an open round (" + std::to_string(r.pushes) +
+                        " pushes, round " + std::to_string(r.round) + "): it was written by an averaging policy");
+    }
+  }
 };
 
 /// @brief Sums the pushes of round r and applies their mean once every live
@@ -92,6 +116,28 @@ struct RoundAverage {
   }
   /// @brief The round now open.
   std::uint64_t round() const noexcept { return round_; }
+  /// @brief Copies the open round into `out` (reusing `out.sum`'s storage when it has the size).
+  void save(OpenRound& out) const {
+    out.sum = sum_;
+    out.pushes = pushes_;
+    out.steps = steps_;
+    out.round = round_;
+  }
+  /// @brief Reopens a checkpointed round; an empty sum with no pushes is a zero sum.
+  /// Throws `ConfigError` if the sum's size is not `dimension`.
+  void restore(const OpenRound& r, Eigen::Index dimension) {
+    if (r.sum.size() == 0 && r.pushes == 0) {
+      sum_ = Eigen::VectorXf::Zero(dimension);
+    } else if (r.sum.size() != dimension) {
+      throw ConfigError("average combiner: the checkpoint's round sum has " + std::to_string(r.sum.size()) +
+                        " floats, the model has " + std::to_string(dimension));
+    } else {
+      sum_ = r.sum;
+    }
+    pushes_ = r.pushes;
+    steps_ = r.steps;
+    round_ = r.round;
+  }
 
  private:
   Eigen::VectorXf sum_;
