@@ -23,7 +23,7 @@ The last line is "N passed, M failed"; the exit code is 1 if any case failed
 See tests/abuse/README.md for what each case checks.
 
 The wire format is docs/wire-protocol.md (include/psync/transport/wire.hpp):
-a 20-byte header "PSYN", version 1, type, reserved 0, sender u32, payload length
+a 20-byte header "PSYN", version 2, type, reserved 0, sender u32, payload length
 u64, then per-type fixed fields and a body; all little-endian.
 """
 
@@ -47,11 +47,11 @@ import threading
 import time
 
 # ---------------------------------------------------------------------------
-# Wire protocol, version 1
+# Wire protocol, version 2
 # ---------------------------------------------------------------------------
 
 MAGIC = b"PSYN"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("<4sBBHIQ")  # magic, version, type, reserved, sender, payload length
 assert HEADER.size == 20
 T_JOIN, T_LEAVE, T_PUSH, T_PULL, T_MODEL, T_ERROR = range(6)
