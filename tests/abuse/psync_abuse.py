@@ -1423,6 +1423,7 @@ def parse_args(argv):
     g.add_argument("--list", action="store_true", help="list the cases and exit")
     g.add_argument("--repeat", type=int, default=1, help="run the selected cases this many times (races)")
     g.add_argument("--json", help="write the results to this file")
+    g.add_argument("--markdown", help="write the results table as markdown (a README block) to this file")
     g.add_argument("--keep", action="store_true", help="keep the run directory (process logs and metrics)")
     g.add_argument("--server-args", default="", help="extra psync-train arguments for the server (shell words)")
     g.add_argument("--worker-args", default="", help="extra psync-train arguments for the real workers")
@@ -1522,7 +1523,7 @@ def raise_nofile(need):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def print_table(results):
+def table_lines(results):
     head = ["case", "policy", "RSS before/peak MB", "workers rc", "time vs base", "attacker disconnected",
             "server rc", "verdict"]
     rows = []
@@ -1535,11 +1536,34 @@ def print_table(results):
                      r["verdict"]])
     widths = [max(len(head[i]), *(len(row[i]) for row in rows)) for i in range(len(head))]
     fmt = "| " + " | ".join("%%-%ds" % w for w in widths) + " |"
-    print(fmt % tuple(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(fmt % tuple(row))
-    print("(* = worker not judged: the SIGSTOPped one, big-model's; [n/a] = disconnect not required)")
+    lines = [fmt % tuple(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [fmt % tuple(row) for row in rows]
+    lines.append("(* = worker not judged: the SIGSTOPped one, big-model's; [n/a] = disconnect not required)")
+    return lines
+
+
+def print_table(results):
+    for line in table_lines(results):
+        print(line)
+
+
+def write_markdown(path, args, results, passed, failed, elapsed):
+    """The table as a README block: what ran, when, on what, and the verdicts."""
+    load = os.getloadavg()[0]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = ["### Abuse test: attacks on a real `psync-train` server (issue 10)", ""]
+    lines += table_lines(results)
+    lines += ["",
+              "%d passed, %d failed in %.0f s; %s, %d CPUs, load average %.1f at the end; %s. "
+              "Server peak RSS limit %d MB; real workers must exit 0 within max(%.0fx, +%.0f s) of an "
+              "unattacked run. Command: `scripts/abuse.sh%s`." % (
+                  passed, failed, elapsed, when, os.cpu_count() or 0, load,
+                  "authenticated workers (--auth)" if (args.auth or args.secret_file) else "no authentication",
+                  args.rss_limit_mb, args.time_factor, args.floor_s,
+                  " --auth" if args.auth else "")]
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 def on_sigterm(signum, frame):
@@ -1610,6 +1634,8 @@ def main(argv=None):
         with open(args.json + ".tmp", "w") as f:
             json.dump(doc, f, indent=2)
         os.replace(args.json + ".tmp", args.json)
+    if args.markdown and results:
+        write_markdown(args.markdown, args, results, passed, failed, elapsed)
     if args.keep:
         print("run directory kept: %s" % ctx.run_dir)
     else:
