@@ -5,7 +5,7 @@
 #   scripts/abuse.sh [--auth] [psync_abuse.py args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh python3
+scripts/setup.sh
 dir=${PSYNC_BUILD_DIR:-build}
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$dir" -j "$(nproc)" --target psync-train
