@@ -3,7 +3,7 @@
 # only the packages that are missing; non-interactive; uses sudo when not root.
 set -euo pipefail
 
-packages=(cmake make g++ pkg-config libboost-dev libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
+packages=(cmake make g++ pkg-config libboost-dev libeigen3-dev catch2 libbenchmark-dev zlib1g-dev libssl-dev
           dataset-fashion-mnist gnuplot-nox python3)
 # Extra packages a caller may ask for (e.g. iperf3 for the TCP bench, iproute2 for netns).
 packages+=("$@")

@@ -3,7 +3,11 @@
 // Every wait is bounded; the whole file runs in a few seconds.
 
 #include "catch.hpp"
+#include "toy_model.hpp"
 
+#include <psync/core/server.hpp>
+#include <psync/core/worker.hpp>
+#include <psync/policies/bsp.hpp>
 #include <psync/transport/tcp.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -11,10 +15,17 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -80,6 +91,29 @@ class RawClient {
 
   void write(const Bytes& b) { asio::write(socket_, asio::buffer(b)); }
 
+  // Reads exactly `n` bytes within `within`; fewer if the peer closes or time runs out.
+  Bytes read_exactly(std::size_t n, std::chrono::milliseconds within) {
+    Bytes b(n);
+    std::size_t got = 0;
+    asio::async_read(socket_, asio::buffer(b), [&](const boost::system::error_code&, std::size_t k) { got = k; });
+    io_.restart();
+    io_.run_for(within);
+    if (!io_.stopped()) {
+      socket_.cancel();
+      io_.restart();
+      io_.run();
+    }
+    b.resize(got);
+    return b;
+  }
+
+  // The server's first frame: its challenge.
+  wire::Challenge read_challenge() {
+    const Bytes b = read_exactly(wire::challenge_frame_size, 3000ms);
+    REQUIRE(b.size() == wire::challenge_frame_size);
+    return wire::decode_challenge(b);
+  }
+
   // Reads until the peer closes or `within` passes; returns what arrived and whether it closed.
   std::pair<Bytes, bool> read_until_closed(std::chrono::milliseconds within) {
     Bytes all;
@@ -116,10 +150,19 @@ class RawClient {
   asio::ip::tcp::socket socket_{io_};
 };
 
+// What a raw client read, without the challenge every connection starts with (checked).
+Bytes after_challenge(const Bytes& bytes) {
+  REQUIRE(bytes.size() >= wire::challenge_frame_size);
+  (void)wire::decode_challenge(std::span(bytes).first(wire::challenge_frame_size));
+  return Bytes(bytes.begin() + wire::challenge_frame_size, bytes.end());
+}
+
 // The Error frame a rejected raw client got back, checked to be followed by a close.
-msg::Error error_reply(RawClient& raw) {
-  auto [bytes, closed] = raw.read_until_closed(3000ms);
+// With `challenge_read`, the client has already read the challenge.
+msg::Error error_reply(RawClient& raw, bool challenge_read = false) {
+  auto [all, closed] = raw.read_until_closed(3000ms);
   CHECK(closed);
+  const Bytes bytes = challenge_read ? all : after_challenge(all);
   REQUIRE(bytes.size() >= wire::header_size);
   Envelope e = wire::decode(bytes, {});
   CHECK(e.from == server_peer);
@@ -330,7 +373,7 @@ TEST_CASE("a slow-loris peer is cut off after the frame timeout", "[tcp]") {
   CHECK(closed);
   CHECK(took >= 450ms);
   CHECK(took < 2000ms);
-  const auto e = std::get<msg::Error>(wire::decode(reply, {}).message);
+  const auto e = std::get<msg::Error>(wire::decode(after_challenge(reply), {}).message);
   CHECK(e.code == msg::ErrorCode::bad_frame);
   CHECK(e.text == "frame not completed within 500 ms");
   still_works(server, good);
@@ -714,3 +757,265 @@ TEST_CASE("a model larger than max_payload_bytes travels once its dimension is k
   CHECK(e.code == msg::ErrorCode::bad_frame);
   CHECK(e.text == "payload length 8028 above limit 4032");
 }
+
+// ---- authentication: a shared secret proven at join (HMAC-SHA256 over the server's challenge) ----
+
+namespace {
+
+const psync::Secret cluster_secret("a shared secret of the cluster, 32+ bytes long");
+
+psync::TcpServerOptions auth_server(const psync::Secret& secret = cluster_secret) {
+  psync::TcpServerOptions o;
+  o.secret = secret;
+  return o;
+}
+
+psync::TcpOptions auth_worker(const psync::Secret& secret = cluster_secret) {
+  psync::TcpOptions o;
+  o.secret = secret;
+  return o;
+}
+
+bool contains(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+/// A fresh directory for secret files, removed at the end.
+struct SecretDir {
+  std::filesystem::path path;
+  SecretDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/psync-secret.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~SecretDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::filesystem::path write(const std::string& name, const std::string& bytes, mode_t mode = 0600) const {
+    const auto p = path / name;
+    std::ofstream(p, std::ios::binary) << bytes;
+    REQUIRE(::chmod(p.c_str(), mode) == 0);
+    return p;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("every connection starts with a fresh challenge saying whether a secret is required", "[tcp][auth]") {
+  psync::TcpServer open_server;
+  RawClient plain(open_server.port());
+  const wire::Challenge c0 = plain.read_challenge();
+  CHECK_FALSE(c0.auth_required);
+  RawClient again(open_server.port());
+  const wire::Challenge c1 = again.read_challenge();
+  CHECK(c1.nonce != c0.nonce);
+  CHECK(c0.nonce != wire::Nonce{});
+  if (psync::tcp_auth_available) {
+    psync::TcpServer server(auth_server());
+    RawClient raw(server.port());
+    CHECK(raw.read_challenge().auth_required);
+  }
+}
+
+TEST_CASE("read_secret_file refuses what ssh would, and strips one trailing newline", "[tcp][auth]") {
+  SecretDir dir;
+  CHECK(psync::read_secret_file(dir.write("text", "abc\n")).size() == 3);
+  CHECK(psync::read_secret_file(dir.write("two", "abc\n\n")).size() == 4);
+  CHECK(psync::read_secret_file(dir.write("raw", std::string("\0\1\2", 3))).size() == 3);
+  CHECK(psync::read_secret_file(dir.write("ro", "abc", 0400)).size() == 3);
+  auto refusal = [](const std::filesystem::path& p) -> std::string {
+    try {
+      (void)psync::read_secret_file(p);
+    } catch (const psync::ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  const auto shared = dir.write("shared", "abc", 0640);
+  const std::string why = refusal(shared);
+  CHECK(contains(why, shared.string()));
+  CHECK(contains(why, "mode 0640"));
+  CHECK(contains(why, "chmod 600"));
+  CHECK(contains(refusal(dir.write("world", "abc", 0604)), "mode 0604"));
+  CHECK(contains(refusal(dir.write("empty", "")), "is empty"));
+  CHECK(contains(refusal(dir.write("newline", "\n")), "is empty"));
+  CHECK(contains(refusal(dir.path / "missing"), "cannot open"));
+  CHECK(contains(refusal(dir.path), "not a regular file"));
+}
+
+#ifdef PSYNC_HAVE_OPENSSL
+
+TEST_CASE("with the right secret, workers join and train over TCP", "[tcp][auth]") {
+  using psync_test::Quadratic;
+  using psync_test::Target;
+  constexpr Eigen::Index n = 6;
+  psync::TcpServer endpoint(auth_server());
+  psync::ServerOptions so;
+  so.expected_workers = 2;
+  so.join_timeout = 10s;
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
+  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
+  std::vector<std::future<psync::WorkerReport>> workers;
+  for (psync::PeerId id = 0; id < 2; ++id) {
+    workers.push_back(std::async(std::launch::async, [&, id] {
+      psync::WorkerOptions wo;
+      wo.learning_rate = 0.1f;
+      wo.max_steps = 50;
+      wo.reply_timeout = 10s;
+      psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(Quadratic(n), psync::Tcp("127.0.0.1", endpoint.port(), id,
+                                                                                   auth_worker()),
+                                                         wo);
+      const Target t{Eigen::VectorXf::Constant(n, 1.0f)};
+      return w.run([&]() -> const Target& { return t; });
+    }));
+  }
+  for (auto& w : workers) CHECK(w.get().steps == 50);
+  const psync::ServerReport r = served.get();
+  CHECK(r.steps_applied == 100);
+  CHECK(r.peers.size() == 2);
+  CHECK((server.model().parameters().array() - 1.0f).abs().maxCoeff() < 0.01f);  // converged to the target
+}
+
+TEST_CASE("a wrong secret gets Error{unauthenticated} and a closed connection; the others are unaffected",
+          "[tcp][auth]") {
+  psync::TcpServer server(auth_server());
+  server.expect_dimension(8);
+  psync::Tcp good = join(server, 1, 8, auth_worker());
+  // Authentication comes first: a taken id or a wrong dimension is not even looked at.
+  for (const auto& [id, dimension] : {std::pair<psync::PeerId, std::uint64_t>{2, 8}, {1, 8}, {3, 99}}) {
+    INFO("join as worker " << id << " of dimension " << dimension);
+    psync::Tcp bad("127.0.0.1", server.port(), id, auth_worker("not the cluster's secret"));
+    const auto start = Clock::now();
+    bad.send(server_peer, msg::Join{id, dimension, "bsp"});
+    const auto e = expect<msg::Error>(bad, server_peer);
+    CHECK(e.code == msg::ErrorCode::unauthenticated);
+    CHECK(contains(e.text, "authentication failed: the join's MAC does not match"));
+    CHECK(expect<msg::Leave>(bad, server_peer).reason == msg::LeaveReason::disconnected);
+    CHECK(Clock::now() - start < 2s);
+    CHECK_THROWS_AS(bad.send(server_peer, msg::Leave{}), psync::TransportError);
+  }
+  still_works(server, good);
+  CHECK(server.try_receive() == std::nullopt);  // no Join, no Leave: the refused peers never existed
+}
+
+TEST_CASE("a raw client that skips the MAC, or forges one, is refused", "[tcp][auth]") {
+  psync::TcpServer server(auth_server());
+  psync::Tcp good = join(server, 1, 8, auth_worker());
+  SECTION("no MAC") {
+    RawClient raw(server.port());
+    CHECK(raw.read_challenge().auth_required);
+    raw.write(wire::encode_to_bytes(3, msg::Join{3, 8, "bsp"}));
+    const auto e = error_reply(raw, true);
+    CHECK(e.code == msg::ErrorCode::unauthenticated);
+    CHECK(contains(e.text, "join without a MAC"));
+  }
+  SECTION("a MAC of zeros") {
+    RawClient raw(server.port());
+    (void)raw.read_challenge();
+    msg::Join j{3, 8, "bsp"};
+    j.mac.emplace();
+    raw.write(wire::encode_to_bytes(3, j));
+    CHECK(error_reply(raw, true).code == msg::ErrorCode::unauthenticated);
+  }
+  SECTION("the right MAC with one byte changed") {
+    // Every byte counts: a comparison of a prefix only would let these in.
+    for (const std::size_t at : {std::size_t{0}, std::size_t{15}, std::size_t{31}}) {
+      INFO("byte " << at << " changed");
+      RawClient raw(server.port());
+      msg::Join j{3, 8, "bsp"};
+      j.mac = psync::detail::join_mac(cluster_secret, raw.read_challenge().nonce, j);
+      (*j.mac)[at] ^= std::byte{0x01};
+      raw.write(wire::encode_to_bytes(3, j));
+      CHECK(error_reply(raw, true).code == msg::ErrorCode::unauthenticated);
+    }
+  }
+  SECTION("a push instead of a join") {
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(3, msg::Push{0, 0, 1, ramp(8)}));
+    CHECK(error_reply(raw).code == msg::ErrorCode::not_joined);
+  }
+  still_works(server, good);
+  CHECK(server.try_receive() == std::nullopt);
+}
+
+TEST_CASE("a join replayed on another connection, or altered, is refused", "[tcp][auth]") {
+  psync::TcpServer server(auth_server());
+  RawClient a(server.port());
+  RawClient b(server.port());
+  const wire::Challenge ca = a.read_challenge();
+  const wire::Challenge cb = b.read_challenge();
+  REQUIRE(ca.nonce != cb.nonce);
+  // A legitimate join on connection a, as a worker with the secret computes it.
+  msg::Join j{4, 8, "bsp"};
+  j.mac = psync::detail::join_mac(cluster_secret, ca.nonce, j);
+  const Bytes frame = wire::encode_to_bytes(4, j);
+  SECTION("replayed on b") {
+    b.write(frame);
+    const auto e = error_reply(b, true);
+    CHECK(e.code == msg::ErrorCode::unauthenticated);
+    CHECK(contains(e.text, "does not match"));
+    // On its own connection it is accepted, and the MAC is not passed on.
+    a.write(frame);
+    const auto joined = expect<msg::Join>(server, 4);
+    CHECK_FALSE(joined.mac.has_value());
+  }
+  SECTION("altered on a") {
+    msg::Join altered = j;
+    altered.dimension = 16;  // the MAC covers the dimension (and the worker and the policy)
+    a.write(wire::encode_to_bytes(4, altered));
+    CHECK(error_reply(a, true).code == msg::ErrorCode::unauthenticated);
+  }
+  CHECK(server.try_receive() == std::nullopt);
+}
+
+TEST_CASE("a server without a secret accepts joins with or without a MAC", "[tcp][auth]") {
+  psync::TcpServer server;
+  psync::Tcp with = join(server, 0, 8, auth_worker());
+  psync::Tcp without = join(server, 1);
+  RawClient raw(server.port());
+  msg::Join j{2, 8, "bsp"};
+  j.mac.emplace();  // nonsense, but nobody asked
+  raw.write(wire::encode_to_bytes(2, j));
+  CHECK_FALSE(expect<msg::Join>(server, 2).mac.has_value());
+  still_works(server, with);
+  still_works(server, without);
+}
+
+TEST_CASE("a worker without the secret is refused at construction by a server that requires one", "[tcp][auth]") {
+  psync::TcpServer server(auth_server());
+  const auto start = Clock::now();
+  try {
+    psync::Tcp w("127.0.0.1", server.port(), 0);
+    FAIL("connected without a secret");
+  } catch (const psync::ProtocolError& e) {
+    CHECK(contains(e.what(), "requires authentication"));
+  }
+  CHECK(Clock::now() - start < 2s);
+  // A secret from a file with a trailing newline is the same secret.
+  SecretDir dir;
+  const psync::Secret from_file = psync::read_secret_file(dir.write("secret", "a shared secret of the cluster, 32+ bytes long\n"));
+  psync::Tcp w = join(server, 0, 8, auth_worker(from_file));
+  still_works(server, w);
+}
+
+#else
+
+TEST_CASE("without OpenSSL, configuring a secret is a ConfigError", "[tcp][auth]") {
+  auto message = [](auto&& make) -> std::string {
+    try {
+      make();
+    } catch (const psync::ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  CHECK(message([] { psync::TcpServer s(auth_server()); }) ==
+        "psync was built without OpenSSL: authentication is unavailable");
+  psync::TcpServer server;
+  CHECK(message([&] { psync::Tcp w("127.0.0.1", server.port(), 0, auth_worker()); }) ==
+        "psync was built without OpenSSL: authentication is unavailable");
+}
+
+#endif
+

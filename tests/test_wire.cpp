@@ -107,7 +107,7 @@ TEST_CASE("every message kind round-trips exactly", "[wire]") {
     CHECK(std::memcmp(out.parameters.data(), p.data(), sizeof(float) * 64) == 0);
   }
   SECTION("error, every code") {
-    for (int c = 1; c <= 8; ++c) {
+    for (int c = 1; c <= 10; ++c) {
       const auto code = static_cast<msg::ErrorCode>(c);
       const auto out = std::get<msg::Error>(round_trip(msg::Error{code, "why: " + std::to_string(c)}));
       CHECK(out.code == code);
@@ -119,7 +119,7 @@ TEST_CASE("every message kind round-trips exactly", "[wire]") {
 TEST_CASE("the byte layout is the documented one", "[wire]") {
   const Bytes b = frame_of(msg::Leave{msg::LeaveReason::timed_out}, 0x01020304);
   const Bytes expected = {std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'},  // magic
-                          std::byte{1},                                                    // version
+                          std::byte{2},                                                    // version
                           std::byte{1},                                                    // type: leave
                           std::byte{0},   std::byte{0},                                    // reserved
                           std::byte{4},   std::byte{3},   std::byte{2}, std::byte{1},      // sender, LE
@@ -156,13 +156,13 @@ TEST_CASE("header faults are refused with a message naming them", "[wire]") {
   }
   SECTION("version") {
     Bytes b = good;
-    b[4] = std::byte{2};
-    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 2 (expected 1)");
+    b[4] = std::byte{1};
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 1 (expected 2)");
   }
   SECTION("type") {
     Bytes b = good;
-    b[5] = std::byte{6};
-    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unknown message type 6");
+    b[5] = std::byte{7};
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unknown message type 7");
     b[5] = std::byte{255};
     CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unknown message type 255");
   }
@@ -253,7 +253,7 @@ TEST_CASE("payload faults are refused before anything is allocated", "[wire]") {
     CHECK(frame_error([&] { wire::decode(j, {}, acquire); }).first == "policy string length 300 above limit 256");
     put<std::uint32_t>(j, wire::header_size + 12, 4);
     CHECK(frame_error([&] { wire::decode(j, {}, acquire); }).first ==
-          "join payload length 19 does not match its policy string length 4");
+          "join payload length 52 does not match its policy string length 4");
     Bytes e = frame_of(msg::Error{msg::ErrorCode::internal, "x"});
     put<std::uint32_t>(e, wire::header_size + 1, 5000);
     CHECK(frame_error([&] { wire::decode(e, {}, acquire); }).first == "error text length 5000 above limit 1024");
@@ -265,8 +265,8 @@ TEST_CASE("payload faults are refused before anything is allocated", "[wire]") {
     Bytes e = frame_of(msg::Error{msg::ErrorCode::internal, ""});
     e[wire::header_size] = std::byte{0};
     CHECK(frame_error([&] { wire::decode(e, {}, acquire); }).first == "unknown error code 0");
-    e[wire::header_size] = std::byte{9};
-    CHECK(frame_error([&] { wire::decode(e, {}, acquire); }).first == "unknown error code 9");
+    e[wire::header_size] = std::byte{11};
+    CHECK(frame_error([&] { wire::decode(e, {}, acquire); }).first == "unknown error code 11");
   }
   SECTION("fixed-size kinds must have exactly their fields") {
     Bytes l = frame_of(msg::Leave{});
@@ -302,4 +302,119 @@ TEST_CASE("staged decoding reads straight into the destination", "[wire]") {
   CHECK(static_cast<const void*>(body.data()) == where);
   std::memcpy(body.data(), b.data() + wire::header_size + 28, body.size());
   CHECK(std::get<msg::Push>(m).update == u);
+}
+
+// ---- version 2: the server's challenge and the join's MAC field ----
+
+TEST_CASE("a challenge frame round-trips and has the documented layout", "[wire][auth]") {
+  wire::Challenge c;
+  for (std::size_t i = 0; i < c.nonce.size(); ++i) c.nonce[i] = std::byte(i + 1);
+  c.auth_required = true;
+  const auto f = wire::encode_challenge(c);
+  REQUIRE(f.size() == wire::header_size + 33);
+  CHECK(f[4] == std::byte{2});  // version
+  CHECK(f[5] == std::byte{6});  // type: challenge
+  std::uint32_t sender = 0;
+  std::memcpy(&sender, f.data() + 8, 4);
+  CHECK(sender == psync::server_peer);
+  std::uint64_t length = 0;
+  std::memcpy(&length, f.data() + 12, 8);
+  CHECK(length == 33);
+  CHECK(f[wire::header_size] == std::byte{1});          // flags: bit 0, auth required
+  CHECK(f[wire::header_size + 1] == std::byte{1});      // nonce[0]
+  CHECK(f[wire::header_size + 32] == std::byte{32});    // nonce[31]
+  const wire::Challenge back = wire::decode_challenge(f);
+  CHECK(back.auth_required);
+  CHECK(back.nonce == c.nonce);
+  c.auth_required = false;
+  CHECK_FALSE(wire::decode_challenge(wire::encode_challenge(c)).auth_required);
+  // Staged, as a connection reads it.
+  const wire::FrameHeader h = wire::decode_header(std::span(f).first(wire::header_size), {});
+  CHECK(h.type == wire::MessageType::challenge);
+  CHECK(wire::fixed_size(h.type) == 33);
+  CHECK(wire::decode_challenge(h, std::span(f).subspan(wire::header_size)).nonce == c.nonce);
+}
+
+TEST_CASE("a malformed challenge is refused, and it is never a message", "[wire][auth]") {
+  const auto good = wire::encode_challenge({});
+  Bytes b(good.begin(), good.end());
+  SECTION("not a message") {
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "challenge frame where a message was expected");
+  }
+  SECTION("unknown flags") {
+    b[wire::header_size] = std::byte{2};
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first == "unknown challenge flags 0x02");
+  }
+  SECTION("not from the server") {
+    put<std::uint32_t>(b, 8, 3);
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first ==
+          "challenge with sender id 3: only the server sends one");
+  }
+  SECTION("wrong payload length") {
+    put<std::uint64_t>(b, 12, 34);
+    b.push_back(std::byte{0});
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first == "challenge payload length 34 (expected 33)");
+    put<std::uint64_t>(b, 12, 32);
+    b.resize(b.size() - 2);
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first ==
+          "challenge payload length 32 shorter than its 33 bytes of fields");
+  }
+  SECTION("truncated and trailing") {
+    b.pop_back();
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first ==
+          "truncated frame: challenge payload has 32 of 33 bytes");
+    b.push_back(std::byte{0});
+    b.push_back(std::byte{0});
+    CHECK(frame_error([&] { wire::decode_challenge(b); }).first == "1 trailing bytes after a challenge frame");
+  }
+  SECTION("a message is not a challenge") {
+    CHECK(frame_error([&] { wire::decode_challenge(frame_of(msg::Leave{})); }).first ==
+          "expected a challenge, got a leave");
+  }
+}
+
+TEST_CASE("a join carries an optional MAC in its fixed fields", "[wire][auth]") {
+  msg::Join j{5, 784, "bsp"};
+  const Bytes plain = frame_of(j, 5);
+  CHECK(plain.size() == wire::header_size + 49 + 3);
+  CHECK(plain[wire::header_size + 16] == std::byte{0});  // MAC kind: none, and 32 zero bytes
+  for (std::size_t i = 17; i < 49; ++i) REQUIRE(plain[wire::header_size + i] == std::byte{0});
+  CHECK_FALSE(std::get<msg::Join>(wire::decode(plain, {}).message).mac.has_value());
+
+  j.mac.emplace();
+  for (std::size_t i = 0; i < j.mac->size(); ++i) (*j.mac)[i] = std::byte(0xA0 + i);
+  const Bytes with = frame_of(j, 5);
+  CHECK(with.size() == plain.size());
+  CHECK(with[wire::header_size + 16] == std::byte{1});  // HMAC-SHA256
+  CHECK(with[wire::header_size + 17] == std::byte{0xA0});
+  CHECK(with[wire::header_size + 48] == std::byte{0xA0 + 31});
+  CHECK(std::memcmp(with.data() + wire::header_size + 49, "bsp", 3) == 0);
+  const auto out = std::get<msg::Join>(wire::decode(with, {}).message);
+  REQUIRE(out.mac.has_value());
+  CHECK(*out.mac == *j.mac);
+  CHECK(out.policy == "bsp");
+  CHECK(wire::max_join_payload == 49 + 256);
+
+  Bytes bad = with;
+  bad[wire::header_size + 16] = std::byte{2};
+  CHECK(frame_error([&] { wire::decode(bad, {}); }).first == "unknown join MAC kind 2");
+  bad = plain;
+  bad[wire::header_size + 30] = std::byte{1};
+  CHECK(frame_error([&] { wire::decode(bad, {}); }).first == "join without a MAC has non-zero MAC bytes");
+}
+
+TEST_CASE("the join MAC input is nonce, worker, dimension, policy", "[wire][auth]") {
+  wire::Nonce n;
+  for (std::size_t i = 0; i < n.size(); ++i) n[i] = std::byte(0xF0 ^ i);
+  const auto in = wire::join_mac_input(n, msg::Join{0x01020304, 0x1112131415161718, "ssp:3"});
+  REQUIRE(in.size == 32 + 4 + 8 + 5);
+  const auto v = in.view();
+  CHECK(std::memcmp(v.data(), n.data(), 32) == 0);
+  const Bytes tail(v.begin() + 32, v.end());
+  const Bytes expected = {std::byte{4},    std::byte{3},    std::byte{2},    std::byte{1},  // worker, LE
+                          std::byte{0x18}, std::byte{0x17}, std::byte{0x16}, std::byte{0x15},
+                          std::byte{0x14}, std::byte{0x13}, std::byte{0x12}, std::byte{0x11},  // dimension, LE
+                          std::byte{'s'},  std::byte{'s'},  std::byte{'p'},  std::byte{':'}, std::byte{'3'}};
+  CHECK(tail == expected);
+  CHECK_THROWS_AS(wire::join_mac_input(n, msg::Join{0, 0, std::string(257, 'x')}), psync::ProtocolError);
 }

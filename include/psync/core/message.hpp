@@ -8,8 +8,11 @@
 
 #include <Eigen/Core>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -24,12 +27,19 @@ inline constexpr PeerId server_peer = std::numeric_limits<PeerId>::max();
 
 namespace msg {
 
+/// @brief A message authentication code: HMAC-SHA256, 32 bytes.
+using Mac = std::array<std::byte, 32>;
+
 /// @brief Worker -> server: "I am worker `worker`, my model has `dimension` floats,
 /// I run policy `policy`". Answered by a `Model` (the initial parameters) or an `Error`.
 struct Join {
   PeerId worker = 0;
   std::uint64_t dimension = 0;
   std::string policy;  ///< e.g. "ssp:3"; the server refuses a worker whose policy differs
+  /// @brief Proof of the cluster's shared secret over the connection's challenge
+  /// (docs/wire-protocol.md). The TCP worker endpoint fills it when it has a secret;
+  /// the TCP server checks and removes it; other transports ignore it.
+  std::optional<Mac> mac{};
 };
 
 /// @brief Why a peer left.
@@ -81,6 +91,7 @@ enum class ErrorCode : std::uint8_t {
   shutting_down = 7,     ///< the server is stopping
   internal = 8,
   limit_exceeded = 9,    ///< the peer went past one of the server's bounds (named in the text)
+  unauthenticated = 10,  ///< a join without the proof of the shared secret the server requires
 };
 
 /// @brief Either side -> the other: a request was refused; the connection closes after it.
@@ -118,6 +129,7 @@ inline std::string_view error_code_name(msg::ErrorCode c) noexcept {
     case msg::ErrorCode::shutting_down: return "shutting_down";
     case msg::ErrorCode::internal: return "internal";
     case msg::ErrorCode::limit_exceeded: return "limit_exceeded";
+    case msg::ErrorCode::unauthenticated: return "unauthenticated";
   }
   return "unknown";
 }

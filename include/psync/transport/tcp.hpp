@@ -13,8 +13,10 @@
 ///
 /// The parts live in transport/tcp/: options.hpp (what the endpoints take),
 /// queue.hpp (the bounded receive queue and vector pool), connection.hpp (one
-/// socket), io_thread.hpp, server.hpp (`TcpServer`) and client.hpp (`Tcp`).
+/// socket), io_thread.hpp, server.hpp (`TcpServer`), client.hpp (`Tcp`) and auth.hpp
+/// (`Secret`, `read_secret_file`, the join MAC).
 
+#include "psync/transport/tcp/auth.hpp"
 #include "psync/transport/tcp/client.hpp"
 #include "psync/transport/tcp/options.hpp"
 #include "psync/transport/tcp/server.hpp"

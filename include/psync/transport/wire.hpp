@@ -9,8 +9,8 @@
 /// | offset | size | field                                         |
 /// |-------:|-----:|-----------------------------------------------|
 /// | 0      | 4    | magic "PSYN"                                  |
-/// | 4      | 1    | protocol version (1)                          |
-/// | 5      | 1    | message type (= index in `psync::Message`)    |
+/// | 4      | 1    | protocol version (2)                          |
+/// | 5      | 1    | frame type (< 6: index in `psync::Message`)   |
 /// | 6      | 2    | reserved, 0                                   |
 /// | 8      | 4    | sender peer id                                |
 /// | 12     | 8    | payload length in bytes                       |
@@ -24,6 +24,10 @@
 /// `decode_header` (fixed size) -> read `fixed_size(type)` bytes -> `decode_fixed`
 /// (validates counts, then sizes the vector or string) -> read `body_bytes(message)`.
 /// `decode` runs the same stages over one complete frame in memory.
+///
+/// One frame type is not a message: the `Challenge` (type 6) the server's TCP endpoint
+/// sends first on every connection, before anything else. `decode_header` accepts it;
+/// `decode_challenge` decodes it (staged or whole), `decode_fixed` and `decode` refuse it.
 
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
@@ -72,30 +76,45 @@ inline constexpr std::size_t header_size = 20;
 inline constexpr std::size_t max_policy_bytes = 256;
 /// @brief Longest `Error::text` sent or accepted, in bytes (longer texts are cut on encode).
 inline constexpr std::size_t max_error_text_bytes = 1024;
-/// @brief Largest payload of a `Join` frame: its fixed fields and the longest policy string.
-inline constexpr std::size_t max_join_payload = 4 + 8 + 4 + max_policy_bytes;
-/// @brief Largest per-type fixed part (Model's).
-inline constexpr std::size_t max_fixed_size = 32;
+/// @brief Size of the random challenge a server sends each connection.
+inline constexpr std::size_t nonce_size = 32;
+/// @brief Size of a join's MAC field (HMAC-SHA256).
+inline constexpr std::size_t mac_size = std::tuple_size_v<msg::Mac>;
+static_assert(mac_size == 32);
+/// @brief Largest payload of a `Join` frame: its fixed fields (worker, dimension, policy
+/// length, MAC kind, MAC) and the longest policy string.
+inline constexpr std::size_t max_join_payload = 4 + 8 + 4 + 1 + mac_size + max_policy_bytes;
+/// @brief Largest per-type fixed part (Join's, with its MAC field).
+inline constexpr std::size_t max_fixed_size = 4 + 8 + 4 + 1 + mac_size;
 
-/// @brief `limits` with `max_payload_bytes` raised, if need be, to fit a `Model` of
-/// `expected_dimension` floats: once the dimension is fixed, a frame carrying exactly
-/// that vector is legitimate however large, and every other vector is refused by the
-/// dimension check. So a model over the default 64 MiB needs no setting.
-inline WireLimits fit_dimension(WireLimits limits) noexcept {
-  if (limits.expected_dimension != 0 && limits.expected_dimension <= (~std::uint64_t{0} - max_fixed_size) / 4) {
-    limits.max_payload_bytes = std::max(limits.max_payload_bytes, max_fixed_size + 4 * limits.expected_dimension);
-  }
-  return limits;
-}
+/// @brief Frame type byte. Below `message_type_count` it is the alternative's index in
+/// `psync::Message`; `challenge` is a transport frame with no `Message` alternative.
+enum class MessageType : std::uint8_t { join = 0, leave = 1, push = 2, pull = 3, model = 4, error = 5, challenge = 6 };
 
-/// @brief Message type byte; the value is the alternative's index in `psync::Message`.
-enum class MessageType : std::uint8_t { join = 0, leave = 1, push = 2, pull = 3, model = 4, error = 5 };
-
-/// @brief Number of message types; type bytes at or above this are refused.
+/// @brief Number of message types (alternatives of `psync::Message`).
 inline constexpr std::uint8_t message_type_count = 6;
 static_assert(std::variant_size_v<Message> == message_type_count, "a new message kind needs a wire type");
+/// @brief Number of frame types (messages and the challenge); type bytes at or above this are refused.
+inline constexpr std::uint8_t frame_type_count = 7;
+
+/// @brief A join's MAC kind byte: none (the 32 MAC bytes are zero) or HMAC-SHA256.
+enum class MacKind : std::uint8_t { none = 0, hmac_sha256 = 1 };
+
+/// @brief The random challenge of one connection.
+using Nonce = std::array<std::byte, nonce_size>;
+
+/// @brief Server -> worker, the first frame on every connection (transport level, not a
+/// `Message`): a fresh random nonce, and whether the server requires a join's MAC over it.
+struct Challenge {
+  Nonce nonce{};
+  bool auth_required = false;  ///< flags bit 0
+};
+
+/// @brief Size of an encoded `Challenge` frame.
+inline constexpr std::size_t challenge_frame_size = header_size + 1 + nonce_size;
 static_assert(std::is_same_v<std::variant_alternative_t<static_cast<std::size_t>(MessageType::model), Message>, msg::Model>);
 static_assert(std::is_same_v<std::variant_alternative_t<static_cast<std::size_t>(MessageType::error), Message>, msg::Error>);
+static_assert(static_cast<std::size_t>(MessageType::challenge) == message_type_count);
 
 /// @brief A frame that breaks the protocol; `code()` is what to tell the peer.
 class FrameError : public ProtocolError {
@@ -123,20 +142,35 @@ inline MessageType message_type(const Message& m) noexcept { return static_cast<
 /// string lengths included); the rest of the payload is `body_bytes`.
 constexpr std::size_t fixed_size(MessageType t) noexcept {
   switch (t) {
-    case MessageType::join: return 4 + 8 + 4;       // worker, dimension, policy length
+    case MessageType::join: return 4 + 8 + 4 + 1 + mac_size;  // worker, dimension, policy length, MAC kind, MAC
     case MessageType::leave: return 1;              // reason
     case MessageType::push: return 8 + 8 + 4 + 8;   // clock, base_version, steps, count
     case MessageType::pull: return 8 + 8;           // clock, buffer size
     case MessageType::model: return 8 + 8 + 8 + 8;  // version, min_clock, held_ns, count
     case MessageType::error: return 1 + 4;          // code, text length
+    case MessageType::challenge: return 1 + nonce_size;  // flags, nonce
   }
   return 0;
 }
+static_assert(max_join_payload == fixed_size(MessageType::join) + max_policy_bytes);
+static_assert(challenge_frame_size == header_size + fixed_size(MessageType::challenge));
 
 /// @brief Lower-case name of a wire type, for error texts.
 constexpr const char* type_name(MessageType t) noexcept {
-  constexpr const char* names[] = {"join", "leave", "push", "pull", "model", "error"};
-  return static_cast<std::uint8_t>(t) < message_type_count ? names[static_cast<std::uint8_t>(t)] : "unknown";
+  constexpr const char* names[] = {"join", "leave", "push", "pull", "model", "error", "challenge"};
+  return static_cast<std::uint8_t>(t) < frame_type_count ? names[static_cast<std::uint8_t>(t)] : "unknown";
+}
+
+/// @brief `limits` with `max_payload_bytes` raised, if need be, to fit a `Model` of
+/// `expected_dimension` floats: once the dimension is fixed, a frame carrying exactly
+/// that vector is legitimate however large, and every other vector is refused by the
+/// dimension check. So a model over the default 64 MiB needs no setting.
+inline WireLimits fit_dimension(WireLimits limits) noexcept {
+  constexpr std::uint64_t fields = fixed_size(MessageType::model);
+  if (limits.expected_dimension != 0 && limits.expected_dimension <= (~std::uint64_t{0} - fields) / 4) {
+    limits.max_payload_bytes = std::max(limits.max_payload_bytes, fields + 4 * limits.expected_dimension);
+  }
+  return limits;
 }
 
 namespace detail {
@@ -213,7 +247,7 @@ inline FrameHeader decode_header(std::span<const std::byte> bytes, const WireLim
                 std::to_string(protocol_version) + ")");
   }
   const auto type = detail::get<std::uint8_t>(p + 5);
-  if (type >= message_type_count) detail::bad("unknown message type " + std::to_string(type));
+  if (type >= frame_type_count) detail::bad("unknown message type " + std::to_string(type));
   const auto reserved = detail::get<std::uint16_t>(p + 6);
   if (reserved != 0) detail::bad("reserved header field is " + detail::hex(reserved, 4) + " (must be 0)");
   FrameHeader h;
@@ -267,6 +301,15 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
       m.dimension = detail::get<std::uint64_t>(p + 4);
       const auto length = detail::get<std::uint32_t>(p + 12);
       detail::check_string(h, length, max_policy_bytes, "policy string");
+      const auto kind = detail::get<std::uint8_t>(p + 16);
+      if (kind == static_cast<std::uint8_t>(MacKind::hmac_sha256)) {
+        m.mac.emplace();
+        std::memcpy(m.mac->data(), p + 17, mac_size);
+      } else if (kind != static_cast<std::uint8_t>(MacKind::none)) {
+        detail::bad("unknown join MAC kind " + std::to_string(kind));
+      } else if (std::any_of(p + 17, p + 17 + mac_size, [](std::byte b) { return b != std::byte{0}; })) {
+        detail::bad("join without a MAC has non-zero MAC bytes");
+      }
       detail::check_dimension(m.dimension, limits, "join declares a model of ");
       m.policy.resize(length);
       return m;
@@ -320,7 +363,7 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
     case MessageType::error: {
       const auto code = detail::get<std::uint8_t>(p);
       if (code < static_cast<std::uint8_t>(msg::ErrorCode::bad_frame) ||
-          code > static_cast<std::uint8_t>(msg::ErrorCode::limit_exceeded)) {
+          code > static_cast<std::uint8_t>(msg::ErrorCode::unauthenticated)) {
         detail::bad("unknown error code " + std::to_string(code));
       }
       const auto length = detail::get<std::uint32_t>(p + 1);
@@ -330,8 +373,37 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
       m.text.resize(length);
       return m;
     }
+    case MessageType::challenge:
+      detail::bad("challenge frame where a message was expected");
   }
   detail::bad("unknown message type " + std::to_string(static_cast<unsigned>(h.type)));
+}
+
+/// @brief Validates and parses a `Challenge` frame after `decode_header`: `fixed` holds
+/// the `fixed_size(MessageType::challenge)` bytes after the header. The payload must be
+/// exactly those bytes, only flag bit 0 may be set, and the sender must be `server_peer`.
+inline Challenge decode_challenge(const FrameHeader& h, std::span<const std::byte> fixed) {
+  constexpr std::size_t size = fixed_size(MessageType::challenge);
+  if (h.type != MessageType::challenge) {
+    detail::bad(std::string("expected a challenge, got a ") + type_name(h.type));
+  }
+  if (h.payload_length != size) {
+    detail::bad("challenge payload length " + std::to_string(h.payload_length) + " (expected " +
+                std::to_string(size) + ")");
+  }
+  if (fixed.size() < size) {
+    detail::bad("truncated frame: challenge fields need " + std::to_string(size) + " bytes, got " +
+                std::to_string(fixed.size()));
+  }
+  if (h.sender != server_peer) {
+    detail::bad("challenge with sender id " + std::to_string(h.sender) + ": only the server sends one");
+  }
+  const auto flags = detail::get<std::uint8_t>(fixed.data());
+  if ((flags & ~1u) != 0) detail::bad("unknown challenge flags " + detail::hex(flags, 2));
+  Challenge c;
+  c.auth_required = (flags & 1u) != 0;
+  std::memcpy(c.nonce.data(), fixed.data() + 1, nonce_size);
+  return c;
 }
 
 /// @brief Where the rest of a frame's payload goes after `decode_fixed`: the float
@@ -394,6 +466,12 @@ inline EncodedFrame encode(PeerId sender, const Message& m) {
           detail::put<std::uint32_t>(p, v.worker);
           detail::put<std::uint64_t>(p + 4, v.dimension);
           detail::put<std::uint32_t>(p + 12, static_cast<std::uint32_t>(v.policy.size()));
+          detail::put<std::uint8_t>(p + 16, static_cast<std::uint8_t>(v.mac ? MacKind::hmac_sha256 : MacKind::none));
+          if (v.mac) {
+            std::memcpy(p + 17, v.mac->data(), mac_size);
+          } else {
+            std::memset(p + 17, 0, mac_size);
+          }
           f.body = std::as_bytes(std::span<const char>(v.policy.data(), v.policy.size()));
         } else if constexpr (std::is_same_v<T, msg::Leave>) {
           detail::put<std::uint8_t>(p, static_cast<std::uint8_t>(v.reason));
@@ -436,26 +514,86 @@ inline std::vector<std::byte> encode_to_bytes(PeerId sender, const Message& m) {
   return out;
 }
 
+namespace detail {
+
+// One whole frame: exactly the header's payload after the header.
+inline void check_whole(const FrameHeader& h, std::span<const std::byte> frame) {
+  const std::uint64_t have = frame.size() - header_size;
+  if (have < h.payload_length) {
+    bad("truncated frame: " + std::string(type_name(h.type)) + " payload has " + std::to_string(have) + " of " +
+        std::to_string(h.payload_length) + " bytes");
+  }
+  if (have > h.payload_length) {
+    bad(std::to_string(have - h.payload_length) + " trailing bytes after a " + type_name(h.type) + " frame");
+  }
+}
+
+}  // namespace detail
+
 /// @brief Decodes exactly one complete frame held in `frame`; the envelope's `from`
 /// is the sender id in the header. Throws `FrameError` on any violation, on a
 /// truncated frame and on trailing bytes.
 template <class Acquire = NewVector>
 Envelope decode(std::span<const std::byte> frame, const WireLimits& limits, Acquire&& acquire = {}) {
   const FrameHeader h = decode_header(frame, limits);
-  const std::uint64_t have = frame.size() - header_size;
-  if (have < h.payload_length) {
-    detail::bad("truncated frame: " + std::string(type_name(h.type)) + " payload has " + std::to_string(have) +
-                " of " + std::to_string(h.payload_length) + " bytes");
-  }
-  if (have > h.payload_length) {
-    detail::bad(std::to_string(have - h.payload_length) + " trailing bytes after a " + type_name(h.type) +
-                " frame");
-  }
+  detail::check_whole(h, frame);
   const std::size_t fixed = fixed_size(h.type);
   Envelope e{h.sender, decode_fixed(h, frame.subspan(header_size, fixed), limits, std::forward<Acquire>(acquire))};
   const std::span<std::byte> body = body_bytes(e.message);
   if (!body.empty()) std::memcpy(body.data(), frame.data() + header_size + fixed, body.size());
   return e;
+}
+
+/// @brief Decodes exactly one complete `Challenge` frame held in `frame`. Throws
+/// `FrameError` on any violation (see the staged `decode_challenge`), on a truncated
+/// frame and on trailing bytes.
+inline Challenge decode_challenge(std::span<const std::byte> frame, const WireLimits& limits = {}) {
+  const FrameHeader h = decode_header(frame, limits);
+  detail::check_whole(h, frame);
+  return decode_challenge(h, frame.subspan(header_size));
+}
+
+/// @brief The `Challenge` frame the server sends (sender `server_peer`).
+inline std::array<std::byte, challenge_frame_size> encode_challenge(const Challenge& c) noexcept {
+  std::array<std::byte, challenge_frame_size> f{};
+  std::byte* h = f.data();
+  std::memcpy(h, magic.data(), magic.size());
+  detail::put<std::uint8_t>(h + 4, protocol_version);
+  detail::put<std::uint8_t>(h + 5, static_cast<std::uint8_t>(MessageType::challenge));
+  detail::put<std::uint16_t>(h + 6, 0);
+  detail::put<std::uint32_t>(h + 8, server_peer);
+  detail::put<std::uint64_t>(h + 12, fixed_size(MessageType::challenge));
+  detail::put<std::uint8_t>(h + header_size, c.auth_required ? 1 : 0);
+  std::memcpy(h + header_size + 1, c.nonce.data(), nonce_size);
+  return f;
+}
+
+/// @brief What a join's MAC is computed over: the connection's challenge nonce (32 bytes),
+/// then the join's worker (u32 LE), dimension (u64 LE) and policy bytes (no length: it is
+/// the last field). At most 300 bytes. Throws `ProtocolError` for a policy longer than
+/// `max_policy_bytes` (such a join cannot be sent anyway).
+struct JoinMacInput {
+  std::array<std::byte, nonce_size + 4 + 8 + max_policy_bytes> bytes{};  ///< the input
+  std::size_t size = 0;                                                 ///< bytes in use
+
+  /// @brief The bytes in use.
+  std::span<const std::byte> view() const noexcept { return {bytes.data(), size}; }
+};
+
+/// @brief The MAC input of `join` on a connection whose challenge carried `nonce`.
+inline JoinMacInput join_mac_input(const Nonce& nonce, const msg::Join& join) {
+  if (join.policy.size() > max_policy_bytes) {
+    throw ProtocolError("policy string length " + std::to_string(join.policy.size()) + " above limit " +
+                        std::to_string(max_policy_bytes));
+  }
+  JoinMacInput in;
+  std::byte* p = in.bytes.data();
+  std::memcpy(p, nonce.data(), nonce_size);
+  detail::put<std::uint32_t>(p + nonce_size, join.worker);
+  detail::put<std::uint64_t>(p + nonce_size + 4, join.dimension);
+  if (!join.policy.empty()) std::memcpy(p + nonce_size + 12, join.policy.data(), join.policy.size());
+  in.size = nonce_size + 12 + join.policy.size();
+  return in;
 }
 
 }  // namespace wire

@@ -8,6 +8,7 @@
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
+#include "psync/transport/tcp/auth.hpp"
 #include "psync/transport/tcp/connection.hpp"
 #include "psync/transport/tcp/io_thread.hpp"
 #include "psync/transport/tcp/options.hpp"
@@ -21,8 +22,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -38,7 +41,8 @@ using asio::ip::tcp;
 class TcpClientImpl final : public TcpConnectionOwner {
  public:
   TcpClientImpl(const std::string& host, std::uint16_t port, PeerId self, const TcpOptions& options)
-      : self_(self), limits_(options.limits) {
+      : self_(self), limits_(options.limits), secret_(options.secret) {
+    require_auth_support(secret_);
     tcp::socket socket = connect(host, port, options.connect_timeout);
     configure_socket(socket, options.socket_buffer_bytes, options.keepalive);
     TcpConnectionConfig config;
@@ -52,6 +56,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
     work_.emplace(asio::make_work_guard(io_));
     io_.restart();  // the connect loop may have left the context stopped
     io_thread_.start("tcp worker");
+    await_challenge(host + ":" + std::to_string(port), options.connect_timeout);
   }
 
   TcpClientImpl(const TcpClientImpl&) = delete;
@@ -67,7 +72,10 @@ class TcpClientImpl final : public TcpConnectionOwner {
     }
     // The worker's own join says how large the server's models are: frames of that
     // size are accepted whatever max_payload_bytes says, and no others carry vectors.
-    if (const auto* j = std::get_if<msg::Join>(&m)) joined_dimension_.store(j->dimension);
+    if (auto* j = std::get_if<msg::Join>(&m)) {
+      joined_dimension_.store(j->dimension);
+      if (!secret_.empty()) j->mac = join_mac(secret_, nonce_, *j);  // proof of the secret over our challenge
+    }
     conn_->enqueue(std::move(m));
   }
 
@@ -99,12 +107,74 @@ class TcpClientImpl final : public TcpConnectionOwner {
       throw wire::FrameError(msg::ErrorCode::bad_frame,
                              "frame with sender id " + std::to_string(h.sender) + ", expected the server");
     }
+    if (!challenged_.load(std::memory_order_acquire)) {
+      std::lock_guard lock(handshake_mutex_);
+      if (const auto* e = std::get_if<msg::Error>(&m)) {  // refused at once: say why
+        handshake_failure_ = "the server refused the connection: " + std::string(error_code_name(e->code)) + ": " +
+                             e->text;
+        handshake_refused_ = true;
+        handshake_cv_.notify_all();
+      } else {
+        handshake_failure_ = std::string("the server's first frame was a ") + wire::type_name(h.type) +
+                             ", not its challenge (a psync server of another version?)";
+        handshake_cv_.notify_all();
+        throw wire::FrameError(msg::ErrorCode::bad_frame, handshake_failure_);
+      }
+    }
     queue_.push(Envelope{server_peer, std::move(m)}, c.credit());
   }
 
-  void on_lost(TcpConnection&) override { queue_.push(Envelope{server_peer, msg::Leave{msg::LeaveReason::disconnected}}); }
+  void on_challenge(TcpConnection&, const wire::FrameHeader&, const wire::Challenge& challenge) override {
+    std::lock_guard lock(handshake_mutex_);
+    if (challenge_) throw wire::FrameError(msg::ErrorCode::bad_frame, "a second challenge from the server");
+    challenge_ = challenge;
+    challenged_.store(true, std::memory_order_release);
+    handshake_cv_.notify_all();
+  }
+
+  void on_lost(TcpConnection&) override {
+    {
+      std::lock_guard lock(handshake_mutex_);
+      if (!challenge_ && handshake_failure_.empty()) {
+        handshake_failure_ = "the server closed the connection before sending its challenge";
+      }
+      handshake_lost_ = true;
+      handshake_cv_.notify_all();
+    }
+    queue_.push(Envelope{server_peer, msg::Leave{msg::LeaveReason::disconnected}});
+  }
 
  private:
+  // The server's first frame is its challenge: wait for it (bounded), keep its nonce
+  // for the join's MAC, and fail here if the server requires a secret we do not have.
+  void await_challenge(const std::string& where, std::chrono::milliseconds timeout) {
+    std::string failure;
+    bool refused = false;
+    {
+      std::unique_lock lock(handshake_mutex_);
+      handshake_cv_.wait_for(lock, timeout,
+                             [&] { return challenge_.has_value() || handshake_lost_ || handshake_refused_; });
+      if (challenge_ && challenge_->auth_required && secret_.empty()) {
+        failure = "the server at " + where +
+                  " requires authentication: configure the cluster's shared secret (TcpOptions::secret)";
+        refused = true;
+      } else if (challenge_) {
+        nonce_ = challenge_->nonce;
+      } else if (!handshake_failure_.empty()) {
+        failure = handshake_failure_ + " (" + where + ")";
+        refused = handshake_refused_;
+      } else {
+        failure = "no challenge from the server at " + where + " within " + std::to_string(timeout.count()) +
+                  " ms of connecting (is it a psync server of protocol version " +
+                  std::to_string(wire::protocol_version) + "?)";
+      }
+    }
+    if (failure.empty()) return;
+    close();
+    if (refused) throw ProtocolError("tcp worker: " + failure);
+    throw TransportError("tcp worker: " + failure);
+  }
+
   // Runs the context on this thread until `done` or the deadline; false on timeout.
   bool run_until(const bool& done, Clock::time_point deadline) {
     io_.restart();
@@ -162,7 +232,17 @@ class TcpClientImpl final : public TcpConnectionOwner {
 
   PeerId self_;
   WireLimits limits_;
+  Secret secret_;
+  wire::Nonce nonce_{};  // the server's challenge, set once by the constructor
   std::atomic<std::uint64_t> joined_dimension_{0};
+  // The handshake: the I/O thread records the challenge (or why there is none).
+  std::mutex handshake_mutex_;
+  std::condition_variable handshake_cv_;
+  std::optional<wire::Challenge> challenge_;
+  std::atomic<bool> challenged_{false};
+  std::string handshake_failure_;
+  bool handshake_refused_ = false;  // the server sent an Error instead
+  bool handshake_lost_ = false;
   asio::io_context io_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   EnvelopeQueue queue_;
@@ -175,15 +255,18 @@ class TcpClientImpl final : public TcpConnectionOwner {
 
 /// @brief A worker's TCP endpoint: one connection to the server. Messages may only
 /// be sent to `server_peer`; everything received comes from `server_peer`. The
-/// worker announces itself by sending its own `msg::Join`. If the connection dies,
-/// a `msg::Leave{disconnected}` from `server_peer` is delivered and later sends throw
-/// `TransportError`. Movable, not copyable; closing flushes queued messages first.
+/// worker announces itself by sending its own `msg::Join`, to which the endpoint adds
+/// the MAC of `TcpOptions::secret` over the server's challenge when it has a secret.
+/// If the connection dies, a `msg::Leave{disconnected}` from `server_peer` is
+/// delivered and later sends throw `TransportError`. Movable, not copyable; closing flushes queued messages first.
 class Tcp {
  public:
   /// @brief Connects to `host:port` as worker `self`, retrying until
-  /// `options.connect_timeout` (the server may start later); throws `TransportError`
-  /// naming host:port if it cannot. Name resolution is bounded by the system
-  /// resolver's own timeout as well.
+  /// `options.connect_timeout` (the server may start later), then waits (as long again
+  /// at most) for the server's challenge; throws `TransportError` naming host:port if
+  /// it cannot, `ProtocolError` if the server refuses us or requires a secret we were
+  /// not given, `ConfigError` for a secret when psync was built without OpenSSL. Name
+  /// resolution is bounded by the system resolver's own timeout as well.
   Tcp(const std::string& host, std::uint16_t port, PeerId self, TcpOptions options = {})
       : impl_(std::make_unique<detail::TcpClientImpl>(host, port, self, options)) {}
 

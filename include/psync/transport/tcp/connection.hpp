@@ -101,6 +101,11 @@ class TcpConnectionOwner {
   /// What frames from this endpoint's peers may hold (read at every frame header, so
   /// an endpoint may tighten it once it learns the model's dimension).
   virtual WireLimits limits() const = 0;
+  /// A valid `Challenge` frame (transport level, not a message). Only a worker's
+  /// endpoint expects one; by default it is a protocol violation.
+  virtual void on_challenge(TcpConnection&, const wire::FrameHeader&, const wire::Challenge&) {
+    throw wire::FrameError(msg::ErrorCode::bad_frame, "unexpected challenge frame");
+  }
 
  protected:
   ~TcpConnectionOwner() = default;
@@ -112,7 +117,9 @@ struct TcpConnectionConfig {
   PeerId local_id = 0;        ///< sender id written into every outgoing frame
   const char* side = "tcp";  ///< prefix of log lines and errors
   /// The peer must join first: before `set_peer`, only one Join frame (at most
-  /// `wire::max_join_payload` bytes) is read, within `join_timeout` of `start`.
+  /// `wire::max_join_payload` bytes) is read, within `join_timeout` of `start`. That
+  /// Join is decoded without the dimension check: the owner authenticates it first,
+  /// then checks its dimension itself.
   bool require_join = false;
   std::chrono::milliseconds join_timeout{10000};
   std::size_t max_queued_receives = 4;  ///< frames delivered and not taken before reading pauses
@@ -163,8 +170,16 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     join_timer_.cancel(ignored);
   }
 
+  /// The challenge this connection sent its peer first, if it sent one.
+  const wire::Challenge* challenge() const noexcept { return challenge_ ? &*challenge_ : nullptr; }
+
   /// Begins reading frames (I/O thread); with `require_join`, starts the join deadline.
-  void start() {
+  /// A `challenge` is written before any other frame.
+  void start(std::optional<wire::Challenge> challenge = std::nullopt) {
+    if (challenge) {
+      challenge_ = *challenge;
+      write_challenge();
+    }
     if (config_.require_join) {
       join_timer_.expires_after(config_.join_timeout);
       join_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
@@ -313,6 +328,8 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     if (ec) return on_read_error(ec);
     if (draining_) return drain();
     limits_ = owner_.limits();
+    // The owner checks a first join's dimension once it has authenticated the join.
+    if (config_.require_join && !peer_) limits_.expected_dimension = 0;
     try {
       header_ = wire::decode_header(header_buf_, limits_);
     } catch (const wire::FrameError& e) {
@@ -342,6 +359,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     read_pending_ = false;
     if (ec) return on_read_error(ec);
     if (draining_) return drain();
+    if (header_.type == wire::MessageType::challenge) return on_challenge();
     try {
       // A Pull's buffer is scratch space the receiver may fill: the server's core
       // allocates it once the read is admitted, so a Pull costs no memory on arrival.
@@ -382,6 +400,21 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
       return reject(e.code(), e.what());
     } catch (const std::exception& e) {
       recycle(incoming_);
+      return reject(msg::ErrorCode::internal, e.what());
+    }
+    continue_reading();
+  }
+
+  // A challenge has no body: its fixed fields are the whole frame.
+  void on_challenge() {
+    disarm_frame_timer();
+    try {
+      const wire::Challenge c =
+          wire::decode_challenge(header_, std::span(fixed_buf_.data(), wire::fixed_size(header_.type)));
+      owner_.on_challenge(*this, header_, c);
+    } catch (const wire::FrameError& e) {
+      return reject(e.code(), e.what());
+    } catch (const std::exception& e) {
       return reject(msg::ErrorCode::internal, e.what());
     }
     continue_reading();
@@ -452,6 +485,30 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   }
 
   // ---- writing: batches of frames, gathered straight from the messages ----
+
+  // The challenge goes out before anything else: the I/O thread owns the socket's
+  // sending side until it is written (sends queue behind it).
+  void write_challenge() {
+    challenge_frame_ = wire::encode_challenge(*challenge_);
+    {
+      std::lock_guard lock(out_mutex_);
+      io_writing_ = true;
+    }
+    asio::async_write(socket_, asio::buffer(challenge_frame_),
+                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                        {
+                          std::lock_guard lock(self->out_mutex_);
+                          self->io_writing_ = false;
+                        }
+                        if (ec) {
+                          if (!self->closed_ && !self->draining_ && ec != asio::error::operation_aborted) {
+                            self->log("write failed: " + ec.message());
+                          }
+                          return self->close_now();
+                        }
+                        self->start_write();
+                      });
+  }
 
   // A caller's non-blocking write of one frame; whatever did not fit goes to the
   // front of the outbox for the I/O thread. Never throws.
@@ -631,6 +688,8 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   const std::string remote_;
   const int fd_;  // for callers' direct writes, which must not touch socket_
   std::optional<PeerId> peer_;
+  std::optional<wire::Challenge> challenge_;  // what this side sent first (I/O thread; fixed after start)
+  std::array<std::byte, wire::challenge_frame_size> challenge_frame_{};
 
   // Read side (I/O thread).
   std::array<std::byte, wire::header_size> header_buf_{};

@@ -5,6 +5,7 @@
 // Boost 1.74's Asio uses std::exchange etc. without including <utility> under C++20.
 #include <utility>
 
+#include "psync/transport/tcp/auth.hpp"
 #include "psync/transport/wire.hpp"
 
 #include <chrono>
@@ -38,6 +39,10 @@ struct TcpKeepalive {
 /// - every float vector is bounded by `limits` (set `limits.expected_dimension`, or let
 ///   `Server::run` set it through `expect_dimension`).
 ///
+/// With a `secret`, a connection's Join must carry the MAC of that secret over the
+/// connection's challenge, or it gets `msg::Error{unauthenticated}` and is closed;
+/// the check comes before anything else about the join is looked at.
+///
 /// So the memory the endpoint holds for peers is at most about
 /// `max_connections` × (`max_queued_receives` + `max_queued_sends` + 4) frames of the
 /// largest accepted size, and for connections that have not joined, a Join frame each.
@@ -66,11 +71,17 @@ struct TcpServerOptions {
   int socket_buffer_bytes = 0;
   /// @brief Keepalive on every connection.
   TcpKeepalive keepalive;
+  /// @brief Shared secret every worker must prove at its join (HMAC-SHA256 over the
+  /// connection's random challenge; docs/wire-protocol.md); empty = no authentication,
+  /// any join is accepted. Needs psync built with OpenSSL (else the constructor throws
+  /// `ConfigError`). See `read_secret_file`.
+  Secret secret;
 };
 
 /// @brief Configuration of a worker's `Tcp` endpoint.
 struct TcpOptions {
-  /// @brief Connecting is retried (the server may start later) until this has passed.
+  /// @brief Connecting is retried (the server may start later) until this has passed;
+  /// then the server's challenge (its first frame) must arrive within this too.
   std::chrono::milliseconds connect_timeout{10000};
   WireLimits limits;  ///< what the worker accepts from the server
   /// @brief A started frame from the server must be complete within this.
@@ -84,6 +95,11 @@ struct TcpOptions {
   int socket_buffer_bytes = 0;
   /// @brief Keepalive on the connection.
   TcpKeepalive keepalive;
+  /// @brief The cluster's shared secret: the endpoint adds its MAC over the server's
+  /// challenge to the worker's Join (sent even if the server does not require it).
+  /// Empty: no MAC, and a server that requires one is refused at construction. Needs
+  /// psync built with OpenSSL (else the constructor throws `ConfigError`).
+  Secret secret;
 };
 
 namespace detail {

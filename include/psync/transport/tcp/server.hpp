@@ -9,6 +9,7 @@
 #include "psync/core/error.hpp"
 #include "psync/core/log.hpp"
 #include "psync/core/message.hpp"
+#include "psync/transport/tcp/auth.hpp"
 #include "psync/transport/tcp/connection.hpp"
 #include "psync/transport/tcp/io_thread.hpp"
 #include "psync/transport/tcp/options.hpp"
@@ -45,6 +46,7 @@ class TcpServerImpl final : public TcpConnectionOwner {
  public:
   explicit TcpServerImpl(TcpServerOptions options)
       : options_(std::move(options)), work_(asio::make_work_guard(io_)), acceptor_(io_), retry_timer_(io_) {
+    require_auth_support(options_.secret);
     try {
       const tcp::endpoint ep(asio::ip::make_address(options_.address), options_.port);
       acceptor_.open(ep.protocol());
@@ -124,11 +126,12 @@ class TcpServerImpl final : public TcpConnectionOwner {
 
   void on_frame(TcpConnection& c, const wire::FrameHeader& h, Message&& m) override {
     if (!c.peer()) {
-      const auto* join = std::get_if<msg::Join>(&m);
+      auto* join = std::get_if<msg::Join>(&m);
       if (!join) {
         throw wire::FrameError(msg::ErrorCode::not_joined,
                                std::string("first frame must be a join, got a ") + wire::type_name(h.type));
       }
+      authenticate(c, *join);  // before anything else about the join is accepted
       if (join->worker != h.sender) {
         throw wire::FrameError(msg::ErrorCode::bad_frame, "join for worker " + std::to_string(join->worker) +
                                                               " sent with sender id " + std::to_string(h.sender));
@@ -137,6 +140,7 @@ class TcpServerImpl final : public TcpConnectionOwner {
         throw wire::FrameError(msg::ErrorCode::bad_frame, "worker id " + std::to_string(server_peer) +
                                                               " is reserved for the server");
       }
+      wire::detail::check_dimension(join->dimension, limits(), "join declares a model of ");
       {
         std::lock_guard lock(peers_mutex_);
         if (!peers_.emplace(join->worker, c.shared_from_this()).second) {
@@ -174,6 +178,28 @@ class TcpServerImpl final : public TcpConnectionOwner {
   std::size_t queued_receives() const { return queue_.size(); }
 
  private:
+  // With a secret, the join must carry HMAC-SHA256(secret, nonce || worker || dimension
+  // || policy) over the challenge this connection was sent, compared in constant time.
+  void authenticate(TcpConnection& c, msg::Join& join) const {
+    if (options_.secret.empty()) {
+      join.mac.reset();
+      return;
+    }
+    const wire::Challenge* challenge = c.challenge();
+    if (!join.mac) {
+      throw wire::FrameError(msg::ErrorCode::unauthenticated,
+                             "authentication failed: join without a MAC, and this server requires one "
+                             "(configure the cluster's shared secret)");
+    }
+    const bool ok = challenge != nullptr && mac_equal(*join.mac, join_mac(options_.secret, challenge->nonce, join));
+    join.mac.reset();
+    if (!ok) {
+      throw wire::FrameError(msg::ErrorCode::unauthenticated,
+                             "authentication failed: the join's MAC does not match (wrong shared secret, or not "
+                             "computed over this connection's challenge)");
+    }
+  }
+
   void accept() {
     acceptor_.async_accept([this](const boost::system::error_code& ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
@@ -234,11 +260,21 @@ class TcpServerImpl final : public TcpConnectionOwner {
     config.join_timeout = options_.join_timeout;
     config.max_queued_receives = options_.max_queued_receives;
     config.max_queued_sends = options_.max_queued_sends;
+    wire::Challenge challenge;
+    challenge.auth_required = !options_.secret.empty();
+    try {
+      challenge.nonce = random_nonce();
+    } catch (const std::exception& e) {
+      psync::log(LogLevel::error, std::string("psync tcp server: ") + e.what() + "; closing the new connection");
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      return;
+    }
     auto c = std::make_shared<TcpConnection>(std::move(socket), *this, config);
     connections_.insert(c);
     connection_count_.store(connections_.size());
     pending_.push_back(c);
-    c->start();
+    c->start(challenge);  // the challenge is its first frame
   }
 
   TcpServerOptions options_;
@@ -262,9 +298,10 @@ class TcpServerImpl final : public TcpConnectionOwner {
 }  // namespace detail
 
 /// @brief The server's TCP endpoint: listens, accepts workers, reads frames on its
-/// own I/O thread. A connection's first frame must be a `msg::Join`, within
-/// `join_timeout`; its `worker` becomes the connection's peer id (and the join is
-/// delivered too). An invalid frame gets a `msg::Error` back, a line in the log
+/// own I/O thread. Each connection is first sent a challenge (a random nonce). Its
+/// first frame must be a `msg::Join`, within `join_timeout`, which must prove the
+/// `secret` when there is one; its `worker` becomes the connection's peer id (and the
+/// join is delivered too, without its MAC). An invalid frame gets a `msg::Error` back, a line in the log
 /// (`psync::set_log_handler`) and a closed connection; so does a peer that exceeds
 /// one of `TcpServerOptions`' bounds. Sending a `msg::Error` to a worker closes its
 /// connection after the frame. A joined peer's loss is delivered as
@@ -272,7 +309,8 @@ class TcpServerImpl final : public TcpConnectionOwner {
 /// closes every connection after flushing what was queued (bounded by about a second).
 class TcpServer {
  public:
-  /// @brief Binds and listens; throws `TransportError` if the address cannot be bound.
+  /// @brief Binds and listens; throws `TransportError` if the address cannot be bound,
+  /// `ConfigError` for a secret when psync was built without OpenSSL.
   explicit TcpServer(TcpServerOptions options = {})
       : impl_(std::make_unique<detail::TcpServerImpl>(std::move(options))) {}
 
