@@ -409,3 +409,74 @@ TEST_CASE("Usage errors exit with code 2 and say what was wrong", "[processes][u
   CHECK(flags.wait(10s, "server with --policy over PSYNC_POLICY") == 1);
   CHECK(flags.err().find("no worker joined within 300 ms") != std::string::npos);
 }
+
+TEST_CASE("With --secret-file, only workers that know the secret train", "[processes][auth]") {
+  TempDir dir;
+  auto secret_file = [&](const std::string& name, const std::string& bytes, mode_t mode) {
+    const fs::path p = dir.path / name;
+    std::ofstream(p, std::ios::binary) << bytes;
+    REQUIRE(::chmod(p.c_str(), mode) == 0);
+    return p.string();
+  };
+  const std::string right = secret_file("secret", "0123456789abcdef0123456789abcdef\n", 0600);
+  const std::string wrong = secret_file("wrong", "fedcba9876543210fedcba9876543210\n", 0600);
+  const std::string shared = secret_file("shared", "0123456789abcdef0123456789abcdef\n", 0640);
+
+  SECTION("a group-readable secret file is refused, naming the file and its mode") {
+    for (const std::string role : {"server", "worker"}) {
+      Process p({exe, "--role", role, "--server", "127.0.0.1:7000", "--id", "0", "--secret-file", shared},
+                dir.path / (role + ".out"), dir.path / (role + ".err"));
+      INFO(role << ": " << p.err());
+      CHECK(p.wait(5s, role) == 2);
+      CHECK(p.err().find(shared) != std::string::npos);
+      CHECK(p.err().find("mode 0640") != std::string::npos);
+    }
+  }
+  if (!psync::tcp_auth_available) {
+    // A build without OpenSSL refuses the secret itself: exit 2, saying why.
+    Process p({exe, "--role", "server", "--server", "127.0.0.1:0", "--data", "synthetic", "--secret-file", right},
+              dir.path / "no-ssl.out", dir.path / "no-ssl.err");
+    CHECK(p.wait(10s, "server without OpenSSL") == 2);
+    CHECK(p.err().find("without OpenSSL") != std::string::npos);
+    return;
+  }
+  SECTION("the server and two workers train; a worker with the wrong file is refused") {
+    const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "200",
+                                          "--timeout-ms", "10000"};
+    auto with = [&](std::vector<std::string> more) {
+      more.insert(more.begin(), common.begin(), common.end());
+      return more;
+    };
+    ServerProcess server(dir, with({"--secret-file", right, "--metrics", (dir.path / "server.json").string()}));
+    // The impostor comes first, as worker 0; the real worker 0 still joins after it.
+    auto impostor = start_worker(dir, server, 0, with({"--secret-file", wrong}));
+    const int impostor_code = impostor->wait(10s, "worker with the wrong secret");
+    const std::string impostor_err = impostor->err();
+    INFO("impostor stderr:\n" << impostor_err);
+    CHECK(impostor_code == 1);
+    CHECK(impostor_err.find("authentication failed") != std::string::npos);
+    CHECK(impostor_err.find("unauthenticated") != std::string::npos);
+
+    std::vector<std::unique_ptr<Process>> workers;
+    // One from the flag, one from the environment variable.
+    workers.push_back(start_worker(dir, server, 0, with({"--secret-file", right})));
+    {
+      std::vector<std::string> argv{exe, "--role", "worker", "--server", server.address(), "--id", "1"};
+      argv.insert(argv.end(), common.begin(), common.end());
+      workers.push_back(std::make_unique<Process>(argv, dir.path / "worker-1.out", dir.path / "worker-1.err",
+                                                  std::vector<std::string>{"PSYNC_SECRET_FILE=" + right}));
+    }
+    INFO("server stderr:\n" << server.process->err());
+    for (int w = 0; w < 2; ++w) {
+      INFO("worker " << w << " stderr:\n" << workers[w]->err());
+      CHECK(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    }
+    REQUIRE(server.process->wait(20s, "server") == 0);
+    const std::string report = read_file(dir.path / "server.json");
+    INFO(report);
+    CHECK(json_number(report, "steps_applied") == 400);
+    CHECK(json_number(report, "workers_lost") == 0);
+    CHECK(server.process->err().find("authentication failed") != std::string::npos);  // the impostor, logged
+  }
+}
+

@@ -85,6 +85,7 @@ struct Config {
   std::chrono::milliseconds timeout{30000};
   std::chrono::milliseconds step_delay{0};
   bool quiet = false;
+  psync::Secret secret;  // from --secret-file; empty: no authentication
 };
 
 void print_help(std::ostream& out) {
@@ -114,6 +115,9 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
   --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
   --step-delay-ms N         sleep N ms before each step (emulates slow compute) PSYNC_STEP_DELAY_MS
   --quiet                   no progress lines or event log             PSYNC_QUIET=1
+  --secret-file FILE        the cluster's shared secret (mode 600): the server
+                            admits only workers that prove it at join (HMAC-SHA256
+                            over a random challenge); workers prove it  PSYNC_SECRET_FILE
   --help                    this text
 
 Server and workers must agree on --workers, --policy, --model, --data and --seed.
@@ -203,6 +207,7 @@ constexpr OptionSpec option_specs[] = {
     {"--batch", "PSYNC_BATCH", true},       {"--seed", "PSYNC_SEED", true},
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
+    {"--secret-file", "PSYNC_SECRET_FILE", true},
 };
 
 struct RawValue {
@@ -311,6 +316,14 @@ std::optional<Config> parse(int argc, char** argv) {
     c.step_delay = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 60000));
   }
   if (const auto* v = get("--quiet")) c.quiet = v->value == "1";
+  if (const auto* v = get("--secret-file")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    try {
+      c.secret = psync::read_secret_file(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+  }
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;
 }
@@ -468,6 +481,7 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
   to.port = c.port;
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
   to.frame_timeout = c.timeout;
+  to.secret = c.secret;
   psync::TcpServer transport(to);
   const std::string where = host_port(c.host, transport.port());
   std::cout << program << ": listening on " << where << std::endl;
@@ -606,6 +620,7 @@ int run_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
   to.connect_timeout = c.timeout;
   to.frame_timeout = c.timeout;
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
+  to.secret = c.secret;
   psync::Tcp transport(c.host, c.port, id, to);
   g_worker_connected = true;
 
