@@ -54,20 +54,23 @@ MAGIC = b"PSYN"
 PROTOCOL_VERSION = 2
 HEADER = struct.Struct("<4sBBHIQ")  # magic, version, type, reserved, sender, payload length
 assert HEADER.size == 20
-T_JOIN, T_LEAVE, T_PUSH, T_PULL, T_MODEL, T_ERROR = range(6)
-TYPE_NAMES = ["join", "leave", "push", "pull", "model", "error"]
+T_JOIN, T_LEAVE, T_PUSH, T_PULL, T_MODEL, T_ERROR, T_CHALLENGE = range(7)
+TYPE_NAMES = ["join", "leave", "push", "pull", "model", "error", "challenge"]
+N_TYPES = len(TYPE_NAMES)
 SERVER_PEER = 0xFFFFFFFF
-JOIN_FIXED = struct.Struct("<IQI")     # worker, dimension, policy length (16)
+JOIN_FIXED = struct.Struct("<IQIB32s")  # worker, dimension, policy length, MAC kind, MAC (49)
 LEAVE_FIXED = struct.Struct("<B")      # reason (1)
 PUSH_FIXED = struct.Struct("<QQIQ")    # clock, base_version, steps, count (28)
 PULL_FIXED = struct.Struct("<QQ")      # clock, buffer size (16)
 MODEL_FIXED = struct.Struct("<QQQQ")   # version, min_clock, held_ns, count (32)
 ERROR_FIXED = struct.Struct("<BI")     # code, text length (5)
-FIXED = {T_JOIN: 16, T_LEAVE: 1, T_PUSH: 28, T_PULL: 16, T_MODEL: 32, T_ERROR: 5}
+CHALLENGE_FIXED = struct.Struct("<B32s")  # flags (bit 0: auth required), nonce (33); the server's first frame
+FIXED = {T_JOIN: 49, T_LEAVE: 1, T_PUSH: 28, T_PULL: 16, T_MODEL: 32, T_ERROR: 5, T_CHALLENGE: 33}
 assert [JOIN_FIXED.size, LEAVE_FIXED.size, PUSH_FIXED.size, PULL_FIXED.size, MODEL_FIXED.size,
-        ERROR_FIXED.size] == [FIXED[t] for t in range(6)]
+        ERROR_FIXED.size, CHALLENGE_FIXED.size] == [FIXED[t] for t in range(N_TYPES)]
 ERROR_NAMES = {1: "bad_frame", 2: "wrong_dimension", 3: "duplicate_worker", 4: "policy_mismatch",
-               5: "bad_clock", 6: "not_joined", 7: "shutting_down", 8: "internal"}
+               5: "bad_clock", 6: "not_joined", 7: "shutting_down", 8: "internal", 9: "limit_exceeded",
+               10: "unauthenticated"}
 MAX_PAYLOAD_DEFAULT = 64 << 20  # WireLimits::max_payload_bytes
 
 # Linux TCP states (include/net/tcp_states.h), first byte of struct tcp_info.
@@ -82,7 +85,7 @@ def frame(ftype, sender, payload):
 
 def join_frame(worker, dimension, policy):
     p = policy.encode()
-    return frame(T_JOIN, worker, JOIN_FIXED.pack(worker, dimension, len(p)) + p)
+    return frame(T_JOIN, worker, JOIN_FIXED.pack(worker, dimension, len(p), 0, bytes(32)) + p)  # no MAC
 
 
 def push_frame(worker, clock, base_version, steps, floats_bytes):
@@ -119,7 +122,7 @@ class Frame:
             return "Error %d %s: %s" % (code, ERROR_NAMES.get(code, "?"), self.text)
         if self.type == T_MODEL:
             return "Model version %d min_clock %d (%d floats)" % (self.fields[0], self.fields[1], self.fields[3])
-        return TYPE_NAMES[self.type] if self.type < 6 else "type %d" % self.type
+        return TYPE_NAMES[self.type] if self.type < N_TYPES else "type %d" % self.type
 
 
 class FrameParser:
@@ -151,7 +154,7 @@ class FrameParser:
     def _advance(self, out, t):
         if self.stage == "head":
             magic, version, ftype, reserved, sender, length = HEADER.unpack(bytes(self.buf))
-            if magic != MAGIC or version != PROTOCOL_VERSION or ftype >= 6 or reserved != 0 or length < FIXED[ftype]:
+            if magic != MAGIC or version != PROTOCOL_VERSION or ftype >= N_TYPES or reserved != 0 or length < FIXED[ftype]:
                 self.bad = "server sent an invalid header %r" % bytes(self.buf)
                 return
             self.cur = Frame(t, ftype, sender, length)
@@ -160,7 +163,7 @@ class FrameParser:
         elif self.stage == "fixed":
             ftype = self.cur.type
             st = {T_JOIN: JOIN_FIXED, T_LEAVE: LEAVE_FIXED, T_PUSH: PUSH_FIXED, T_PULL: PULL_FIXED,
-                  T_MODEL: MODEL_FIXED, T_ERROR: ERROR_FIXED}[ftype]
+                  T_MODEL: MODEL_FIXED, T_ERROR: ERROR_FIXED, T_CHALLENGE: CHALLENGE_FIXED}[ftype]
             self.cur.fields = st.unpack(bytes(self.buf))
             self.buf.clear()
             body = self.cur.length - FIXED[ftype]
@@ -196,7 +199,7 @@ class Conn:
         self.t_disc = None
         self.disc_how = None
         self.errors = []  # Frame
-        self.received = [0] * 6
+        self.received = [0] * N_TYPES
         self.bytes_sent = 0
         self.frames_sent = 0
         self.parser = FrameParser(keep_models)
