@@ -70,12 +70,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
     if (to != server_peer) {
       throw TransportError("tcp worker: can only send to the server, not to peer " + std::to_string(to));
     }
-    // The worker's own join says how large the server's models are: frames of that
-    // size are accepted whatever max_payload_bytes says, and no others carry vectors.
-    if (auto* j = std::get_if<msg::Join>(&m)) {
-      joined_dimension_.store(j->dimension);
-      if (!secret_.empty()) j->mac = join_mac(secret_, nonce_, *j);  // proof of the secret over our challenge
-    }
+    if (auto* j = std::get_if<msg::Join>(&m)) prepare_join(*j);
     conn_->enqueue(std::move(m));
   }
 
@@ -145,6 +140,15 @@ class TcpClientImpl final : public TcpConnectionOwner {
   }
 
  private:
+  // The worker's own join says how large the server's models are: frames of that
+  // size are accepted whatever max_payload_bytes says, and no others carry vectors.
+  // With a secret, the join gets its MAC over our challenge. Not inlined: GCC then
+  // warns that a join's fields "may be used uninitialized" in every send of another kind.
+  [[gnu::noinline]] void prepare_join(msg::Join& j) {
+    joined_dimension_.store(j.dimension);
+    if (!secret_.empty()) j.mac = join_mac(secret_, nonce_, j);
+  }
+
   // The server's first frame is its challenge: wait for it (bounded), keep its nonce
   // for the join's MAC, and fail here if the server requires a secret we do not have.
   void await_challenge(const std::string& where, std::chrono::milliseconds timeout) {
