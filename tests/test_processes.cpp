@@ -627,8 +627,13 @@ TEST_CASE("The server killed with SIGKILL resumes from its last checkpoint; the 
       since_checkpoint_s * 1000, resumed_steps, lost, r.pushes_lost, rate > 0 ? 1000 * lost / rate : 0.0, rate, r.accuracy,
       reference.accuracy, r.steps_applied, r.steps_done, reference.steps_applied, json_number(report, "checkpoints_written"),
       json_number(report, "checkpoint_s"));
+  // One interval of work as the killed server measured it: its largest gap between
+  // two checkpoints, or the rate times the interval. Twice that, plus a push in flight
+  // per worker, leaves room for the machine's load to change between the two.
+  double interval_steps = rate * std::max(since_checkpoint_s, 0.2);
+  for (std::size_t i = 1; i < saved.size(); ++i) interval_steps = std::max(interval_steps, saved[i] - saved[i - 1]);
   CHECK(lost >= 0);
-  CHECK(lost <= rate * std::max(since_checkpoint_s, 0.2) * 1.5 + 4);
+  CHECK(lost <= 2 * interval_steps + 4);
   CHECK(r.accuracy > 0.85);
   CHECK(std::abs(r.accuracy - reference.accuracy) <= 0.03);
 }
