@@ -483,3 +483,470 @@ TEST_CASE("Worker ids past max_workers are refused; the admitted keep training",
   core.on_message(1, msg::Join{1, 3, "asp"}, t0 + 2ms);
   CHECK(core.live_workers() == 2);
 }
+
+// ---- checkpoints: a core restored from its checkpoint continues exactly ----
+
+namespace {
+
+struct Lockstep {
+  int workers = 3;
+  std::uint64_t steps = 24;  // local steps per worker
+  // Replies reach a worker the moment the server sends them; otherwise at the worker's
+  // next turn (so a crash can drop replies already sent).
+  bool instant_replies = false;
+  std::int64_t checkpoint_at = -1;  // tick whose server state is saved
+  std::int64_t crash_at = -1;       // tick at which the server dies and one restored from the save replaces it
+};
+
+struct LockstepRun {
+  Eigen::VectorXf model;
+  std::uint64_t steps_applied = 0;
+  std::uint64_t steps_taken = 0;
+  std::uint64_t rejoins = 0;
+  std::uint64_t pushes_lost = 0;
+  std::uint64_t steps_discarded = 0;
+  std::uint64_t saved_steps = 0;  // steps_applied in the checkpoint the crash restored
+  std::int64_t ticks = 0;
+};
+
+// A deterministic drive with no randomness: at tick t, worker w acts when t % (w + 1) == 0
+// (worker w is w + 1 times slower): it takes the replies that reached it, then one
+// step if its gate allows. Pushes reach the server at once. A crash drops every
+// message the old server had sent and every read it held; the new core restores
+// the checkpoint (through the file format: encode, then decode) and every worker
+// that has not left rejoins.
+template <class P>
+LockstepRun lockstep(const P& policy, const Lockstep& o) {
+  using namespace std::chrono_literals;
+  const Eigen::Index dim = 4;
+  auto now = psync::Clock::time_point{} + 1h;
+  psync::ServerCoreOptions so;
+  so.expected_workers = static_cast<std::uint32_t>(o.workers);
+  so.peer_timeout = 2ms;  // 200 ticks: a worker that left after the checkpoint is given up quickly
+  auto server = std::make_unique<psync::ServerCore<Quadratic, P>>(Quadratic(dim), so, policy, now);
+  std::vector<std::unique_ptr<psync::WorkerCore<Quadratic, P>>> workers;
+  std::vector<Target> targets;
+  for (int w = 0; w < o.workers; ++w) {
+    workers.push_back(std::make_unique<psync::WorkerCore<Quadratic, P>>(Quadratic(dim), static_cast<psync::PeerId>(w),
+                                                                         0.1f, policy));
+    // Irregular optima, so the order in which floats are summed shows in the last bits.
+    Eigen::VectorXf t = Eigen::VectorXf::LinSpaced(dim, 0.3f, 1.7f) * static_cast<float>(w + 1);
+    t(w % dim) += 0.123f * static_cast<float>(w + 1);
+    targets.push_back(Target{t});
+  }
+  std::vector<std::deque<psync::Message>> down(workers.size());
+  std::vector<std::uint64_t> computed(workers.size(), 0);
+  std::optional<std::vector<std::byte>> saved;
+  LockstepRun run;
+
+  const auto pump = [&] {
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (std::size_t w = 0; w < workers.size(); ++w) {
+        while (auto t = workers[w]->poll_transmit()) {
+          server->on_message(static_cast<psync::PeerId>(w), std::move(t->message), now);
+          moved = true;
+        }
+      }
+      while (auto t = server->poll_transmit()) {
+        down[t->to].push_back(std::move(t->message));
+        moved = true;
+      }
+      if (!o.instant_replies) continue;
+      for (std::size_t w = 0; w < workers.size(); ++w) {
+        for (; !down[w].empty(); down[w].pop_front(), moved = true) workers[w]->on_message(std::move(down[w].front()), now);
+      }
+    }
+  };
+
+  for (auto& w : workers) w->start(now);
+  pump();
+  for (std::int64_t tick = 0; tick < 100000; ++tick) {
+    now += 10us;
+    if (now >= server->next_deadline()) {
+      server->on_timer(now);
+      pump();
+    }
+    if (tick == o.checkpoint_at) saved = psync::checkpoint::encode(server->checkpoint_state(), 1);
+    if (tick == o.crash_at) {
+      REQUIRE(saved);
+      const psync::CheckpointState state = psync::checkpoint::decode(*saved).state;
+      run.saved_steps = state.steps_applied;
+      for (auto& d : down) d.clear();
+      Quadratic blank(dim);
+      blank.parameters().setConstant(7.0f);  // restore must replace it
+      server = std::make_unique<psync::ServerCore<Quadratic, P>>(blank, so, policy, now);
+      server->restore(state, now);
+      for (auto& w : workers) {
+        if (!w->finished()) {
+          w->rejoin(now);
+          continue;
+        }
+        // Gone before the crash: the pushes it made after the checkpoint are lost with no rejoin to count them.
+        for (const auto& e : state.workers) {
+          if (e.worker == w->id()) run.pushes_lost += w->clock() - e.clock;
+        }
+      }
+      pump();
+    }
+    bool all_done = true;
+    for (std::size_t w = 0; w < workers.size(); ++w) {
+      auto& core = *workers[w];
+      if (tick % static_cast<std::int64_t>(w + 1) == 0) {
+        for (; !down[w].empty(); down[w].pop_front()) core.on_message(std::move(down[w].front()), now);
+        pump();
+        if (core.joined() && !core.finished()) {
+          if (computed[w] == o.steps) {
+            core.finish(now);
+          } else if (core.begin_step(now)) {
+            core.model().gradient(targets[w], core.gradient());
+            core.end_step(1, 0.0, now);
+            ++computed[w];
+          }
+          pump();
+        }
+      }
+      all_done = all_done && core.finished();
+    }
+    run.ticks = tick;
+    if (all_done && server->done()) break;
+  }
+  REQUIRE(server->done());
+  server->shutdown(now);
+  run.model = server->model().parameters();
+  run.steps_applied = server->report().steps_applied;
+  for (std::size_t w = 0; w < workers.size(); ++w) {
+    run.steps_taken += computed[w];
+    run.rejoins += workers[w]->report().rejoins;
+    run.pushes_lost += workers[w]->report().pushes_lost;
+    run.steps_discarded += workers[w]->report().steps_discarded;
+  }
+  return run;
+}
+
+template <class P>
+void require_transparent_restarts(bool instant_replies) {
+  Lockstep o;
+  o.instant_replies = instant_replies;
+  const LockstepRun reference = lockstep(P{}, o);
+  REQUIRE(reference.steps_applied == reference.steps_taken);
+  REQUIRE(reference.steps_taken == static_cast<std::uint64_t>(o.workers) * o.steps);
+  int restarts = 0;
+  for (std::int64_t tick = 1; tick < reference.ticks; tick += 2) {
+    o.checkpoint_at = o.crash_at = tick;
+    const LockstepRun r = lockstep(P{}, o);
+    INFO("crash and restore at tick " << tick << " of " << reference.ticks);
+    REQUIRE(r.rejoins > 0);
+    REQUIRE(r.pushes_lost == 0);
+    REQUIRE(r.steps_discarded == 0);
+    REQUIRE(r.steps_applied == reference.steps_applied);
+    // Bit for bit: the restored core is the core that was saved.
+    REQUIRE((r.model.array() == reference.model.array()).all());
+    ++restarts;
+  }
+  REQUIRE(restarts > 20);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("A server restored from a checkpoint continues bit-identically (BSP, OSP)", "[cores][checkpoint]",
+                   psync::Bsp, psync::Osp<3>, psync::Losp<3>) {
+  SECTION("replies still in flight are lost at the crash") { require_transparent_restarts<TestType>(false); }
+  SECTION("replies delivered at once") { require_transparent_restarts<TestType>(true); }
+}
+
+TEMPLATE_TEST_CASE("A server restored from a checkpoint continues bit-identically (ASP, SSP)", "[cores][checkpoint]",
+                   psync::Asp, psync::Ssp<1>) {
+  // Sum policies answer a read with whatever is current, so a reply lost in flight is
+  // answered again with a newer model: a valid read, not the same one. With replies
+  // delivered at once, only reads the policy held are in flight at a crash.
+  require_transparent_restarts<TestType>(true);
+}
+
+TEMPLATE_TEST_CASE("Restored from an older checkpoint, workers drop what the server lost and finish",
+                   "[cores][checkpoint]", psync::Bsp, psync::Asp, psync::Osp<3>) {
+  Lockstep o;
+  const LockstepRun reference = lockstep(TestType{}, o);
+  for (std::int64_t at = 3; at < reference.ticks * 2 / 3; at += 5) {
+    o.checkpoint_at = at;
+    o.crash_at = at + 9;
+    const LockstepRun r = lockstep(TestType{}, o);
+    INFO("checkpoint at tick " << o.checkpoint_at << ", crash at " << o.crash_at);
+    REQUIRE(r.steps_taken == static_cast<std::uint64_t>(o.workers) * o.steps);
+    REQUIRE(r.steps_applied < r.steps_taken);
+    REQUIRE(r.pushes_lost > 0);
+    if constexpr (!std::is_same_v<TestType, psync::Osp<3>>) {
+      // One step a push: every step lost is in a push the server lost.
+      REQUIRE(r.steps_taken - r.steps_applied == r.pushes_lost);
+    }
+    REQUIRE(r.steps_applied >= r.saved_steps);
+    REQUIRE(r.model.allFinite());
+  }
+}
+
+namespace {
+
+template <class P>
+struct Pair {
+  psync::ServerCore<Quadratic, P> server;
+  psync::WorkerCore<Quadratic, P> w0, w1;
+  explicit Pair(psync::Clock::time_point t, std::chrono::milliseconds peer_timeout = std::chrono::milliseconds(60000))
+      : server(Quadratic(3), options(peer_timeout), P{}, t), w0(Quadratic(3), 0, 0.5f, P{}), w1(Quadratic(3), 1, 0.5f, P{}) {}
+  static psync::ServerCoreOptions options(std::chrono::milliseconds peer_timeout) {
+    psync::ServerCoreOptions o;
+    o.expected_workers = 2;
+    o.peer_timeout = peer_timeout;
+    return o;
+  }
+};
+
+// Moves worker -> server messages; returns how many.
+template <class Worker, class Server>
+int up(Worker& worker, psync::PeerId id, Server& server, psync::Clock::time_point t) {
+  int n = 0;
+  for (; auto m = worker.poll_transmit(); ++n) server.on_message(id, std::move(m->message), t);
+  return n;
+}
+
+template <class P>
+void step(psync::WorkerCore<Quadratic, P>& w, float target, psync::Clock::time_point t) {
+  REQUIRE(w.begin_step(t));
+  w.model().gradient(Target{Eigen::VectorXf::Constant(3, target)}, w.gradient());
+  w.end_step(1, 0.0, t);
+}
+
+// Delivers `server`'s replies to the workers of `c`; returns the replies (models) to each.
+template <class P>
+std::map<psync::PeerId, int> down(psync::ServerCore<Quadratic, P>& server, Pair<P>& c, psync::Clock::time_point t) {
+  std::map<psync::PeerId, int> n;
+  while (auto m = server.poll_transmit()) {
+    if (std::holds_alternative<psync::msg::Model>(m->message)) ++n[m->to];
+    (m->to == 0 ? c.w0 : c.w1).on_message(std::move(m->message), t);
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("A returning worker's join reply carries its own saved clock: BSP holds it for its round",
+          "[cores][checkpoint]") {
+  using namespace std::chrono_literals;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  Pair<psync::Bsp> a(t0);
+  a.w0.start(t0);
+  a.w1.start(t0);
+  up(a.w0, 0, a.server, t0);
+  up(a.w1, 1, a.server, t0);
+  down(a.server, a, t0);
+  REQUIRE((a.w0.joined() && a.w1.joined()));
+
+  SECTION("the push accepted just before the crash is kept: the worker waits for its round and goes on") {
+    step(a.w0, 1.0f, t0);  // round 0 push from worker 0, accepted, held for worker 1
+    up(a.w0, 0, a.server, t0);
+    REQUIRE(a.server.held_reads() == 1);
+    const psync::CheckpointState saved = a.server.checkpoint_state();
+    CHECK(saved.workers == std::vector<psync::WorkerClock>{{0, 1, true}, {1, 0, true}});
+    CHECK(saved.round.pushes == 1);
+
+    Pair<psync::Bsp> b(t0 + 1s);  // the restarted server (and two spare workers we do not use)
+    b.server.restore(saved, t0 + 1s);
+    CHECK(b.server.awaited_workers() == 2);
+    a.w0.rejoin(t0 + 1s);
+    CHECK(up(a.w0, 0, b.server, t0 + 1s) == 1);
+    // Its read is at clock 1: BSP holds it until round 0 closes.
+    CHECK(b.server.held_reads() == 1);
+    CHECK_FALSE(b.server.poll_transmit());
+    // The same id again while it is back: refused.
+    b.server.on_message(0, psync::msg::Join{0, 3, "bsp"}, t0 + 1s);
+    auto refused = b.server.poll_transmit();
+    REQUIRE(refused);
+    REQUIRE(std::holds_alternative<psync::msg::Error>(refused->message));
+    CHECK(std::get<psync::msg::Error>(refused->message).code == psync::msg::ErrorCode::duplicate_worker);
+  }
+
+  SECTION("BSP: the returning workers complete the open round") {
+    step(a.w0, 1.0f, t0);
+    up(a.w0, 0, a.server, t0);
+    const psync::CheckpointState saved = a.server.checkpoint_state();
+    Pair<psync::Bsp> b(t0 + 1s);
+    b.server.restore(saved, t0 + 1s);
+    a.w0.rejoin(t0 + 1s);
+    up(a.w0, 0, b.server, t0 + 1s);
+    a.w1.rejoin(t0 + 1s);
+    up(a.w1, 1, b.server, t0 + 1s);
+    // Worker 1 (clock 0) is answered at once with its own clock; worker 0 still waits.
+    auto first = b.server.poll_transmit();
+    REQUIRE(first);
+    CHECK(first->to == 1);
+    REQUIRE(std::holds_alternative<psync::msg::Model>(first->message));
+    CHECK(std::get<psync::msg::Model>(first->message).min_clock == 0);
+    a.w1.on_message(std::move(first->message), t0 + 1s);
+    CHECK_FALSE(b.server.poll_transmit());
+    CHECK(a.w1.clock() == 0);
+    step(a.w1, 3.0f, t0 + 1s);  // worker 1's round 0 push, at clock 0: accepted
+    up(a.w1, 1, b.server, t0 + 1s);
+    // Round 0 closes: worker 0's join reply carries clock 1 (its own), version 1.
+    std::optional<psync::msg::Model> to0;
+    while (auto m = b.server.poll_transmit()) {
+      REQUIRE(std::holds_alternative<psync::msg::Model>(m->message));
+      if (m->to == 0) to0 = std::get<psync::msg::Model>(m->message);
+      (m->to == 0 ? a.w0 : a.w1).on_message(std::move(m->message), t0 + 1s);
+    }
+    REQUIRE(to0);
+    CHECK(to0->min_clock == 1);
+    CHECK(to0->version == 1);
+    CHECK(a.w0.clock() == 1);
+    CHECK(a.w0.report().pushes_lost == 0);
+    // Round 0 = mean of the two pushes, each -0.5 * (0 - target).
+    CHECK((b.server.model().parameters().array() == Eigen::ArrayXf::Constant(3, 1.0f)).all());
+    // Both go on at clock 1 with no refusal.
+    step(a.w0, 1.0f, t0 + 1s);
+    step(a.w1, 3.0f, t0 + 1s);
+    up(a.w0, 0, b.server, t0 + 1s);
+    up(a.w1, 1, b.server, t0 + 1s);
+    CHECK(down(b.server, a, t0 + 1s) == std::map<psync::PeerId, int>{{0, 1}, {1, 1}});
+    CHECK(b.server.version() == 2);
+  }
+
+  SECTION("the push came after the checkpoint: the worker takes the saved clock and pushes again") {
+    const psync::CheckpointState saved = a.server.checkpoint_state();
+    step(a.w0, 1.0f, t0);
+    up(a.w0, 0, a.server, t0);  // accepted by the server that dies
+    Pair<psync::Bsp> b(t0 + 1s);
+    b.server.restore(saved, t0 + 1s);
+    a.w0.rejoin(t0 + 1s);
+    up(a.w0, 0, b.server, t0 + 1s);
+    CHECK(down(b.server, a, t0 + 1s) == std::map<psync::PeerId, int>{{0, 1}});  // clock 0: answered at once
+    CHECK(a.w0.clock() == 0);
+    CHECK(a.w0.report().pushes_lost == 1);
+    CHECK(a.w0.report().steps_discarded == 1);
+    step(a.w0, 1.0f, t0 + 1s);
+    CHECK(up(a.w0, 0, b.server, t0 + 1s) == 1);
+    CHECK(b.server.held_reads() == 1);  // accepted at clock 0, waiting for worker 1
+    CHECK_FALSE(b.server.poll_transmit());
+  }
+}
+
+TEST_CASE("OSP: a returning worker computes on while its round closes, then pushes at its saved clock",
+          "[cores][checkpoint]") {
+  using namespace std::chrono_literals;
+  using P = psync::Osp<3>;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  Pair<P> a(t0);
+  a.w0.start(t0);
+  a.w1.start(t0);
+  up(a.w0, 0, a.server, t0);
+  up(a.w1, 1, a.server, t0);
+  down(a.server, a, t0);
+  step(a.w0, 1.0f, t0);  // pushed at once (round 0), held for worker 1
+  step(a.w0, 1.0f, t0);  // unsent
+  up(a.w0, 0, a.server, t0);
+  const psync::CheckpointState saved = a.server.checkpoint_state();
+  Pair<P> b(t0 + 1s);
+  b.server.restore(saved, t0 + 1s);
+  a.w0.rejoin(t0 + 1s);
+  up(a.w0, 0, b.server, t0 + 1s);
+  CHECK(a.w0.clock() == 1);
+  step(a.w0, 1.0f, t0 + 1s);  // OSP computes while the rejoin waits: 2 unsent
+  CHECK(a.w0.counts().unsent == 2);
+  CHECK_FALSE(a.w0.poll_transmit());  // nothing is pushed before the join reply
+  a.w1.rejoin(t0 + 1s);
+  up(a.w1, 1, b.server, t0 + 1s);
+  down(b.server, a, t0 + 1s);
+  step(a.w1, 3.0f, t0 + 1s);
+  up(a.w1, 1, b.server, t0 + 1s);
+  // Round 0 closes; worker 0's join reply (clock 1) answers its round-0 push, and its
+  // two unsent steps leave at once as its push at clock 1.
+  while (auto m = b.server.poll_transmit()) {
+    if (m->to == 0) CHECK(std::get<psync::msg::Model>(m->message).min_clock == 1);
+    (m->to == 0 ? a.w0 : a.w1).on_message(std::move(m->message), t0 + 1s);
+  }
+  auto push = a.w0.poll_transmit();
+  REQUIRE(push);
+  REQUIRE(std::holds_alternative<psync::msg::Push>(push->message));
+  CHECK(std::get<psync::msg::Push>(push->message).clock == 1);
+  CHECK(std::get<psync::msg::Push>(push->message).steps == 2);
+  b.server.on_message(0, std::move(push->message), t0 + 1s);
+  CHECK(b.server.live_workers() == 2);  // accepted, no refusal
+  CHECK(b.server.report().steps_applied == 2);
+  CHECK(a.w0.report().pushes_lost == 0);
+}
+
+TEST_CASE("ASP: a returning worker ahead of the others is answered at once with its own clock",
+          "[cores][checkpoint]") {
+  using namespace std::chrono_literals;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  Pair<psync::Asp> a(t0, 500ms);
+  a.w0.start(t0);
+  a.w1.start(t0);
+  up(a.w0, 0, a.server, t0);
+  up(a.w1, 1, a.server, t0);
+  down(a.server, a, t0);
+  for (int i = 0; i < 3; ++i) {
+    step(a.w0, 1.0f, t0);
+    up(a.w0, 0, a.server, t0);
+    down(a.server, a, t0);
+  }
+  const psync::CheckpointState saved = a.server.checkpoint_state();
+  Pair<psync::Asp> b(t0 + 1s, 500ms);
+  b.server.restore(saved, t0 + 1s);
+  CHECK(b.server.next_deadline() == t0 + 1s + 500ms);  // both restored workers are expected back
+  const auto t1 = t0 + 1300ms;
+  a.w0.rejoin(t1);
+  up(a.w0, 0, b.server, t1);
+  auto reply = b.server.poll_transmit();
+  REQUIRE(reply);
+  CHECK(std::get<psync::msg::Model>(reply->message).min_clock == 3);  // not the slowest clock, 0
+  a.w0.on_message(std::move(reply->message), t1);
+  CHECK(a.w0.clock() == 3);
+  CHECK(a.w0.report().rejoins == 1);
+  step(a.w0, 1.0f, t1);
+  CHECK(up(a.w0, 0, b.server, t1) == 1);
+  CHECK(down(b.server, a, t1) == std::map<psync::PeerId, int>{{0, 1}});
+  CHECK(b.server.version() == saved.version + 1);
+  // Worker 1 never comes back: removed one peer_timeout after the restore.
+  b.server.on_timer(t0 + 1s + 600ms);
+  CHECK(b.server.live_workers() == 1);
+  CHECK(b.server.awaited_workers() == 0);
+}
+
+TEST_CASE("restore refuses a core in use and a checkpoint of another policy or size", "[cores][checkpoint]") {
+  using namespace std::chrono_literals;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  Pair<psync::Bsp> a(t0);
+  a.w0.start(t0);
+  up(a.w0, 0, a.server, t0);
+  const psync::CheckpointState saved = a.server.checkpoint_state();
+  CHECK_THROWS_AS(a.server.restore(saved, t0), psync::ConfigError);  // already has a worker
+  Pair<psync::Asp> other(t0);
+  CHECK_THROWS_WITH(other.server.restore(saved, t0), psync_test::Contains("policy 'bsp'"));
+  psync::ServerCore<Quadratic, psync::Bsp> wider(Quadratic(4), Pair<psync::Bsp>::options(1000ms), psync::Bsp{}, t0);
+  CHECK_THROWS_WITH(wider.restore(saved, t0), psync_test::Contains("holds 3 parameters"));
+  CHECK(wider.state_changes() == 0);  // a refused restore changes nothing
+}
+
+TEST_CASE("A worker whose connection dropped comes back at its own clock, not pushing its round twice",
+          "[cores][checkpoint]") {
+  using namespace std::chrono_literals;
+  const auto t0 = psync::Clock::time_point{} + 1h;
+  Pair<psync::Bsp> a(t0);
+  a.w0.start(t0);
+  a.w1.start(t0);
+  up(a.w0, 0, a.server, t0);
+  up(a.w1, 1, a.server, t0);
+  down(a.server, a, t0);
+  step(a.w0, 1.0f, t0);
+  up(a.w0, 0, a.server, t0);  // round 0: worker 0's push is in the open sum
+  a.server.on_peer_lost(0, psync::msg::LeaveReason::disconnected, t0 + 1ms);
+  CHECK(a.server.live_workers() == 1);
+  a.w0.rejoin(t0 + 2ms);  // the same server, a new connection
+  up(a.w0, 0, a.server, t0 + 2ms);
+  CHECK_FALSE(a.server.poll_transmit());  // at clock 1: held until round 0 closes
+  step(a.w1, 3.0f, t0 + 3ms);
+  up(a.w1, 1, a.server, t0 + 3ms);
+  CHECK(down(a.server, a, t0 + 3ms) == std::map<psync::PeerId, int>{{0, 1}, {1, 1}});
+  CHECK(a.w0.clock() == 1);
+  CHECK(a.w0.report().pushes_lost == 0);
+  CHECK(a.server.report().updates_applied == 2);  // not 3: the round holds each worker once
+  CHECK((a.server.model().parameters().array() == Eigen::ArrayXf::Constant(3, 1.0f)).all());
+}

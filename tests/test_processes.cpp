@@ -8,14 +8,20 @@
 
 #include <psync/psync.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -480,3 +487,339 @@ TEST_CASE("With --secret-file, only workers that know the secret train", "[proce
   }
 }
 
+// ---- checkpoints: the server killed and resumed, workers reconnecting ----
+
+namespace {
+
+/// A port on 127.0.0.1 that nothing listens on, below the kernel's ephemeral range:
+/// while the server is down no outgoing connection (the workers' reconnection
+/// attempts among them) can take it as its local port, so the restarted server can bind it.
+std::string free_fixed_port() {
+  int lo = 32768;
+  {
+    std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+    int a = 0, b = 0;
+    if (range >> a >> b && a > 2048) lo = a;
+  }
+  const int first = 1024 + static_cast<int>(::getpid() * 7919 % (lo - 1024));
+  for (int i = 0; i < lo - 1024; ++i) {
+    const int port = 1024 + (first - 1024 + i) % (lo - 1024);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(fd, 1) == 0;
+    ::close(fd);
+    if (ok) return std::to_string(port);
+  }
+  FAIL("no free port below " << lo);
+  return {};
+}
+
+/// A psync-train server on a fixed address, started and waited for until it listens.
+std::unique_ptr<Process> start_server_at(const TempDir& dir, const std::string& name, const std::string& address,
+                                         std::vector<std::string> args) {
+  std::vector<std::string> argv{exe, "--role", "server", "--server", address};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto p = std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+  if (!wait_until([&] { return p->out().find("listening on " + address) != std::string::npos || !p->running(); }, 10s) ||
+      p->out().find("listening on " + address) == std::string::npos) {
+    FAIL(name << " is not listening on " << address << ". stderr:\n" << p->err());
+  }
+  return p;
+}
+
+std::unique_ptr<Process> start_worker_at(const TempDir& dir, const std::string& address, int id,
+                                         std::vector<std::string> args) {
+  std::vector<std::string> argv{exe, "--role", "worker", "--server", address, "--id", std::to_string(id)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const std::string name = "worker-" + std::to_string(id);
+  return std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+}
+
+/// The "steps applied" figures of every "checkpoint ... written" line in a server log, in order.
+std::vector<double> checkpoint_steps(const std::string& log) {
+  std::vector<double> steps;
+  const std::string tag = " steps applied, ";
+  for (auto at = log.find("] checkpoint ckpt-"); at != std::string::npos; at = log.find("] checkpoint ckpt-", at + 1)) {
+    const auto end = log.find(tag, at);
+    const auto comma = log.rfind(", ", end);
+    if (end == std::string::npos || comma == std::string::npos || comma < at) break;
+    steps.push_back(std::strtod(log.c_str() + comma + 2, nullptr));
+  }
+  return steps;
+}
+
+struct ClusterResult {
+  double accuracy = 0;
+  double steps_applied = 0;
+  double steps_done = 0;  // over the workers
+  double pushes_lost = 0;
+  double rejoins = 0;
+};
+
+/// Reads the final server report and the workers' reports (all must have exited 0).
+ClusterResult read_cluster(const TempDir& dir, const std::string& server_json, int workers) {
+  ClusterResult r;
+  const std::string server = read_file(dir.path / server_json);
+  INFO(server);
+  r.accuracy = json_number(server, "final_test_accuracy");
+  r.steps_applied = json_number(server, "steps_applied");
+  for (int w = 0; w < workers; ++w) {
+    const std::string worker = read_file(dir.path / ("worker-" + std::to_string(w) + ".json"));
+    INFO(worker);
+    CHECK(worker.find("\"ok\": true") != std::string::npos);
+    r.steps_done += json_number(worker, "steps_done");
+    r.pushes_lost += json_number(worker, "pushes_lost");
+    r.rejoins += json_number(worker, "rejoins");
+  }
+  return r;
+}
+
+const std::vector<std::string> resume_common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--batch", "32",
+                                             "--lr", "0.1", "--seed", "3", "--timeout-ms", "10000"};
+
+std::vector<std::string> resume_args(std::vector<std::string> more) {
+  more.insert(more.begin(), resume_common.begin(), resume_common.end());
+  return more;
+}
+
+/// 2 workers of `steps` steps, at least `delay_ms` each, that reconnect for up to 20 s.
+std::vector<std::unique_ptr<Process>> start_reconnecting_workers(const TempDir& dir, const std::string& address,
+                                                                 const std::string& steps, const std::string& delay_ms) {
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.push_back(start_worker_at(
+        dir, address, w,
+        resume_args({"--steps", steps, "--step-delay-ms", delay_ms, "--reconnect-ms", "20000", "--metrics",
+                     (dir.path / ("worker-" + std::to_string(w) + ".json")).string()})));
+  }
+  return workers;
+}
+
+}  // namespace
+
+TEST_CASE("The server killed with SIGKILL resumes from its last checkpoint; the workers reconnect and finish",
+          "[processes][checkpoint]") {
+  const std::string steps = "700", delay = "3";
+  // The uninterrupted run: the reference accuracy, and the training rate.
+  ClusterResult reference;
+  double reference_s = 0;
+  {
+    TempDir dir;
+    const std::string address = "127.0.0.1:" + free_fixed_port();
+    auto server = start_server_at(dir, "server", address, resume_args({"--metrics", (dir.path / "server.json").string()}));
+    const auto t0 = Steady::now();
+    auto workers = start_reconnecting_workers(dir, address, steps, delay);
+    for (int w = 0; w < 2; ++w) REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
+    REQUIRE(server->wait(20s, "server") == 0);
+    reference_s = std::chrono::duration<double>(Steady::now() - t0).count();
+    reference = read_cluster(dir, "server.json", 2);
+    REQUIRE(reference.steps_applied == 1400);
+  }
+
+  TempDir dir;
+  const fs::path ckpt = dir.path / "ckpt";
+  const std::string address = "127.0.0.1:" + free_fixed_port();
+  const std::vector<std::string> server_args{"--checkpoint", ckpt.string(), "--checkpoint-every", "0.2", "--metrics",
+                                             (dir.path / "server.json").string()};
+  auto first = start_server_at(dir, "server-1", address, resume_args(server_args));
+  auto workers = start_reconnecting_workers(dir, address, steps, delay);
+  REQUIRE(wait_until([&] { return count(first->err(), " joined at clock") == 2; }, 10s));
+  // Watch the checkpoints as they are written, then kill at a random moment after the first.
+  std::mt19937 rng(std::random_device{}());
+  const auto kill_after = std::chrono::milliseconds(std::uniform_int_distribution<int>(200, 900)(rng));
+  REQUIRE(wait_until([&] { return !checkpoint_steps(first->err()).empty(); }, 10s));
+  const auto first_checkpoint = Steady::now();
+  std::size_t seen = 0;
+  Steady::time_point last_seen = first_checkpoint;
+  wait_until(
+      [&] {
+        const std::size_t n = checkpoint_steps(first->err()).size();
+        if (n != seen) {
+          seen = n;
+          last_seen = Steady::now();
+        }
+        return Steady::now() - first_checkpoint >= kill_after;
+      },
+      10s);
+  REQUIRE(first->running());
+  first->signal(SIGKILL);
+  const auto killed = Steady::now();
+  REQUIRE(first->wait(5s, "killed server") == 128 + SIGKILL);
+  const std::string log1 = first->err();
+  const std::vector<double> saved = checkpoint_steps(log1);
+  REQUIRE(!saved.empty());
+
+  std::this_thread::sleep_for(300ms);  // the workers are retrying meanwhile
+  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
+                                  auto a = server_args;
+                                  a.push_back("--resume");
+                                  return a;
+                                }()));
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
+  }
+  INFO("first server:\n" << log1 << "\nresumed server:\n" << second->err());
+  REQUIRE(second->wait(20s, "resumed server") == 0);
+  const std::string log2 = second->err();
+  CHECK(log2.find("resumed from ") != std::string::npos);
+  CHECK(count(log2, " returned at clock") == 2);
+  const std::string report = read_file(dir.path / "server.json");
+  const double resumed_steps = json_number(report, "resumed_steps");
+  // The newest checkpoint the killed server logged, or one it wrote and was killed before logging.
+  CHECK(resumed_steps >= saved.back());
+
+  const ClusterResult r = read_cluster(dir, "server.json", 2);
+  const double lost = r.steps_done - r.steps_applied;
+  // BSP: one step a push, so every step lost is a push the server lost.
+  CHECK(lost == r.pushes_lost);
+  CHECK(r.rejoins == 2);
+  // "At most one checkpoint interval": the rate of the killed server between its
+  // checkpoints, times the time from its last checkpoint to the kill (as seen here,
+  // polling its log every 10 ms), is what can be lost, plus one push per worker in flight.
+  const double since_checkpoint_s = std::chrono::duration<double>(killed - last_seen).count();
+  const double rate = saved.size() >= 2 ? (saved.back() - saved.front()) /
+                                              std::chrono::duration<double>(last_seen - first_checkpoint).count()
+                                        : reference.steps_applied / reference_s;
+  std::printf(
+      "kill -9 after %.0f ms of checkpoints (%zu logged): last logged at %.0f steps, seen %.0f ms before the kill;"
+      " resumed from the checkpoint at %.0f steps; %.0f steps lost (%.0f pushes) = %.0f ms of training at %.0f"
+      " steps/s (interval 200 ms)\n"
+      "final accuracy resumed %.4f vs uninterrupted %.4f; %.0f of %.0f steps applied vs %.0f; the resumed server wrote"
+      " %.0f checkpoints in %.3f s\n",
+      std::chrono::duration<double, std::milli>(killed - first_checkpoint).count(), saved.size(), saved.back(),
+      since_checkpoint_s * 1000, resumed_steps, lost, r.pushes_lost, rate > 0 ? 1000 * lost / rate : 0.0, rate, r.accuracy,
+      reference.accuracy, r.steps_applied, r.steps_done, reference.steps_applied, json_number(report, "checkpoints_written"),
+      json_number(report, "checkpoint_s"));
+  // One interval of work as the killed server measured it: its largest gap between
+  // two checkpoints, or the rate times the interval. Twice that, plus a push in flight
+  // per worker, leaves room for the machine's load to change between the two.
+  double interval_steps = rate * std::max(since_checkpoint_s, 0.2);
+  for (std::size_t i = 1; i < saved.size(); ++i) interval_steps = std::max(interval_steps, saved[i] - saved[i - 1]);
+  CHECK(lost >= 0);
+  CHECK(lost <= 2 * interval_steps + 4);
+  CHECK(r.accuracy > 0.85);
+  CHECK(std::abs(r.accuracy - reference.accuracy) <= 0.03);
+}
+
+TEST_CASE("Resuming: a truncated newest checkpoint is skipped with its reason, the previous one is used",
+          "[processes][checkpoint]") {
+  TempDir dir;
+  const fs::path ckpt = dir.path / "ckpt";
+  const std::string address = "127.0.0.1:" + free_fixed_port();
+  const std::vector<std::string> server_args{"--checkpoint", ckpt.string(), "--checkpoint-every", "0.1", "--metrics",
+                                             (dir.path / "server.json").string()};
+  {
+    // Nothing to resume from: a clear error, exit 1, before any worker is needed.
+    auto empty = start_server_at(dir, "server-empty", address, resume_args({"--checkpoint", ckpt.string(), "--resume"}));
+    CHECK(empty->wait(10s, "server with an empty checkpoint directory") == 1);
+    CHECK(empty->err().find("no checkpoint to resume from") != std::string::npos);
+  }
+  auto first = start_server_at(dir, "server-1", address, resume_args(server_args));
+  auto workers = start_reconnecting_workers(dir, address, "500", "3");
+  REQUIRE(wait_until([&] { return checkpoint_steps(first->err()).size() >= 3; }, 20s));
+  first->signal(SIGKILL);
+  REQUIRE(first->wait(5s, "killed server") == 128 + SIGKILL);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(ckpt)) {
+    if (e.path().extension() == ".psync") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= 2);
+  const fs::path newest = files.back(), previous = files[files.size() - 2];
+  fs::resize_file(newest, fs::file_size(newest) / 2);
+
+  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
+                                  auto a = server_args;
+                                  a.push_back("--resume");
+                                  return a;
+                                }()));
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
+  }
+  REQUIRE(second->wait(20s, "resumed server") == 0);
+  const std::string log = second->err();
+  INFO(log);
+  CHECK(log.find("skipped checkpoint " + newest.string() + ": truncated: the file has ") != std::string::npos);
+  CHECK(log.find("resumed from " + previous.string()) != std::string::npos);
+  const ClusterResult r = read_cluster(dir, "server.json", 2);
+  CHECK(r.accuracy > 0.85);
+  // The resumed server wrote past the damaged file, never behind it.
+  std::vector<fs::path> after;
+  for (const auto& e : fs::directory_iterator(ckpt)) after.push_back(e.path().filename());
+  std::sort(after.begin(), after.end());
+  CHECK(after.back() > newest.filename());
+
+  // Every file damaged: nothing to resume from, the reason given, exit 1.
+  for (const auto& e : fs::directory_iterator(ckpt)) fs::resize_file(e.path(), 40);
+  auto broken = start_server_at(dir, "server-broken", address, resume_args({"--checkpoint", ckpt.string(), "--resume"}));
+  CHECK(broken->wait(10s, "server with only damaged checkpoints") == 1);
+  CHECK(broken->err().find("no valid checkpoint to resume from") != std::string::npos);
+  CHECK(broken->err().find("truncated") != std::string::npos);
+}
+
+TEST_CASE("The server stopped with SIGTERM writes a last checkpoint; resumed, it loses at most a push in flight",
+          "[processes][checkpoint]") {
+  TempDir dir;
+  const fs::path ckpt = dir.path / "ckpt";
+  const std::string address = "127.0.0.1:" + free_fixed_port();
+  // Checkpoints only at the end: all that is kept is what SIGTERM wrote.
+  const std::vector<std::string> server_args{"--checkpoint", ckpt.string(), "--checkpoint-every", "0", "--metrics",
+                                             (dir.path / "server.json").string()};
+  auto first = start_server_at(dir, "server-1", address, resume_args(server_args));
+  auto workers = start_reconnecting_workers(dir, address, "500", "3");
+  REQUIRE(wait_until([&] { return count(first->err(), " joined at clock") == 2; }, 10s));
+  std::this_thread::sleep_for(700ms);
+  first->signal(SIGTERM);
+  CHECK(first->wait(10s, "stopped server") == 1);  // interrupted
+  const std::string log1 = first->err();
+  const std::vector<double> saved = checkpoint_steps(log1);
+  REQUIRE(saved.size() == 1);
+  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
+                                  auto a = server_args;
+                                  a.push_back("--resume");
+                                  return a;
+                                }()));
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
+  }
+  INFO("first server:\n" << log1 << "\nresumed server:\n" << second->err());
+  REQUIRE(second->wait(20s, "resumed server") == 0);
+  const ClusterResult r = read_cluster(dir, "server.json", 2);
+  const double lost = r.steps_done - r.steps_applied;
+  std::printf("SIGTERM at %.0f steps applied: %.0f steps lost on resuming\n", saved.back(), lost);
+  CHECK(lost == r.pushes_lost);
+  CHECK(lost <= 2);  // at most a push per worker that was still on its way
+  CHECK(r.accuracy > 0.85);
+}
+
+TEST_CASE("Checkpoint and reconnect flags: usage errors name the flag", "[processes][checkpoint][usage]") {
+  TempDir dir;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {{"--role", "server", "--server", "127.0.0.1:0", "--resume"}, "--resume needs --checkpoint"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--checkpoint", "x", "--checkpoint-every", "-1"},
+       "--checkpoint-every '-1'"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--checkpoint", "x", "--checkpoint-keep", "0"},
+       "--checkpoint-keep '0'"},
+      {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--reconnect-ms", "soon"}, "--reconnect-ms 'soon'"},
+  };
+  int i = 0;
+  for (const auto& [args, message] : cases) {
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string name = "usage-" + std::to_string(i++);
+    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+    const int code = p.wait(5s, name);
+    INFO(name << ": " << p.err());
+    CHECK(code == 2);
+    CHECK(p.err().find(message) != std::string::npos);
+  }
+}

@@ -15,6 +15,8 @@
 
 #include <Eigen/Core>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -86,6 +88,12 @@ struct Config {
   std::chrono::milliseconds step_delay{0};
   bool quiet = false;
   psync::Secret secret;  // from --secret-file; empty: no authentication
+  // Checkpoints (server) and reconnecting (worker): docs/checkpoints.md.
+  std::string checkpoint;
+  std::chrono::milliseconds checkpoint_every{60000};
+  std::size_t checkpoint_keep = 3;
+  bool resume = false;
+  std::chrono::milliseconds reconnect{0};
 };
 
 void print_help(std::ostream& out) {
@@ -118,6 +126,14 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
   --secret-file FILE        the cluster's shared secret (mode 600): the server
                             admits only workers that prove it at join (HMAC-SHA256
                             over a random challenge); workers prove it  PSYNC_SECRET_FILE
+  --checkpoint DIR          server: write checkpoints into DIR         PSYNC_CHECKPOINT
+  --checkpoint-every S      server: at most every S seconds while training, and
+                            at the end (default 60; 0: only at the end) PSYNC_CHECKPOINT_EVERY
+  --checkpoint-keep N       server: keep the newest N (default 3)      PSYNC_CHECKPOINT_KEEP
+  --resume                  server: start from the newest valid checkpoint in the
+                            --checkpoint DIR (none: error, exit 1)     PSYNC_RESUME=1
+  --reconnect-ms N          worker: when the server is lost, reconnect with
+                            backoff for up to N ms, rejoin and go on (default 0: off) PSYNC_RECONNECT_MS
   --help                    this text
 
 Server and workers must agree on --workers, --policy, --model, --data and --seed.
@@ -192,6 +208,30 @@ bool parse_bool(std::string_view source, std::string_view text) {
   throw UsageError(describe(source, text) + ": expected 1/0, true/false, yes/no or on/off");
 }
 
+/// --checkpoint, --checkpoint-every, --checkpoint-keep, --resume, --reconnect-ms.
+template <class Get>
+void parse_resilience(const Get& get, Config& c) {
+  if (const auto* v = get("--checkpoint")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    c.checkpoint = v->value;
+  }
+  if (const auto* v = get("--checkpoint-every")) {
+    const std::string s = v->value;
+    char* end = nullptr;
+    const double seconds = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size() || !(seconds >= 0) || seconds > 30 * 86400.0) {
+      throw UsageError(describe(v->source, v->value) + ": expected seconds, 0 or more (e.g. 0.5)");
+    }
+    c.checkpoint_every = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+  }
+  if (const auto* v = get("--checkpoint-keep")) c.checkpoint_keep = parse_integer<std::size_t>(v->source, v->value, 1, 1000);
+  if (const auto* v = get("--resume")) c.resume = v->value == "1";
+  if (c.resume && c.checkpoint.empty()) throw UsageError("--resume needs --checkpoint DIR (where the checkpoints are)");
+  if (const auto* v = get("--reconnect-ms")) {
+    c.reconnect = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 24LL * 3600 * 1000));
+  }
+}
+
 struct OptionSpec {
   const char* flag;
   const char* env;
@@ -208,6 +248,9 @@ constexpr OptionSpec option_specs[] = {
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
+    {"--checkpoint", "PSYNC_CHECKPOINT", true},     {"--checkpoint-every", "PSYNC_CHECKPOINT_EVERY", true},
+    {"--checkpoint-keep", "PSYNC_CHECKPOINT_KEEP", true}, {"--resume", "PSYNC_RESUME", false},
+    {"--reconnect-ms", "PSYNC_RECONNECT_MS", true},
 };
 
 struct RawValue {
@@ -324,6 +367,7 @@ std::optional<Config> parse(int argc, char** argv) {
       throw UsageError(v->source + ": " + e.what());
     }
   }
+  parse_resilience(get, c);
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;
 }
@@ -476,6 +520,15 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
   const psync::data::Batch full_test = psync::data::whole(test);
   M eval_model = model;
 
+  if (!c.checkpoint.empty()) {  // fail before listening, not at the first checkpoint
+    std::error_code ec;
+    std::filesystem::create_directories(c.checkpoint, ec);
+    if (ec || ::access(c.checkpoint.c_str(), W_OK | X_OK) != 0) {
+      throw std::runtime_error("--checkpoint '" + c.checkpoint + "': cannot write there: " +
+                               (ec ? ec.message() : std::string(std::strerror(errno))));
+    }
+  }
+
   psync::TcpServerOptions to;
   to.address = c.host;
   to.port = c.port;
@@ -496,6 +549,10 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
   so.join_timeout = c.timeout;
   so.peer_timeout = c.timeout;
   so.log = c.quiet ? nullptr : &std::cerr;
+  so.checkpoint_dir = c.checkpoint;
+  so.checkpoint_every = c.checkpoint_every;
+  so.checkpoint_keep = c.checkpoint_keep;
+  so.resume = c.resume;
   double last_seconds = 0;
   std::uint64_t last_steps = 0;
   if (!c.quiet) {
@@ -550,6 +607,14 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
                   final_loss, static_cast<long long>(full_test.size()));
     std::cout << line << std::endl;
   }
+  if (!c.checkpoint.empty()) {
+    std::cout << program << ": " << report.checkpoints_written << " checkpoint(s) written to " << c.checkpoint << " in "
+              << report.checkpoint_s << " s (" << report.checkpoint_failures << " failed)"
+              << (report.resumed_path.empty() ? std::string()
+                                              : "; resumed from " + report.resumed_path + " (" +
+                                                    std::to_string(report.resumed_steps) + " steps applied)")
+              << std::endl;
+  }
 
   if (!c.metrics.empty()) {
     std::ostringstream o;
@@ -559,7 +624,11 @@ int run_server(const Config& c, M model, P policy, const psync::data::Dataset& t
       << ",\n  \"updates_applied\": " << report.updates_applied << ",\n  \"steps_applied\": " << report.steps_applied
       << ",\n  \"final_test_accuracy\": " << json_number(final_accuracy)
       << ",\n  \"final_test_loss\": " << json_number(final_loss) << ",\n  \"test_samples\": " << full_test.size()
-      << ",\n  \"workers_lost\": " << lost << ",\n  \"peers\": [";
+      << ",\n  \"workers_lost\": " << lost << ",\n  \"checkpoints_written\": " << report.checkpoints_written
+      << ",\n  \"checkpoint_failures\": " << report.checkpoint_failures
+      << ",\n  \"checkpoint_s\": " << json_number(report.checkpoint_s)
+      << ",\n  \"resumed_from\": " << (report.resumed_path.empty() ? "null" : json_string(report.resumed_path))
+      << ",\n  \"resumed_steps\": " << report.resumed_steps << ",\n  \"peers\": [";
     for (std::size_t i = 0; i < report.peers.size(); ++i) {
       const auto& p = report.peers[i];
       // "staleness" is in model versions (pushes under asp/ssp/dssp, rounds under bsp/osp).
@@ -599,7 +668,9 @@ void write_worker_metrics(const Config& c, const psync::WorkerReport* r, const s
       << ",\n  \"hidden_fraction\": " << json_number(r->hidden_fraction())
       << ",\n  \"last_loss\": " << json_number(r->last_loss)
       << ",\n  \"clock_staleness\": " << summary_json(r->clock_staleness)
-      << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent;
+      << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent
+      << ",\n  \"rejoins\": " << r->rejoins << ",\n  \"pushes_lost\": " << r->pushes_lost
+      << ",\n  \"steps_discarded\": " << r->steps_discarded << ",\n  \"reconnect_s\": " << json_number(r->reconnect_s);
   }
   o << "\n}\n";
   write_file_atomically(c.metrics, o.str());
@@ -621,7 +692,12 @@ int run_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
   to.frame_timeout = c.timeout;
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
   to.secret = c.secret;
-  psync::Tcp transport(c.host, c.port, id, to);
+  const auto connect = [&c, id, to](std::chrono::milliseconds within) {
+    psync::TcpOptions o = to;
+    o.connect_timeout = within;
+    return psync::Tcp(c.host, c.port, id, o);
+  };
+  psync::Tcp transport = connect(c.timeout);
   g_worker_connected = true;
 
   psync::WorkerOptions wo;  // the worker's id is its transport's (`id` above)
@@ -630,7 +706,9 @@ int run_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
   // Longer than the server's peer timeout: a worker waiting on a silent peer is
   // answered once the server has dropped that peer, before its own deadline.
   wo.reply_timeout = 2 * c.timeout;
+  wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
   psync::Worker<M, psync::Tcp, P> worker(std::move(model), std::move(transport), wo, policy);
+  if (c.reconnect.count() > 0) worker.reconnect_with([&] { return connect(std::chrono::milliseconds(500)); });
   if (!c.quiet) {
     std::cout << program << ": worker " << id << " connected to " << c.server << " (policy " << policy.name()
               << ", shard of " << mine.size() << " samples)" << std::endl;
@@ -648,6 +726,11 @@ int run_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
                   program, id, static_cast<unsigned long long>(r.steps), static_cast<unsigned long long>(r.pushes),
                   r.wall_s, r.compute_s, r.wait_s, r.comm_s, r.held_s, r.last_loss);
     std::cout << line << std::endl;
+    if (r.rejoins > 0) {
+      std::cout << program << ": worker " << id << " rejoined " << r.rejoins << " time(s) after " << r.reconnect_s
+                << " s reconnecting; the server had lost " << r.pushes_lost << " of its pushes (" << r.steps_discarded
+                << " unsent or in-flight steps dropped)" << std::endl;
+    }
   }
   write_worker_metrics(c, &r, "");
   return exit_ok;

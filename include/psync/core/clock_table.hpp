@@ -118,6 +118,12 @@ class ClockTable {
     max_seen_ = max_clock_seen;
   }
 
+  /// @brief Calls `f(id, clock, live)` for every worker that ever joined, by ascending id.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& [id, e] : entries_) f(id, e.clock, e.live);
+  }
+
   /// @brief Calls `f(id, clock)` for each live worker.
   template <class F>
   void for_each_live(F&& f) const {

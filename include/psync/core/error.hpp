@@ -32,6 +32,13 @@ class ProtocolError : public Error {
   using Error::Error;
 };
 
+/// @brief The server answered `shutting_down`: it is stopping (and closes the
+/// connection). A worker that reconnects may be taken back by a restarted server.
+class ServerStoppingError : public ProtocolError {
+ public:
+  using ProtocolError::ProtocolError;
+};
+
 /// @brief A data file is missing, truncated or malformed; the message names the file.
 class DataError : public Error {
  public:

@@ -75,7 +75,10 @@ struct Pull {
 /// @brief Server -> worker: the global parameters.
 struct Model {
   std::uint64_t version = 0;    ///< updates (async) or rounds (barrier) applied so far
-  std::uint64_t min_clock = 0;  ///< slowest live worker's clock when this was sent
+  /// @brief Slowest live worker's clock when this was sent. In the reply to a `Join`:
+  /// the clock the worker starts at (the slowest live clock for a new worker, its own
+  /// saved clock for one returning to a server restored from a checkpoint).
+  std::uint64_t min_clock = 0;
   std::uint64_t held_ns = 0;    ///< how long the server held the read for the policy
   Eigen::VectorXf parameters;
 };

@@ -60,6 +60,16 @@ struct WorkerReport {
   Summary steps_per_push;
   /// @brief Largest count of unsent local steps seen at a step boundary (OSP's gate counts these).
   std::uint32_t max_unsent = 0;
+  /// @brief Times this worker rejoined a server after its connection was replaced.
+  std::uint64_t rejoins = 0;
+  /// @brief Pushes the server no longer had when this worker rejoined (it resumed
+  /// from an older checkpoint): the worker's clock minus the clock the server kept.
+  std::uint64_t pushes_lost = 0;
+  /// @brief Local steps dropped at a rejoin that found pushes lost: the unsent ones
+  /// and those of the push in flight.
+  std::uint64_t steps_discarded = 0;
+  /// @brief Time spent reconnecting to the server (from the loss to a new connection).
+  double reconnect_s = 0;
 
   /// @brief Share of communication that did not stall compute (OSP's "hidden"
   /// communication); 0 for synchronous policies, whose compute waits for every reply.
@@ -99,6 +109,14 @@ struct ServerReport {
   std::vector<PeerReport> peers;
   std::vector<Snapshot> snapshots;
   std::vector<std::string> events;  ///< joins, departures, timeouts, errors
+  std::uint64_t checkpoints_written = 0;  ///< checkpoints written by the server driver
+  std::uint64_t checkpoint_failures = 0;  ///< checkpoint writes that failed (each logged)
+  double checkpoint_s = 0;                ///< time the server thread spent writing checkpoints
+  std::uint64_t checkpoint_bytes = 0;     ///< size of the last checkpoint written
+  /// @brief The checkpoint this run resumed from (sequence 0 and an empty path: it started fresh).
+  std::uint64_t resumed_sequence = 0;
+  std::string resumed_path;               ///< the checkpoint file resumed from
+  std::uint64_t resumed_steps = 0;        ///< `steps_applied` in that checkpoint
 };
 
 /// @brief One evaluated point of a run's time series.

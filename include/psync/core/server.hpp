@@ -4,7 +4,9 @@
 /// the synchronization policy allows.
 
 #include "psync/concepts.hpp"
+#include "psync/core/checkpoint.hpp"
 #include "psync/core/error.hpp"
+#include "psync/core/log.hpp"
 #include "psync/core/message.hpp"
 #include "psync/core/metrics.hpp"
 #include "psync/core/server_core.hpp"
@@ -15,7 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <ostream>
@@ -64,6 +68,21 @@ struct ServerOptions {
   std::function<void(const ServerProgress&)> on_progress;
   /// @brief Minimum time between two `on_progress` calls.
   std::chrono::milliseconds progress_interval{1000};
+  /// @brief Where to write checkpoints (empty: none). See docs/checkpoints.md.
+  std::filesystem::path checkpoint_dir;
+  /// @brief While training, a checkpoint is written at most this often (0: only when
+  /// `run` ends). One is also written when `run` ends, by `stop()` or because every
+  /// worker left.
+  std::chrono::milliseconds checkpoint_every{60000};
+  /// @brief Also write one whenever the model has advanced this many versions since
+  /// the last (rounds under BSP/OSP, pushes under ASP/SSP); 0: off.
+  std::uint64_t checkpoint_every_versions = 0;
+  /// @brief How many of the newest checkpoints stay in `checkpoint_dir`.
+  std::size_t checkpoint_keep = checkpoint::default_keep;
+  /// @brief At the start of `run`, resume from the newest valid checkpoint in
+  /// `checkpoint_dir` (damaged newer files are logged and skipped). With none,
+  /// `run` throws `CheckpointError` before serving.
+  bool resume = false;
 };
 
 /// @brief The parameter server for model type `M` under policy `P`: a thin driver
@@ -73,6 +92,12 @@ struct ServerOptions {
 /// What the policy decides (when a read is answered, how pushes combine) and what
 /// the protocol refuses are the core's; this class adds receiving with deadlines,
 /// sending, snapshots, progress callbacks, the event log and the trace.
+///
+/// With `checkpoint_dir` set, the server thread writes the core's state there
+/// (`write_checkpoint`: atomic, fsynced, the newest `checkpoint_keep` kept) at most
+/// every `checkpoint_every` while training and once more when `run` returns; with
+/// `resume` it starts from the newest valid checkpoint and takes the workers back
+/// as they reconnect. The report counts the checkpoints and the time they took.
 template <ParameterSet M, SyncPolicy P>
 class Server {
  public:
@@ -80,6 +105,8 @@ class Server {
   explicit Server(M model, ServerOptions options = {}, P policy = {})
       : initial_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)) {
     if (options_.expected_workers == 0) throw ConfigError("server: expected_workers must be at least 1");
+    if (options_.resume && options_.checkpoint_dir.empty()) throw ConfigError("server: resume needs a checkpoint_dir");
+    if (options_.checkpoint_keep == 0) throw ConfigError("server: checkpoint_keep must be at least 1");
   }
 
   /// @brief Parameter count.
@@ -88,7 +115,7 @@ class Server {
   const M& model() const noexcept { return core_ ? core_->model() : *initial_; }
   /// @brief The policy.
   const P& policy() const noexcept { return core_ ? core_->policy() : policy_; }
-  /// @brief Asks `run` to return; thread-safe.
+  /// @brief Asks `run` to return (after a last checkpoint, when checkpoints are on); thread-safe.
   void stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
 
   /// @brief Serves on `transport` until all joined workers have left or `stop()`.
@@ -107,6 +134,7 @@ class Server {
     }
     core_.emplace(std::move(*initial_), std::move(co), policy_, start_);
     initial_.reset();
+    if (!options_.checkpoint_dir.empty()) open_checkpoints(start_);
     // A transport that can refuse a wrong-sized vector before reading it is told the size.
     if constexpr (requires { transport.expect_dimension(std::uint64_t{}); }) {
       transport.expect_dimension(static_cast<std::uint64_t>(dimension()));
@@ -123,6 +151,7 @@ class Server {
       if (core_->done()) break;
       auto deadline = std::min(now + std::chrono::milliseconds(50), core_->next_deadline());
       if (options_.snapshot_interval.count() > 0) deadline = std::min(deadline, next_snapshot_);
+      if (checkpoint_timer()) deadline = std::min(deadline, next_checkpoint_);
       if (auto env = transport.receive(deadline)) {
         ScopedSpan span(std::holds_alternative<msg::Push>(env->message) ? options_.trace : nullptr, server_track,
                         "apply");
@@ -130,15 +159,41 @@ class Server {
       }
       flush(transport);
       take_snapshot_if_due(Clock::now());
+      checkpoint_if_due(Clock::now());
       report_progress_if_due(Clock::now());
     }
     const auto end = Clock::now();
+    // Stopped mid-run: checkpoint before shutdown applies the open round, so a resumed
+    // server completes that round with the workers that return.
+    const bool done = core_->done();
+    if (!done && !options_.checkpoint_dir.empty()) {
+      // Take in what has already arrived, then save. The answers this produces are not
+      // sent: the workers read again when they rejoin, so a push accepted here is kept
+      // by the checkpoint instead of being answered and followed by one that is lost.
+      for (int i = 0; i < 4096; ++i) {
+        auto env = transport.try_receive();
+        if (!env) break;
+        core_->on_message(env->from, std::move(env->message), Clock::now());
+      }
+      while (core_->poll_transmit()) {
+      }
+      final_checkpoint();
+    }
     core_->shutdown(end);
     flush(transport);
+    if (done) final_checkpoint();
     force_snapshot(end);
     ServerReport report = core_->finish_report();
     report.wall_s = seconds_since_start(end);
     report.snapshots = std::move(snapshots_);
+    report.events.insert(report.events.end(), events_.begin(), events_.end());
+    report.checkpoints_written = checkpoints_written_;
+    report.checkpoint_failures = checkpoint_failures_;
+    report.checkpoint_s = checkpoint_s_;
+    report.checkpoint_bytes = checkpoint_bytes_;
+    report.resumed_sequence = resumed_sequence_;
+    report.resumed_path = resumed_path_;
+    report.resumed_steps = resumed_steps_;
     return report;
   }
 
@@ -165,6 +220,102 @@ class Server {
       lost_.clear();
     }
   }
+
+  /// One line to the event log; warnings go to the library's log hook when there is no event log.
+  void say(LogLevel level, const std::string& line, bool record = false) {
+    if (options_.log) {
+      *options_.log << "[psync server] " << line << '\n' << std::flush;
+    } else if (level >= LogLevel::warning) {
+      psync::log(level, "psync server: " + line);
+    }
+    if (record && events_.size() < 1000) events_.push_back(line);
+  }
+
+  bool checkpoint_timer() const { return !options_.checkpoint_dir.empty() && options_.checkpoint_every.count() > 0; }
+
+  /// Resumes from the newest valid checkpoint, or finds the sequence to write next.
+  void open_checkpoints(Clock::time_point now) {
+    const auto& dir = options_.checkpoint_dir;
+    next_checkpoint_ = now + options_.checkpoint_every;
+    if (!options_.resume) {
+      const auto listing = checkpoint::detail::list(dir);
+      if (!listing.final_files.empty()) {
+        next_sequence_ = listing.final_files.back().first + 1;
+        say(LogLevel::info, dir.string() + " already holds checkpoints up to " +
+                                listing.final_files.back().second.filename().string() + ": this run writes from sequence " +
+                                std::to_string(next_sequence_));
+      }
+      return;
+    }
+    LoadedCheckpoint loaded = load_latest_checkpoint(dir);
+    for (const SkippedCheckpoint& k : loaded.skipped) {
+      say(LogLevel::warning, "skipped checkpoint " + k.path.string() + ": " + k.reason, true);
+    }
+    if (!loaded.state) {
+      throw CheckpointError(dir, loaded.skipped.empty()
+                                     ? std::string("no checkpoint to resume from")
+                                     : "no valid checkpoint to resume from (" + std::to_string(loaded.skipped.size()) +
+                                           " damaged: " + loaded.skipped.front().path.filename().string() + ": " +
+                                           loaded.skipped.front().reason + (loaded.skipped.size() > 1 ? "; ..." : "") + ")");
+    }
+    core_->restore(*loaded.state, now);
+    next_sequence_ = loaded.next_sequence;
+    resumed_sequence_ = loaded.sequence;
+    resumed_path_ = loaded.path.string();
+    resumed_steps_ = loaded.state->steps_applied;
+    last_checkpoint_changes_ = core_->state_changes();
+    last_checkpoint_version_ = core_->version();
+    say(LogLevel::info,
+        "resumed from " + resumed_path_ + ": version " + std::to_string(loaded.state->version) + ", " +
+            std::to_string(loaded.state->steps_applied) + " steps applied, " + std::to_string(core_->awaited_workers()) +
+            " worker(s) expected back",
+        true);
+  }
+
+  void checkpoint_if_due(Clock::time_point now) {
+    if (options_.checkpoint_dir.empty() || !core_->started()) return;
+    const bool time_due = checkpoint_timer() && now >= next_checkpoint_;
+    const bool versions_due = options_.checkpoint_every_versions > 0 &&
+                              core_->version() >= last_checkpoint_version_ + options_.checkpoint_every_versions;
+    if (!time_due && !versions_due) return;
+    if (core_->state_changes() != last_checkpoint_changes_) write_checkpoint_now();
+    // "At most this often": the next one is due an interval after this one ended.
+    next_checkpoint_ = Clock::now() + options_.checkpoint_every;
+  }
+
+  void final_checkpoint() {
+    if (options_.checkpoint_dir.empty() || !core_->started()) return;
+    write_checkpoint_now();
+  }
+
+  /// Writes the core's state as the next checkpoint; a failure is logged and counted, not thrown.
+  void write_checkpoint_now() {
+    const auto t0 = Clock::now();
+    core_->checkpoint_state(checkpoint_);
+    try {
+      const CheckpointWritten w =
+          write_checkpoint(options_.checkpoint_dir, checkpoint_, next_sequence_, options_.checkpoint_keep);
+      ++next_sequence_;
+      ++checkpoints_written_;
+      checkpoint_bytes_ = w.bytes;
+      last_checkpoint_changes_ = core_->state_changes();
+      last_checkpoint_version_ = checkpoint_.version;
+      for (const std::string& p : w.problems) say(LogLevel::warning, "checkpoint retention: " + p, true);
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      char line[160];
+      std::snprintf(line, sizeof line, ": version %llu, %llu steps applied, %llu bytes in %.1f ms",
+                    static_cast<unsigned long long>(checkpoint_.version),
+                    static_cast<unsigned long long>(checkpoint_.steps_applied),
+                    static_cast<unsigned long long>(w.bytes), ms);
+      say(LogLevel::info, "checkpoint " + w.path.filename().string() + " written" + line);
+    } catch (const std::exception& e) {
+      ++checkpoint_failures_;
+      say(LogLevel::warning, std::string("checkpoint not written: ") + e.what(), true);
+    }
+    checkpoint_s_ += seconds(Clock::now() - t0);
+  }
+
+  static double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
   void report_progress_if_due(Clock::time_point now) {
     if (!options_.on_progress || !core_->started() || now < next_progress_) return;
@@ -193,6 +344,19 @@ class Server {
   std::vector<PeerId> lost_;
   std::vector<Snapshot> snapshots_;
   std::atomic<bool> stop_{false};
+  CheckpointState checkpoint_;  // refilled for every checkpoint: its vectors are reused
+  std::uint64_t next_sequence_ = 1;
+  std::uint64_t last_checkpoint_changes_ = 0;
+  std::uint64_t last_checkpoint_version_ = 0;
+  std::uint64_t checkpoints_written_ = 0;
+  std::uint64_t checkpoint_failures_ = 0;
+  std::uint64_t checkpoint_bytes_ = 0;
+  double checkpoint_s_ = 0;
+  std::uint64_t resumed_sequence_ = 0;
+  std::string resumed_path_;
+  std::uint64_t resumed_steps_ = 0;
+  std::vector<std::string> events_;
+  Clock::time_point next_checkpoint_{};
   Clock::time_point start_{};
   Clock::time_point next_snapshot_{};
   Clock::time_point next_progress_{};

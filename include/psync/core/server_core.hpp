@@ -4,6 +4,7 @@
 /// and the time go in, messages to send come out. No threads, no transport, no clock.
 
 #include "psync/concepts.hpp"
+#include "psync/core/checkpoint.hpp"
 #include "psync/core/clock_table.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
@@ -20,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -54,6 +56,12 @@ struct ServerCoreOptions {
 /// clock, finite updates of the model's dimension, and reads at the reader's clock.
 /// A refused peer gets a `msg::Error` naming what was wrong and is removed; what
 /// was accepted before stays applied.
+///
+/// **Checkpoints.** `checkpoint_state` captures what the core cannot recompute;
+/// `restore` starts a fresh core from it. A worker restored as live is expected
+/// back: its `Join` is its return at its saved clock (not a `duplicate_worker`), the
+/// join reply's `min_clock` carries that clock, and it is removed after
+/// `peer_timeout` (counted from the restore) if it never returns.
 template <ParameterSet M, SyncPolicy P>
 class ServerCore {
  public:
@@ -86,6 +94,79 @@ class ServerCore {
   std::size_t held_reads() const noexcept { return held_.size(); }
   /// @brief What the core measured so far (peers are filled in by `finish_report`).
   const ServerReport& report() const noexcept { return report_; }
+  /// @brief Counts the changes a checkpoint would capture (joins, accepted pushes,
+  /// departures, the start, a restore): a driver skips a checkpoint when it has not moved.
+  std::uint64_t state_changes() const noexcept { return changes_; }
+  /// @brief Workers restored as live that have not sent their `Join` yet.
+  std::size_t awaited_workers() const noexcept { return returning_.size(); }
+
+  /// @brief Fills `out` with the state a checkpoint stores (see `CheckpointState`),
+  /// reusing its vectors: once `out` has the model's size this copies the parameters
+  /// (and an averaging policy's round sum) and allocates nothing model-sized.
+  /// Held reads, the outbox and last-heard times are not part of it.
+  void checkpoint_state(CheckpointState& out) const {
+    out.policy = policy_.name();
+    out.dimension = static_cast<std::uint64_t>(dimension());
+    out.version = version_;
+    out.parameters = model_.parameters();
+    out.workers.clear();
+    clocks_.for_each([&](PeerId w, std::uint64_t clock, bool live) { out.workers.push_back(WorkerClock{w, clock, live}); });
+    out.max_clock_seen = clocks_.max_clock_seen();
+    out.started = started_;
+    combiner_.save(out.round);
+    out.updates_applied = report_.updates_applied;
+    out.steps_applied = report_.steps_applied;
+    out.policy_state.clear();
+  }
+
+  /// @brief The state a checkpoint stores, in a new object.
+  CheckpointState checkpoint_state() const {
+    CheckpointState s;
+    checkpoint_state(s);
+    return s;
+  }
+
+  /// @brief Starts this fresh core (no message handled yet) from checkpoint `s` at
+  /// `now`: the parameters, version, clocks, the combiner's open round, the counters
+  /// and whether training had started. Each worker restored as live gets `now` as
+  /// its last-heard time (so one that never returns is removed after `peer_timeout`)
+  /// and its next `Join` is taken as its return at its saved clock. Throws
+  /// `ConfigError` if the core is not fresh, or if `s` was written under another
+  /// policy or dimension or is inconsistent (nothing is changed then).
+  void restore(const CheckpointState& s, Clock::time_point now) {
+    if (clocks_.known_count() != 0 || started_ || changes_ != 0) {
+      throw ConfigError("server: restore() needs a fresh core (no message handled yet)");
+    }
+    check_compatible(s, policy_.name(), static_cast<std::uint64_t>(dimension()));
+    if (s.parameters.size() != dimension()) {
+      throw ConfigError("server: the checkpoint's parameters have " + std::to_string(s.parameters.size()) +
+                        " floats, its dimension says " + std::to_string(s.dimension));
+    }
+    // Everything that can throw runs on copies first: a refused state changes nothing.
+    ClockTable clocks;
+    clocks.restore(s.workers, s.max_clock_seen);
+    typename P::Combiner combiner;
+    combiner.reset(dimension());
+    combiner.restore(s.round, dimension());
+    clocks_ = std::move(clocks);
+    combiner_ = std::move(combiner);
+    model_.parameters() = s.parameters;
+    version_ = s.version;
+    started_ = s.started;
+    report_.updates_applied = s.updates_applied;
+    report_.steps_applied = s.steps_applied;
+    for (const WorkerClock& w : s.workers) {
+      peers_[w.worker].id = w.worker;
+      if (!w.live) continue;
+      returning_.insert(w.worker);
+      last_heard_[w.worker] = now;
+    }
+    join_deadline_ = now + options_.join_timeout;
+    ++changes_;
+    note("restored at version " + std::to_string(version_) + " (" + std::to_string(s.steps_applied) +
+         " steps applied), " + std::to_string(returning_.size()) + " live worker(s) to return, clocks " +
+         std::to_string(clocks_.min_clock()) + ".." + std::to_string(s.max_clock_seen));
+  }
 
   /// @brief The next message to send, or nothing.
   std::optional<Transmit> poll_transmit() { return outbox_.poll(); }
@@ -185,6 +266,7 @@ class ServerCore {
     std::uint64_t read_clock;
     Clock::time_point since;
     Eigen::VectorXf buffer;
+    bool join = false;  // the read is a Join: its reply carries the worker's start clock
   };
 
   void note(std::string line) {
@@ -245,16 +327,33 @@ class ServerCore {
                  std::to_string(options_.max_workers) + ")");
       return;
     }
-    // A late joiner starts at the slowest live clock so it neither blocks nor skips rounds;
-    // the join reply's min_clock tells it that clock.
-    const std::uint64_t start_clock = started_ ? clocks_.min_clock() : 0;
-    if (!clocks_.join(from, start_clock)) {
-      refuse(from, msg::ErrorCode::duplicate_worker, who(from) + " is already connected");
-      return;
+    std::uint64_t start_clock = 0;
+    if (returning_.erase(from) != 0) {
+      // Restored as live from a checkpoint: its return, at the clock the server kept
+      // (its pushes up to there are in the parameters or the round sum). The read is
+      // at that clock, so BSP/OSP answer it once the round it is waiting for closes.
+      start_clock = clocks_.clock(from);
+      note(who(from) + " returned at clock " + std::to_string(start_clock));
+    } else {
+      // A late joiner starts at the slowest live clock so it neither blocks nor skips rounds.
+      start_clock = started_ ? clocks_.min_clock() : 0;
+      // One that lost its connection and comes back keeps its own clock when that is
+      // ahead: its last push may still be in the open round, and pushing that round
+      // again would count it twice.
+      if (auto it = peers_.find(from);
+          started_ && it != peers_.end() && it->second.left_known && it->second.left != msg::LeaveReason::finished) {
+        start_clock = std::max(start_clock, clocks_.clock(from));
+      }
+      if (!clocks_.join(from, start_clock)) {
+        refuse(from, msg::ErrorCode::duplicate_worker, who(from) + " is already connected");
+        return;
+      }
+      note(who(from) + " joined at clock " + std::to_string(start_clock));
     }
+    ++changes_;
     peers_[from].id = from;
-    note(who(from) + " joined at clock " + std::to_string(start_clock));
-    held_.push_back(HeldRead{from, start_clock, now, Eigen::VectorXf(dimension())});
+    // The join reply's min_clock is the clock the worker starts at (HeldRead::join).
+    held_.push_back(HeldRead{from, start_clock, now, Eigen::VectorXf(dimension()), true});
     // A worker that joined and died already counts as arrived: waiting for it would hang the rest.
     if (!started_ && clocks_.known_count() >= options_.expected_workers) {
       start(now);
@@ -265,6 +364,7 @@ class ServerCore {
 
   void start(Clock::time_point now) {
     started_ = true;
+    ++changes_;
     progress(now);
   }
 
@@ -319,14 +419,15 @@ class ServerCore {
     account(combiner_.add(model_.parameters(), p.update, p.steps));
     const std::uint64_t clock = clocks_.tick(from);
     detail::observe_push(policy_, from, clock, now);
-    held_.push_back(HeldRead{from, clock, now, std::move(p.update)});
+    ++changes_;
+    held_.push_back(HeldRead{from, clock, now, std::move(p.update), false});
     progress(now);
   }
 
   void on_pull(PeerId from, msg::Pull&& p, Clock::time_point now) {
     if (!admit_read(from, "pull", p.clock, dimension(), now)) return;
     if (p.buffer.size() != dimension()) p.buffer.resize(dimension());
-    held_.push_back(HeldRead{from, p.clock, now, std::move(p.buffer)});
+    held_.push_back(HeldRead{from, p.clock, now, std::move(p.buffer), false});
     progress(now);
   }
 
@@ -349,7 +450,9 @@ class ServerCore {
       }
       msg::Model reply;
       reply.version = version_;
-      reply.min_clock = min_clock;
+      // A join reply tells the worker its own starting clock: the slowest live clock
+      // for a new worker, its saved clock for one returning after a restore.
+      reply.min_clock = h.join ? h.read_clock : min_clock;
       reply.held_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - h.since).count());
       reply.parameters = std::move(h.buffer);
       reply.parameters = model_.parameters();
@@ -365,6 +468,8 @@ class ServerCore {
 
   void remove_worker(PeerId w, msg::LeaveReason reason, Clock::time_point now) {
     if (!clocks_.leave(w)) return;
+    ++changes_;
+    returning_.erase(w);
     auto& peer = peers_[w];
     peer.id = w;
     peer.left = reason;
@@ -383,7 +488,9 @@ class ServerCore {
   std::map<PeerId, Clock::time_point> last_heard_;
   std::vector<HeldRead> held_;
   detail::Outbox outbox_;
+  std::set<PeerId> returning_;  // restored as live, Join not seen yet
   std::uint64_t version_ = 0;
+  std::uint64_t changes_ = 0;
   bool started_ = false;
   Clock::time_point join_deadline_{};
   ServerReport report_;

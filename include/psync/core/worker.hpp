@@ -5,6 +5,7 @@
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
+#include "psync/core/log.hpp"
 #include "psync/core/message.hpp"
 #include "psync/core/metrics.hpp"
 #include "psync/core/server.hpp"
@@ -15,7 +16,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -51,6 +54,15 @@ struct WorkerOptions {
   Straggler straggler;
   /// @brief Optional timeline recorder (not owned).
   Trace* trace = nullptr;
+  /// @brief When the connection to the server is lost (or the server says it is
+  /// stopping), keep trying to reconnect for this long, then rejoin under the same id
+  /// and continue from the clock in the join reply (0: never; the loss is an error,
+  /// as without it). Needs `Worker::reconnect_with`.
+  std::chrono::milliseconds reconnect_timeout{0};
+  /// @brief First pause between two connection attempts; it doubles up to `reconnect_backoff_max`.
+  std::chrono::milliseconds reconnect_backoff{100};
+  /// @brief Longest pause between two connection attempts.
+  std::chrono::milliseconds reconnect_backoff_max{2000};
 };
 
 /// @brief A worker training model type `M` over transport `T` under policy `P`: a
@@ -63,6 +75,12 @@ struct WorkerOptions {
 /// boundaries (where OSP installs models anyway) and at once while compute is
 /// blocked; the next push therefore leaves at the end of the step during which the
 /// reply arrived, at most one step later than with a dedicated sender thread.
+///
+/// By default a lost server ends `run` with an error. With
+/// `WorkerOptions::reconnect_timeout` and a connect function (`reconnect_with`), the
+/// worker instead reconnects with exponential backoff, rejoins under its id
+/// (`WorkerCore::rejoin`) and goes on from the clock the server kept for it: a server
+/// restarted from a checkpoint takes it back, and steps the server lost are not redone.
 template <Model M, Transport T, SyncPolicy P>
 class Worker {
  public:
@@ -89,6 +107,11 @@ class Worker {
   /// @brief The protocol state (clock, step counts, last min clock).
   const WorkerCore<M, P>& core() const noexcept { return core_; }
 
+  /// @brief How to open a new connection when the current one is lost: returns a
+  /// connected transport with the same `self()`, or throws `TransportError` (the
+  /// attempt is retried with backoff until `WorkerOptions::reconnect_timeout`).
+  void reconnect_with(std::function<T()> connect) { connect_ = std::move(connect); }
+
   /// @brief Joins, trains until `max_steps` or the time budget, pushes what is
   /// left, and leaves. `next_batch()` returns the next `const Batch&`.
   /// Throws `TimeoutError`, `TransportError` or `ProtocolError` naming this worker.
@@ -96,19 +119,29 @@ class Worker {
     requires std::invocable<NextBatch&> &&
              std::convertible_to<std::invoke_result_t<NextBatch&>, const Batch&>
   WorkerReport run(NextBatch&& next_batch) {
+    if (options_.reconnect_timeout.count() > 0 && !connect_) {
+      throw ConfigError(who() + ": reconnect_timeout is set but no connect function (Worker::reconnect_with)");
+    }
     core_.start(Clock::now());
-    flush();
-    while (!core_.joined()) receive_one(Clock::now() + options_.reply_timeout, "join");
+    exchange([&] { flush(); });
+    {
+      const auto deadline = Clock::now() + options_.reply_timeout;
+      while (!core_.joined()) exchange([&] { receive_one(deadline, "join"); });
+    }
     start_ = Clock::now();
     while (!out_of_budget()) {
-      while (auto env = transport_.try_receive()) deliver(std::move(*env));
-      flush();
+      exchange([&] {
+        while (auto env = transport_.try_receive()) deliver(std::move(*env));
+        flush();
+      });
       if (!core_.begin_step(Clock::now())) {
         const auto t0 = Clock::now();
         const auto deadline = t0 + options_.reply_timeout;
         do {
-          receive_one(deadline, "push");
-          flush();
+          exchange([&] {
+            receive_one(deadline, core_.rejoining() ? "rejoining" : "push");
+            flush();
+          });
         } while (!core_.begin_step(Clock::now()));
         const auto t1 = Clock::now();
         wait_s_ += seconds(t1 - t0);
@@ -117,19 +150,22 @@ class Worker {
       const Batch& batch = next_batch();
       const double loss = compute_gradient(batch);
       core_.end_step(static_cast<std::uint64_t>(batch_size(batch)), loss, Clock::now());
-      flush();
+      exchange([&] { flush(); });
     }
     core_.finish(Clock::now());
-    flush();
+    exchange([&] { flush(); });
     const auto deadline = Clock::now() + options_.reply_timeout;
     while (!core_.finished()) {
-      receive_one(deadline, "the last push");
-      flush();
+      exchange([&] {
+        receive_one(deadline, "the last push");
+        flush();
+      });
     }
     WorkerReport report = core_.report();
     report.wall_s = seconds(Clock::now() - start_);
     report.compute_s = compute_s_;
     report.wait_s = wait_s_;
+    report.reconnect_s = reconnect_s_;
     return report;
   }
 
@@ -147,18 +183,89 @@ class Worker {
     while (auto t = core_.poll_transmit()) transport_.send(t->to, std::move(t->message));
   }
 
+  bool may_reconnect() const noexcept { return options_.reconnect_timeout.count() > 0 && connect_; }
+
+  /// Runs one exchange with the server. When reconnecting is on, a lost (or stopping)
+  /// server is reconnected and the exchange is not retried: the caller's loop asks
+  /// the core again, and its wait restarts from the reconnection.
+  template <class F>
+  void exchange(F&& f) {
+    try {
+      f();
+    } catch (const TransportError& e) {
+      if (!may_reconnect()) throw;
+      reconnect(e.what());
+    } catch (const ServerStoppingError& e) {
+      if (!may_reconnect()) throw;
+      reconnect(e.what());
+    }
+  }
+
+  /// Connects again with exponential backoff until `reconnect_timeout`, then rejoins.
+  void reconnect(const std::string& why) {
+    const auto lost = Clock::now();
+    const auto give_up = lost + options_.reconnect_timeout;
+    const std::string budget = std::to_string(options_.reconnect_timeout.count()) + " ms";
+    psync::log(LogLevel::warning, who() + ": lost the server (" + why + "); reconnecting for up to " + budget);
+    auto pause = options_.reconnect_backoff;
+    std::string last;
+    for (int attempt = 1;; ++attempt) {
+      try {
+        T fresh = connect_();
+        if (fresh.self() != core_.id()) {
+          throw ConfigError(who() + ": the reconnect function returned an endpoint for peer " +
+                            std::to_string(fresh.self()));
+        }
+        if constexpr (std::is_move_assignable_v<T>) {
+          transport_ = std::move(fresh);
+        } else {
+          throw ConfigError(who() + ": this transport cannot be replaced, so the worker cannot reconnect");
+        }
+        core_.rejoin(Clock::now());
+        flush();
+        reconnected_at_ = Clock::now();
+        reconnect_s_ += seconds(reconnected_at_ - lost);
+        psync::log(LogLevel::info, who() + ": reconnected after " +
+                                       std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                          reconnected_at_ - lost)
+                                                          .count()) +
+                                       " ms (attempt " + std::to_string(attempt) + "), rejoining at clock " +
+                                       std::to_string(core_.clock()));
+        return;
+      } catch (const TransportError& e) {
+        last = e.what();
+      }
+      if (Clock::now() + pause >= give_up) {
+        throw TransportError(who() + ": lost the server (" + why + ") and could not reconnect within " + budget + " (" +
+                             std::to_string(attempt) + " attempts; last: " + last + ")");
+      }
+      std::this_thread::sleep_for(pause);
+      pause = std::min(2 * pause, std::max(options_.reconnect_backoff_max, options_.reconnect_backoff));
+    }
+  }
+
   /// Hands one message to the core; traces the round trip it may end.
   void deliver(Envelope&& env) {
     const std::uint64_t replies = core_.report().clock_staleness.count;
     const auto sent = core_.sent_at();
     const bool was_waiting = core_.awaiting_reply();
+    const std::uint64_t lost = core_.report().pushes_lost;
+    const std::uint64_t rejoins = core_.report().rejoins;
     core_.on_message(std::move(env.message), Clock::now());
+    if (core_.report().rejoins != rejoins) {
+      const std::uint64_t now_lost = core_.report().pushes_lost - lost;
+      psync::log(LogLevel::info, who() + ": rejoined at clock " + std::to_string(core_.clock()) +
+                                     (now_lost ? " (the server had lost " + std::to_string(now_lost) + " of our pushes)"
+                                               : " (nothing lost)"));
+    }
     if (options_.trace && was_waiting && core_.report().clock_staleness.count > replies) {
       options_.trace->span(worker_track(core_.id()) + 1, "push+pull", sent, Clock::now());
     }
   }
 
   void receive_one(Clock::time_point deadline, const char* what) {
+    // A wait that began before a reconnection counts from it.
+    if (reconnected_at_ != Clock::time_point{}) deadline = std::max(deadline, reconnected_at_ + options_.reply_timeout);
     auto env = transport_.receive(deadline);
     if (!env) {
       throw TimeoutError(who() + ": no model from the server within " + std::to_string(options_.reply_timeout.count()) +
@@ -203,6 +310,9 @@ class Worker {
   T transport_;
   WorkerOptions options_;
   WorkerCore<M, P> core_;
+  std::function<T()> connect_;
+  Clock::time_point reconnected_at_{};
+  double reconnect_s_ = 0;
   Clock::time_point start_{};
   double compute_s_ = 0;
   double wait_s_ = 0;

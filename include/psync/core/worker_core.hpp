@@ -38,6 +38,24 @@ namespace psync {
 /// The core pushes whenever it has unsent steps and no push in flight, both at a
 /// step's end and the moment a reply arrives, which is OSP's background sender
 /// and, when the policy waits after each step, a plain synchronous round trip.
+///
+/// **Rejoining.** When the connection to the server is replaced (the server was
+/// restarted, perhaps from a checkpoint), the driver calls `rejoin(now)` and sends
+/// the `Join` it queues. The reply's `min_clock` is the clock the server kept for
+/// this worker; `on_message` compares it with the worker's own:
+/// - equal, with a push in flight: the server kept that push, and the reply is its answer;
+/// - equal, nothing in flight: nothing of ours was lost. The worker keeps its model
+///   (a valid read at its clock) unless the reply shows the server on another
+///   trajectory (the same version with other parameters, or an older version),
+///   in which case the reply is installed like any reply;
+/// - different: the server lost pushes of ours (it resumed from an older
+///   checkpoint, or dropped us and took us back as a late joiner). The push in
+///   flight and the unsent steps are dropped (`WorkerReport::pushes_lost`,
+///   `steps_discarded`) and the worker continues from the reply's model and clock,
+///   as a late joiner does.
+/// Until the reply arrives nothing is pushed, and a pending rejoin counts as one
+/// uninstalled step, so the synchronous gates (BSP, ASP, SSP) wait for it while
+/// OSP's unsent gate lets compute go on.
 template <ParameterSet M, SyncPolicy P>
 class WorkerCore {
  public:
@@ -73,6 +91,8 @@ class WorkerCore {
   bool finished() const noexcept { return finished_; }
   /// @brief True while a push awaits its reply.
   bool awaiting_reply() const noexcept { return in_flight_active_; }
+  /// @brief True between `rejoin` and the reply to its `Join`.
+  bool rejoining() const noexcept { return rejoining_; }
   /// @brief When the push in flight (or the join) was sent.
   Clock::time_point sent_at() const noexcept { return sent_at_; }
   /// @brief This worker's clock: pushes sent so far (from the join clock on).
@@ -82,7 +102,11 @@ class WorkerCore {
   /// @brief The slowest live clock the server reported with the last model.
   std::uint64_t last_min_clock() const noexcept { return last_min_clock_; }
   /// @brief Local steps counted as the gates count them.
-  StepCounts counts() const noexcept { return {unsent_, in_flight_, unsent_ + in_flight_ + inbox_steps_}; }
+  StepCounts counts() const noexcept {
+    // A pending rejoin is a read in flight: the synchronous gates wait for its answer.
+    const std::uint32_t pending = rejoining_ && !in_flight_active_ ? 1 : 0;
+    return {unsent_, in_flight_, unsent_ + in_flight_ + inbox_steps_ + pending};
+  }
   /// @brief What the core measured (steps, pushes, installs, round trips, staleness).
   const WorkerReport& report() const noexcept { return report_; }
 
@@ -99,13 +123,43 @@ class WorkerCore {
     sent_at_ = now;
   }
 
+  /// @brief The connection to the server was replaced: drops what was queued for
+  /// the old one and queues a `Join` under this worker's id. Nothing is pushed until
+  /// its reply arrives; the reply's clock says what the server kept (see the class
+  /// comment). Before the first join reply this simply joins again.
+  void rejoin(Clock::time_point now) {
+    while (outbox_.poll()) {
+    }
+    if (!joined_) {
+      start(now);
+      return;
+    }
+    if (!rejoining_ && !in_flight_active_) {
+      // Nothing in flight, so nothing unsent either (a push would have left): the newest
+      // global model we hold, kept to tell a server on another trajectory from one that moved on.
+      held_version_ = inbox_ ? inbox_version_ : version_;
+      held_global_ = inbox_ ? *inbox_ : Eigen::VectorXf(model_.parameters());
+    }
+    rejoining_ = true;
+    // A Leave that may not have reached the server is queued again after the reply.
+    finished_ = false;
+    msg::Join j;
+    j.worker = id_;
+    j.dimension = static_cast<std::uint64_t>(grad_.size());
+    j.policy = policy_.name();
+    outbox_.push(server_peer, std::move(j));
+  }
+
   /// @brief Handles a message from the server. Throws `ProtocolError` for a refusal
-  /// or an unexpected message, `TransportError` when the server is gone.
+  /// or an unexpected message (`ServerStoppingError` for `shutting_down`),
+  /// `TransportError` when the server is gone.
   void on_message(Message&& m, Clock::time_point now) {
     if (auto* model = std::get_if<msg::Model>(&m)) return on_model(std::move(*model), now);
     if (auto* e = std::get_if<msg::Error>(&m)) {
-      throw ProtocolError(who() + ": server refused " + (joined_ ? "push" : "join") + ": " +
-                          std::string(error_code_name(e->code)) + ": " + e->text);
+      std::string text = who() + ": server refused " + (joined_ && !rejoining_ ? "push" : "join") + ": " +
+                         std::string(error_code_name(e->code)) + ": " + e->text;
+      if (e->code == msg::ErrorCode::shutting_down) throw ServerStoppingError(std::move(text));
+      throw ProtocolError(std::move(text));
     }
     if (std::holds_alternative<msg::Leave>(m)) {
       throw TransportError(who() + ": lost the server" + (in_flight_active_ || !joined_ ? " while waiting for a model" : ""));
@@ -163,6 +217,12 @@ class WorkerCore {
       spare_.push_back(std::move(m.parameters));
       return;
     }
+    if (rejoining_) {
+      rejoining_ = false;
+      ++report_.rejoins;
+      if (!take_rejoin_reply(m, now)) return;
+      // The server kept the push in flight: this is its answer.
+    }
     if (!in_flight_active_) throw ProtocolError(who() + ": the server sent a model no push asked for");
     const double total = std::chrono::duration<double>(now - sent_at_).count();
     const double held = std::min(total, static_cast<double>(m.held_ns) * 1e-9);
@@ -185,6 +245,53 @@ class WorkerCore {
     maybe_leave();
   }
 
+  /// Handles the reply to a rejoin; true if it answers the push in flight (the caller
+  /// then takes it as that push's reply), false if it was dealt with here.
+  bool take_rejoin_reply(msg::Model& m, Clock::time_point now) {
+    const std::uint64_t kept = m.min_clock;
+    if (kept == clock_) {
+      if (in_flight_active_) return true;
+      // Nothing of ours was lost. Keep our model (a valid read at our clock) unless the
+      // server is on another trajectory than the newest model we hold.
+      const bool diverged =
+          m.version < held_version_ || (m.version == held_version_ && held_global_ != m.parameters);
+      held_global_.resize(0);
+      if (!diverged) {
+        spare_.push_back(std::move(m.parameters));
+      } else {
+        if (inbox_) spare_.push_back(std::move(*inbox_));
+        inbox_ = std::move(m.parameters);
+        inbox_version_ = m.version;
+        inbox_steps_ = 0;
+        install_.on_reply(accumulated_);
+        if (unsent_ > 0) accumulated_base_ = std::min(accumulated_base_, m.version);
+      }
+      maybe_push(now);
+      maybe_leave();
+      return false;
+    }
+    // The server lost pushes of ours: continue from its model and clock, like a late joiner.
+    report_.pushes_lost += clock_ > kept ? clock_ - kept : 0;
+    report_.steps_discarded += unsent_ + (in_flight_active_ ? in_flight_ : 0);
+    in_flight_ = 0;
+    in_flight_active_ = false;
+    unsent_ = 0;
+    accumulated_.setZero();
+    if (inbox_) {
+      spare_.push_back(std::move(*inbox_));
+      inbox_.reset();
+    }
+    inbox_steps_ = 0;
+    install_.on_reply(accumulated_);  // nothing is unreflected any more
+    model_.parameters() = m.parameters;
+    version_ = m.version;
+    clock_ = kept;
+    held_global_.resize(0);
+    spare_.push_back(std::move(m.parameters));
+    maybe_leave();
+    return false;
+  }
+
   void install_inbox() {
     install_.install(model_.parameters(), *inbox_);
     version_ = inbox_version_;
@@ -195,7 +302,7 @@ class WorkerCore {
   }
 
   void maybe_push(Clock::time_point now) {
-    if (in_flight_active_ || unsent_ == 0) return;
+    if (in_flight_active_ || rejoining_ || unsent_ == 0) return;
     Eigen::VectorXf payload = std::move(accumulated_);
     if (spare_.empty()) {
       // Only transports that do not hand buffers back (a socket) get here.
@@ -216,7 +323,7 @@ class WorkerCore {
   }
 
   void maybe_leave() {
-    if (!finishing_ || finished_ || unsent_ > 0 || in_flight_active_) return;
+    if (!finishing_ || finished_ || rejoining_ || unsent_ > 0 || in_flight_active_) return;
     if (inbox_) install_inbox();
     outbox_.push(server_peer, msg::Leave{msg::LeaveReason::finished});
     finished_ = true;
@@ -231,6 +338,8 @@ class WorkerCore {
   Eigen::VectorXf accumulated_;  // local updates not yet taken by a push
   std::vector<Eigen::VectorXf> spare_;
   std::optional<Eigen::VectorXf> inbox_;  // newest global model not yet installed
+  Eigen::VectorXf held_global_;           // at a rejoin with nothing in flight: the newest global held
+  std::uint64_t held_version_ = 0;        // and its version
   std::uint64_t inbox_version_ = 0;
   std::uint32_t inbox_steps_ = 0;  // own steps that model reflects and the installed one does not
   std::uint32_t unsent_ = 0;
@@ -241,6 +350,7 @@ class WorkerCore {
   std::uint64_t version_ = 0;
   std::uint64_t last_min_clock_ = 0;
   bool joined_ = false;
+  bool rejoining_ = false;
   bool finishing_ = false;
   bool finished_ = false;
   Clock::time_point sent_at_{};
