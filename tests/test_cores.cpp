@@ -726,6 +726,16 @@ std::map<psync::PeerId, int> down(psync::ServerCore<Quadratic, P>& server, Pair<
   return n;
 }
 
+// Both workers start and join; the server answers both joins.
+template <class P>
+void join_both(Pair<P>& a, psync::Clock::time_point t) {
+  a.w0.start(t);
+  a.w1.start(t);
+  up(a.w0, 0, a.server, t);
+  up(a.w1, 1, a.server, t);
+  down(a.server, a, t);
+}
+
 }  // namespace
 
 TEST_CASE("A returning worker's join reply carries its own saved clock: BSP holds it for its round",
@@ -733,11 +743,7 @@ TEST_CASE("A returning worker's join reply carries its own saved clock: BSP hold
   using namespace std::chrono_literals;
   const auto t0 = psync::Clock::time_point{} + 1h;
   Pair<psync::Bsp> a(t0);
-  a.w0.start(t0);
-  a.w1.start(t0);
-  up(a.w0, 0, a.server, t0);
-  up(a.w1, 1, a.server, t0);
-  down(a.server, a, t0);
+  join_both(a, t0);
   REQUIRE((a.w0.joined() && a.w1.joined()));
 
   SECTION("the push accepted just before the crash is kept: the worker waits for its round and goes on") {
@@ -833,11 +839,7 @@ TEST_CASE("OSP: a returning worker computes on while its round closes, then push
   using P = psync::Osp<3>;
   const auto t0 = psync::Clock::time_point{} + 1h;
   Pair<P> a(t0);
-  a.w0.start(t0);
-  a.w1.start(t0);
-  up(a.w0, 0, a.server, t0);
-  up(a.w1, 1, a.server, t0);
-  down(a.server, a, t0);
+  join_both(a, t0);
   step(a.w0, 1.0f, t0);  // pushed at once (round 0), held for worker 1
   step(a.w0, 1.0f, t0);  // unsent
   up(a.w0, 0, a.server, t0);
@@ -877,11 +879,7 @@ TEST_CASE("ASP: a returning worker ahead of the others is answered at once with 
   using namespace std::chrono_literals;
   const auto t0 = psync::Clock::time_point{} + 1h;
   Pair<psync::Asp> a(t0, 500ms);
-  a.w0.start(t0);
-  a.w1.start(t0);
-  up(a.w0, 0, a.server, t0);
-  up(a.w1, 1, a.server, t0);
-  down(a.server, a, t0);
+  join_both(a, t0);
   for (int i = 0; i < 3; ++i) {
     step(a.w0, 1.0f, t0);
     up(a.w0, 0, a.server, t0);
@@ -930,11 +928,7 @@ TEST_CASE("A worker whose connection dropped comes back at its own clock, not pu
   using namespace std::chrono_literals;
   const auto t0 = psync::Clock::time_point{} + 1h;
   Pair<psync::Bsp> a(t0);
-  a.w0.start(t0);
-  a.w1.start(t0);
-  up(a.w0, 0, a.server, t0);
-  up(a.w1, 1, a.server, t0);
-  down(a.server, a, t0);
+  join_both(a, t0);
   step(a.w0, 1.0f, t0);
   up(a.w0, 0, a.server, t0);  // round 0: worker 0's push is in the open sum
   a.server.on_peer_lost(0, psync::msg::LeaveReason::disconnected, t0 + 1ms);
