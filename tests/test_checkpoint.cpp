@@ -156,10 +156,12 @@ struct Layout {
   }
 };
 
-#if defined(__SANITIZE_ADDRESS__)
+// ASan and TSan reserve terabytes of shadow address space: under either, an address
+// space cap makes the child fail for the sanitizer's sake, so the checks run uncapped.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool address_sanitizer = true;
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 constexpr bool address_sanitizer = true;
 #else
 constexpr bool address_sanitizer = false;
