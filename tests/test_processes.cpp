@@ -601,6 +601,20 @@ std::vector<std::unique_ptr<Process>> start_reconnecting_workers(const TempDir& 
   return workers;
 }
 
+/// Starts the server again on `address` with `server_args` and --resume, and requires
+/// every worker to finish with exit 0 (bounded); returns the resumed server.
+std::unique_ptr<Process> resume_until_workers_done(const TempDir& dir, const std::string& address,
+                                                   std::vector<std::string> server_args,
+                                                   std::vector<std::unique_ptr<Process>>& workers) {
+  server_args.push_back("--resume");
+  auto second = start_server_at(dir, "server-2", address, resume_args(std::move(server_args)));
+  for (std::size_t w = 0; w < workers.size(); ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
+  }
+  return second;
+}
+
 }  // namespace
 
 TEST_CASE("The server killed with SIGKILL resumes from its last checkpoint; the workers reconnect and finish",
@@ -656,15 +670,7 @@ TEST_CASE("The server killed with SIGKILL resumes from its last checkpoint; the 
   REQUIRE(!saved.empty());
 
   std::this_thread::sleep_for(300ms);  // the workers are retrying meanwhile
-  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
-                                  auto a = server_args;
-                                  a.push_back("--resume");
-                                  return a;
-                                }()));
-  for (int w = 0; w < 2; ++w) {
-    INFO("worker " << w << " stderr:\n" << workers[w]->err());
-    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
-  }
+  auto second = resume_until_workers_done(dir, address, server_args, workers);
   INFO("first server:\n" << log1 << "\nresumed server:\n" << second->err());
   REQUIRE(second->wait(20s, "resumed server") == 0);
   const std::string log2 = second->err();
@@ -735,15 +741,7 @@ TEST_CASE("Resuming: a truncated newest checkpoint is skipped with its reason, t
   const fs::path newest = files.back(), previous = files[files.size() - 2];
   fs::resize_file(newest, fs::file_size(newest) / 2);
 
-  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
-                                  auto a = server_args;
-                                  a.push_back("--resume");
-                                  return a;
-                                }()));
-  for (int w = 0; w < 2; ++w) {
-    INFO("worker " << w << " stderr:\n" << workers[w]->err());
-    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
-  }
+  auto second = resume_until_workers_done(dir, address, server_args, workers);
   REQUIRE(second->wait(20s, "resumed server") == 0);
   const std::string log = second->err();
   INFO(log);
@@ -782,15 +780,7 @@ TEST_CASE("The server stopped with SIGTERM writes a last checkpoint; resumed, it
   const std::string log1 = first->err();
   const std::vector<double> saved = checkpoint_steps(log1);
   REQUIRE(saved.size() == 1);
-  auto second = start_server_at(dir, "server-2", address, resume_args([&] {
-                                  auto a = server_args;
-                                  a.push_back("--resume");
-                                  return a;
-                                }()));
-  for (int w = 0; w < 2; ++w) {
-    INFO("worker " << w << " stderr:\n" << workers[w]->err());
-    REQUIRE(workers[w]->wait(60s, "worker " + std::to_string(w)) == 0);
-  }
+  auto second = resume_until_workers_done(dir, address, server_args, workers);
   INFO("first server:\n" << log1 << "\nresumed server:\n" << second->err());
   REQUIRE(second->wait(20s, "resumed server") == 0);
   const ClusterResult r = read_cluster(dir, "server.json", 2);
