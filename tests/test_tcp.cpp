@@ -3,6 +3,7 @@
 // Every wait is bounded; the whole file runs in a few seconds.
 
 #include "catch.hpp"
+#include "tls_test_certs.hpp"
 #include "toy_model.hpp"
 
 #include <psync/core/server.hpp>
@@ -25,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <future>
 #include <memory>
 #include <string>
@@ -1019,3 +1021,317 @@ TEST_CASE("without OpenSSL, configuring a secret is a ConfigError", "[tcp][auth]
 
 #endif
 
+
+// ---- TLS ----
+
+namespace {
+
+std::string failure_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Collects the library's log lines while it lives.
+class LogLines {
+ public:
+  LogLines() {
+    previous_ = psync::set_log_handler([this](psync::LogLevel, std::string_view line) {
+      std::lock_guard lock(mutex_);
+      lines_.emplace_back(line);
+    });
+  }
+  LogLines(const LogLines&) = delete;
+  LogLines& operator=(const LogLines&) = delete;
+  ~LogLines() { psync::set_log_handler(previous_); }
+
+  // Waits (bounded) for a line containing `part`.
+  bool wait_for(const std::string& part, std::chrono::milliseconds within = patience) {
+    const auto deadline = Clock::now() + within;
+    do {
+      {
+        std::lock_guard lock(mutex_);
+        for (const auto& l : lines_) {
+          if (has(l, part)) return true;
+        }
+      }
+      std::this_thread::sleep_for(10ms);
+    } while (Clock::now() < deadline);
+    return false;
+  }
+
+ private:
+  psync::LogHandler previous_;
+  std::mutex mutex_;
+  std::vector<std::string> lines_;
+};
+
+}  // namespace
+
+#ifdef PSYNC_HAVE_TLS
+
+namespace {
+
+psync::TcpServerOptions tls_server(const psync_test::TlsFiles& f) {
+  psync::TcpServerOptions o;
+  o.tls.cert_file = f.server_cert;
+  o.tls.key_file = f.server_key;
+  return o;
+}
+
+psync::TcpOptions tls_worker(const psync_test::TlsFiles& f, std::chrono::milliseconds connect_timeout = 5000ms) {
+  psync::TcpOptions o;
+  o.tls.ca_file = f.ca;
+  o.connect_timeout = connect_timeout;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("workers train over TLS through the real server", "[tcp][tls]") {
+  using psync_test::Quadratic;
+  using psync_test::Target;
+  const psync_test::TlsFiles files;
+  constexpr Eigen::Index n = 6;
+  psync::TcpServer endpoint(tls_server(files));
+  psync::ServerOptions so;
+  so.expected_workers = 2;
+  so.join_timeout = 10s;
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
+  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
+  std::vector<std::future<psync::WorkerReport>> workers;
+  for (psync::PeerId id = 0; id < 2; ++id) {
+    workers.push_back(std::async(std::launch::async, [&, id] {
+      psync::WorkerOptions wo;
+      wo.learning_rate = 0.1f;
+      wo.max_steps = 50;
+      wo.reply_timeout = 10s;
+      // One by address, one by name: both are in the certificate.
+      psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(
+          Quadratic(n), psync::Tcp(id == 0 ? "127.0.0.1" : "localhost", endpoint.port(), id, tls_worker(files)), wo);
+      const Target t{Eigen::VectorXf::Constant(n, 1.0f)};
+      return w.run([&]() -> const Target& { return t; });
+    }));
+  }
+  for (auto& w : workers) CHECK(w.get().steps == 50);
+  const psync::ServerReport r = served.get();
+  CHECK(r.steps_applied == 100);
+  CHECK(r.peers.size() == 2);
+  CHECK((server.model().parameters().array() - 1.0f).abs().maxCoeff() < 0.01f);
+}
+
+TEST_CASE("over TLS, every message kind travels and the shared secret still applies", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  psync::TcpServerOptions so = tls_server(files);
+  so.secret = "tls and a secret";
+  psync::TcpServer server(so);
+  psync::TcpOptions wo = tls_worker(files);
+  wo.secret = "tls and a secret";
+  psync::Tcp w = join(server, 3, 8, wo);
+  still_works(server, w);
+  w.send(server_peer, msg::Pull{4, ramp(8)});
+  CHECK(expect<msg::Pull>(server, 3).clock == 4);
+  server.send(3, msg::Error{msg::ErrorCode::policy_mismatch, "from server"});
+  CHECK(expect<msg::Error>(w, server_peer).text == "from server");
+  CHECK(expect<msg::Leave>(w, server_peer).reason == msg::LeaveReason::disconnected);
+  CHECK(expect<msg::Leave>(server, 3).reason == msg::LeaveReason::disconnected);
+  // Without the secret, TLS alone does not get a worker in.
+  psync::TcpOptions no_secret = tls_worker(files);
+  CHECK(has(failure_of([&] { psync::Tcp t("127.0.0.1", server.port(), 4, no_secret); }), "requires authentication"));
+}
+
+TEST_CASE("a 1M-float vector goes there and back exactly over TLS", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  psync::TcpServer server(tls_server(files));
+  psync::Tcp worker = join(server, 0, 1'000'000, tls_worker(files));
+  Eigen::VectorXf v = Eigen::VectorXf::Random(1'000'000);
+  const Eigen::VectorXf original = v;
+  for (int round = 0; round < 3; ++round) {
+    worker.send(server_peer, msg::Push{static_cast<std::uint64_t>(round), 0, 1, std::move(v)});
+    auto push = expect<msg::Push>(server, 0);
+    REQUIRE(push.update == original);
+    server.send(0, msg::Model{1, 0, 0, std::move(push.update)});
+    v = expect<msg::Model>(worker, server_peer).parameters;
+    REQUIRE(v == original);
+  }
+  worker.send(server_peer, msg::Pull{5, std::move(v)});
+  auto pull = expect<msg::Pull>(server, 0);
+  pull.buffer = original;
+  server.send(0, msg::Model{2, 0, 0, std::move(pull.buffer)});
+  CHECK(expect<msg::Model>(worker, server_peer).parameters == original);
+}
+
+TEST_CASE("a worker that does not trust the server's certificate is refused with the reason", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  LogLines logs;
+  psync::TcpServer server(tls_server(files));
+  psync::TcpOptions wrong = tls_worker(files);
+  wrong.tls.ca_file = files.other_ca;
+  const auto start = Clock::now();
+  const std::string why = failure_of([&] { psync::Tcp t("127.0.0.1", server.port(), 0, wrong); });
+  CHECK(Clock::now() - start < 3s);
+  INFO(why);
+  CHECK(has(why, "TLS handshake with 127.0.0.1:"));
+  CHECK(has(why, "certificate verification failed"));
+  CHECK(has(why, files.other_ca.string()));
+  CHECK(logs.wait_for("TLS handshake failed"));
+  for (auto until = Clock::now() + patience; server.connection_count() != 0 && Clock::now() < until;) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(server.connection_count() == 0);
+  // A server whose certificate another CA signed is refused by a worker trusting ours.
+  psync::TcpServerOptions impostor_options;
+  impostor_options.tls.cert_file = files.other_cert;
+  impostor_options.tls.key_file = files.other_key;
+  psync::TcpServer impostor(impostor_options);
+  CHECK(has(failure_of([&] { psync::Tcp t("127.0.0.1", impostor.port(), 0, tls_worker(files)); }),
+            "certificate verification failed"));
+  // The right CA still gets in.
+  psync::Tcp good = join(server, 1, 8, tls_worker(files));
+  still_works(server, good);
+}
+
+TEST_CASE("the server's certificate must name the host, or the configured server name", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  psync::TcpServerOptions so;
+  so.tls.cert_file = files.wrong_name_cert;
+  so.tls.key_file = files.wrong_name_key;
+  psync::TcpServer server(so);
+  const std::string by_address = failure_of([&] { psync::Tcp t("127.0.0.1", server.port(), 0, tls_worker(files)); });
+  INFO(by_address);
+  CHECK(has(by_address, "IP address mismatch"));
+  const std::string by_name = failure_of([&] { psync::Tcp t("localhost", server.port(), 0, tls_worker(files)); });
+  INFO(by_name);
+  CHECK(has(by_name, "hostname mismatch"));
+  psync::TcpOptions named = tls_worker(files);
+  named.tls.server_name = "elsewhere.example";
+  psync::Tcp good = join(server, 0, 8, named);
+  still_works(server, good);
+}
+
+TEST_CASE("a plain client at a TLS server, and a TLS client at a plain server, fail cleanly in time", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  LogLines logs;
+  SECTION("plain worker, TLS server: closed at the join deadline, the worker is told why") {
+    psync::TcpServerOptions so = tls_server(files);
+    so.join_timeout = 500ms;
+    psync::TcpServer server(so);
+    psync::TcpOptions plain;
+    plain.connect_timeout = 4000ms;
+    const auto start = Clock::now();
+    const std::string why = failure_of([&] { psync::Tcp t("127.0.0.1", server.port(), 0, plain); });
+    const auto took = Clock::now() - start;
+    INFO(why);
+    CHECK(took < 2500ms);
+    CHECK(has(why, "closed the connection before sending its challenge"));
+    CHECK(has(why, "TLS"));
+    CHECK(logs.wait_for("TLS handshake not completed within 500 ms"));
+    psync::Tcp good = join(server, 1, 8, tls_worker(files));
+    still_works(server, good);
+  }
+  SECTION("plain bytes at a TLS server: the handshake fails at once, the server logs it") {
+    psync::TcpServer server(tls_server(files));
+    RawClient raw(server.port());
+    raw.write(wire::encode_to_bytes(0, msg::Join{0, 8, "bsp"}));
+    auto [bytes, closed] = raw.read_until_closed(3000ms);
+    CHECK(closed);
+    CHECK(logs.wait_for("TLS handshake failed"));
+  }
+  SECTION("TLS worker, plain server: the handshake fails at once, naming TLS") {
+    psync::TcpServer server;
+    const auto start = Clock::now();
+    const std::string why = failure_of([&] { psync::Tcp t("127.0.0.1", server.port(), 0, tls_worker(files)); });
+    INFO(why);
+    CHECK(Clock::now() - start < 2s);
+    CHECK(has(why, "TLS handshake with 127.0.0.1:"));
+    CHECK(has(why, "failed"));
+    psync::Tcp good = join(server, 1);
+    still_works(server, good);
+  }
+  SECTION("TLS worker, server that says nothing: the handshake times out at connect_timeout") {
+    asio::io_context io;
+    asio::ip::tcp::acceptor silent(io, {asio::ip::make_address("127.0.0.1"), 0});
+    const auto start = Clock::now();
+    const std::string why = failure_of(
+        [&] { psync::Tcp t("127.0.0.1", silent.local_endpoint().port(), 0, tls_worker(files, 400ms)); });
+    INFO(why);
+    CHECK(Clock::now() - start < 2s);
+    CHECK(has(why, "not completed within 400 ms"));
+  }
+}
+
+TEST_CASE("a TLS handshake counts against the join deadline and the pending cap", "[tcp][tls][bounds]") {
+  const psync_test::TlsFiles files;
+  LogLines logs;
+  psync::TcpServerOptions so = tls_server(files);
+  so.join_timeout = 600ms;
+  so.max_pending_connections = 2;
+  psync::TcpServer server(so);
+  // Three silent connections: the first is evicted by the third, the others time out.
+  RawClient a(server.port());
+  RawClient b(server.port());
+  std::this_thread::sleep_for(100ms);  // both accepted before the third arrives
+  const auto start = Clock::now();
+  RawClient c(server.port());
+  CHECK(a.read_until_closed(3000ms).second);
+  CHECK(Clock::now() - start < 500ms);  // evicted at c's arrival, before the deadline
+  CHECK(logs.wait_for("max_pending_connections"));
+  CHECK(b.read_until_closed(3000ms).second);
+  CHECK(c.read_until_closed(3000ms).second);
+  CHECK(Clock::now() - start < 2000ms);
+  CHECK(logs.wait_for("TLS handshake not completed within 600 ms"));
+  psync::Tcp good = join(server, 0, 8, tls_worker(files));
+  still_works(server, good);
+}
+
+TEST_CASE("TLS misconfiguration is a ConfigError naming the file", "[tcp][tls]") {
+  const psync_test::TlsFiles files;
+  auto config_error = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const psync::ConfigError& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("not a ConfigError: ") + e.what();
+    }
+    return "no error";
+  };
+  psync::TcpServerOptions no_key;
+  no_key.tls.cert_file = files.server_cert;
+  CHECK(has(config_error([&] { psync::TcpServer s(no_key); }), "both a certificate file and a key file"));
+  psync::TcpServerOptions missing = tls_server(files);
+  missing.tls.cert_file = files.dir / "missing.pem";
+  CHECK(has(config_error([&] { psync::TcpServer s(missing); }), "missing.pem"));
+  psync::TcpServerOptions mismatched = tls_server(files);
+  mismatched.tls.key_file = files.other_key;
+  const std::string mismatch = config_error([&] { psync::TcpServer s(mismatched); });
+  INFO(mismatch);
+  CHECK(has(mismatch, files.other_key.string()));
+  CHECK(has(mismatch, "mismatch"));
+  psync::TcpServer server(tls_server(files));
+  psync::TcpOptions bad_ca = tls_worker(files);
+  bad_ca.tls.ca_file = files.dir / "no-ca.pem";
+  CHECK(has(config_error([&] { psync::Tcp t("127.0.0.1", server.port(), 0, bad_ca); }), "no-ca.pem"));
+}
+
+#else
+
+TEST_CASE("without libssl, asking for TLS is a ConfigError", "[tcp][tls]") {
+  psync::TcpServerOptions so;
+  so.tls.cert_file = "server.pem";
+  so.tls.key_file = "server.key";
+  CHECK(failure_of([&] { psync::TcpServer s(so); }) == "psync was built without OpenSSL's libssl: TLS is unavailable");
+  psync::TcpServer server;
+  psync::TcpOptions wo;
+  wo.tls.ca_file = "ca.pem";
+  CHECK(failure_of([&] { psync::Tcp w("127.0.0.1", server.port(), 0, wo); }) ==
+        "psync was built without OpenSSL's libssl: TLS is unavailable");
+}
+
+#endif

@@ -13,6 +13,7 @@
 #include "psync/transport/tcp/io_thread.hpp"
 #include "psync/transport/tcp/options.hpp"
 #include "psync/transport/tcp/queue.hpp"
+#include "psync/transport/tcp/tls.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -43,15 +44,19 @@ class TcpClientImpl final : public TcpConnectionOwner {
   TcpClientImpl(const std::string& host, std::uint16_t port, PeerId self, const TcpOptions& options)
       : self_(self), limits_(options.limits), secret_(options.secret) {
     require_auth_support(secret_);
+    require_tls_support(options.tls.enabled());
+    tls_ = options.tls.enabled();
     tcp::socket socket = connect(host, port, options.connect_timeout);
     configure_socket(socket, options.socket_buffer_bytes, options.keepalive);
+    TcpStream stream = tls_connect(io_, std::move(socket), options.tls, host, host + ":" + std::to_string(port),
+                                   options.connect_timeout);
     TcpConnectionConfig config;
     config.frame_timeout = options.frame_timeout;
     config.local_id = self;
     config.side = "tcp worker";
     config.max_queued_receives = options.max_queued_receives;
     config.max_queued_sends = options.max_queued_sends;
-    conn_ = std::make_shared<TcpConnection>(std::move(socket), *this, config);
+    conn_ = std::make_shared<TcpConnection>(std::move(stream), *this, config);
     conn_->start();
     work_.emplace(asio::make_work_guard(io_));
     io_.restart();  // the connect loop may have left the context stopped
@@ -132,6 +137,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
       std::lock_guard lock(handshake_mutex_);
       if (!challenge_ && handshake_failure_.empty()) {
         handshake_failure_ = "the server closed the connection before sending its challenge";
+        if (!tls_) handshake_failure_ += " (a TLS server? then configure TcpOptions::tls)";
       }
       handshake_lost_ = true;
       handshake_cv_.notify_all();
@@ -170,7 +176,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
       } else {
         failure = "no challenge from the server at " + where + " within " + std::to_string(timeout.count()) +
                   " ms of connecting (is it a psync server of protocol version " +
-                  std::to_string(wire::protocol_version) + "?)";
+                  std::to_string(wire::protocol_version) + (tls_ ? "" : ", without TLS") + "?)";
       }
     }
     if (failure.empty()) return;
@@ -237,6 +243,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
   PeerId self_;
   WireLimits limits_;
   Secret secret_;
+  bool tls_ = false;
   wire::Nonce nonce_{};  // the server's challenge, set once by the constructor
   std::atomic<std::uint64_t> joined_dimension_{0};
   // The handshake: the I/O thread records the challenge (or why there is none).
@@ -269,7 +276,9 @@ class Tcp {
   /// `options.connect_timeout` (the server may start later), then waits (as long again
   /// at most) for the server's challenge; throws `TransportError` naming host:port if
   /// it cannot, `ProtocolError` if the server refuses us or requires a secret we were
-  /// not given, `ConfigError` for a secret when psync was built without OpenSSL. Name
+  /// not given, `ConfigError` for a secret when psync was built without OpenSSL (for
+  /// TLS, without libssl; or an unreadable CA file); with TLS, `TransportError` naming
+  /// the cause if the handshake fails or the server's certificate is refused. Name
   /// resolution is bounded by the system resolver's own timeout as well.
   Tcp(const std::string& host, std::uint16_t port, PeerId self, TcpOptions options = {})
       : impl_(std::make_unique<detail::TcpClientImpl>(host, port, self, options)) {}

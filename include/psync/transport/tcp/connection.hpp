@@ -10,6 +10,7 @@
 #include "psync/core/message.hpp"
 #include "psync/transport/tcp/options.hpp"
 #include "psync/transport/tcp/queue.hpp"
+#include "psync/transport/tcp/tls.hpp"
 #include "psync/transport/wire.hpp"
 
 #include <boost/asio/buffer.hpp>
@@ -124,13 +125,17 @@ struct TcpConnectionConfig {
   std::chrono::milliseconds join_timeout{10000};
   std::size_t max_queued_receives = 4;  ///< frames delivered and not taken before reading pauses
   std::size_t max_queued_sends = 8;     ///< frames queued for the peer before it is failed
+  /// The stream is TLS and this side accepts: `start` runs the server's handshake
+  /// first (bounded by the join deadline), then sends the challenge and reads.
+  bool tls_accept = false;
 };
 
-/// One socket: an asynchronous frame reader, a write queue that never interleaves
+/// One socket (plain or TLS, see `TcpStream`): an asynchronous frame reader, a write queue that never interleaves
 /// frames, a frame timer and a lingering close. `enqueue` may be called from any
 /// thread: when nothing is queued or being written it writes the frame itself
 /// (non-blocking), which saves a wake-up of the I/O thread per message, and hands
-/// whatever did not fit to the I/O thread. Everything else runs on the I/O thread.
+/// whatever did not fit to the I/O thread (on a plain socket; a TLS stream is only
+/// written by the I/O thread). Everything else runs on the I/O thread.
 ///
 /// Both directions are bounded. Reading pauses while `max_queued_receives` frames
 /// of this connection wait in the receive queue (each queued frame holds a
@@ -139,16 +144,17 @@ struct TcpConnectionConfig {
 /// frames pile up for it is failed: `enqueue` throws and the peer gets an error.
 class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, public ReceiveCredit {
  public:
-  TcpConnection(tcp::socket socket, TcpConnectionOwner& owner, TcpConnectionConfig config)
-      : socket_(std::move(socket)),
+  TcpConnection(TcpStream stream, TcpConnectionOwner& owner, TcpConnectionConfig config)
+      : socket_(std::move(stream)),
         executor_(socket_.get_executor()),
         frame_timer_(executor_),
         linger_timer_(executor_),
         join_timer_(executor_),
         owner_(owner),
         config_(config),
-        remote_(endpoint_name(socket_)),
-        fd_(socket_.native_handle()) {
+        remote_(endpoint_name(socket_.lowest_layer())),
+        fd_(socket_.lowest_layer().native_handle()),
+        direct_writes_(!socket_.tls()) {
     inflight_.reserve(tcp_max_batch);
     encoded_.reserve(tcp_max_batch);
     buffers_.reserve(2 * tcp_max_batch);
@@ -174,22 +180,37 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   const wire::Challenge* challenge() const noexcept { return challenge_ ? &*challenge_ : nullptr; }
 
   /// Begins reading frames (I/O thread); with `require_join`, starts the join deadline.
-  /// A `challenge` is written before any other frame.
+  /// A `challenge` is written before any other frame. With `tls_accept`, the TLS
+  /// handshake comes first, within the join deadline.
   void start(std::optional<wire::Challenge> challenge = std::nullopt) {
-    if (challenge) {
-      challenge_ = *challenge;
-      write_challenge();
-    }
     if (config_.require_join) {
       join_timer_.expires_after(config_.join_timeout);
       join_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-        if (ec || self->peer_) return;
-        self->fail(msg::ErrorCode::not_joined,
-                   "no join within " + std::to_string(self->config_.join_timeout.count()) + " ms of connecting");
+        if (ec || self->peer_ || self->closed_) return;
+        const std::string ms = std::to_string(self->config_.join_timeout.count());
+        if (self->handshaking_) {
+          // Nothing can be sent before the handshake: just close.
+          self->log("TLS handshake not completed within " + ms + " ms of connecting (a plain-TCP client?); closing");
+          return self->close_now();
+        }
+        self->fail(msg::ErrorCode::not_joined, "no join within " + ms + " ms of connecting");
         if (!self->read_pending_) self->drain();
       });
     }
-    read_frame();
+    if (config_.tls_accept) {
+      handshaking_ = true;
+      socket_.async_accept_tls([self = shared_from_this(), challenge](const boost::system::error_code& ec) {
+        self->handshaking_ = false;
+        if (self->closed_) return;
+        if (ec) {
+          self->log("TLS handshake failed: " + tls_handshake_error(self->socket_, ec) + "; closing");
+          return self->close_now();
+        }
+        self->begin(challenge);
+      });
+      return;
+    }
+    begin(challenge);
   }
 
   /// A hold on this connection's receive bound, for one frame put in the receive
@@ -229,7 +250,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
       });
       throw TransportError(std::string(config_.side) + ": " + reason + " (" + remote_ + ")");
     }
-    if (outbox_.empty() && !io_writing_ && !caller_writing_) {
+    if (direct_writes_ && outbox_.empty() && !io_writing_ && !caller_writing_) {
       caller_writing_ = true;  // the socket is ours until we hand it back
       lock.unlock();
       write_directly(std::move(m));
@@ -245,6 +266,10 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   /// and closes after it (I/O thread).
   void fail(msg::ErrorCode code, const std::string& reason) {
     if (draining_ || closed_) return;
+    if (handshaking_) {  // no frame can go out before the TLS handshake
+      log(reason + "; closing");
+      return close_now();
+    }
     log(reason + "; closing");
     stop_accepting();
     report_lost();
@@ -258,6 +283,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   /// Stops taking messages, flushes those queued, then closes (I/O thread).
   void close_gracefully() {
     if (draining_ || closed_) return;
+    if (handshaking_) return close_now();
     stop_accepting();
     begin_close();
   }
@@ -266,6 +292,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   /// endpoint at once (reported lost), the frame is flushed, then the socket closes (I/O thread).
   void close_after_error() {
     if (draining_ || closed_) return;
+    if (handshaking_) return close_now();
     stop_accepting();
     report_lost();
     begin_close();
@@ -290,12 +317,21 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     frame_timer_.cancel(ignored);
     linger_timer_.cancel(ignored);
     join_timer_.cancel(ignored);
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    if (!defer) socket_.close(ignored);
+    socket_.lowest_layer().shutdown(tcp::socket::shutdown_both, ignored);
+    if (!defer) socket_.lowest_layer().close(ignored);
     report_lost();
   }
 
  private:
+  // After the handshake, if any: the challenge goes out first, then frames are read.
+  void begin(const std::optional<wire::Challenge>& challenge) {
+    if (challenge) {
+      challenge_ = *challenge;
+      write_challenge();
+    }
+    read_frame();
+  }
+
   // ---- reading: header (first bytes arm the frame timer), fixed fields, body ----
 
   void read_frame() {
@@ -447,7 +483,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
       } else if (in_frame_) {
         log("connection closed in the middle of a " + std::string(wire::type_name(header_.type)) + " frame (" +
             std::to_string(header_.payload_length) + " payload bytes announced): " + ec.message());
-      } else if (ec != asio::error::eof && ec != asio::error::operation_aborted) {
+      } else if (!is_peer_close(ec) && ec != asio::error::operation_aborted) {
         log("connection lost: " + ec.message());
       }
     }
@@ -570,7 +606,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     }
     if (close_late) {
       boost::system::error_code ignored;
-      socket_.close(ignored);
+      socket_.lowest_layer().close(ignored);
       return;
     }
     start_write();
@@ -595,9 +631,10 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     if (inflight_.empty()) {
       if (draining_ && !send_shut_) {
         // Everything is flushed: tell the peer we are done, keep reading until it agrees.
+        // (TLS too closes at the TCP level, without a close_notify: see is_peer_close.)
         send_shut_ = true;
         boost::system::error_code ignored;
-        socket_.shutdown(tcp::socket::shutdown_send, ignored);
+        socket_.lowest_layer().shutdown(tcp::socket::shutdown_send, ignored);
       }
       return;
     }
@@ -678,7 +715,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     psync::log(LogLevel::warning, line);
   }
 
-  tcp::socket socket_;
+  TcpStream socket_;
   asio::any_io_executor executor_;
   asio::steady_timer frame_timer_;
   asio::steady_timer linger_timer_;
@@ -687,6 +724,8 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   TcpConnectionConfig config_;
   const std::string remote_;
   const int fd_;  // for callers' direct writes, which must not touch socket_
+  const bool direct_writes_;  // callers may write (plain TCP only: a TLS stream is the I/O thread's)
+  bool handshaking_ = false;  // the TLS handshake is under way (I/O thread)
   std::optional<PeerId> peer_;
   std::optional<wire::Challenge> challenge_;  // what this side sent first (I/O thread; fixed after start)
   std::array<std::byte, wire::challenge_frame_size> challenge_frame_{};

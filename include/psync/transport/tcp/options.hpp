@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "psync/transport/tcp/auth.hpp"
+#include "psync/transport/tcp/tls.hpp"
 #include "psync/transport/wire.hpp"
 
 #include <chrono>
@@ -43,6 +44,9 @@ struct TcpKeepalive {
 /// connection's challenge, or it gets `msg::Error{unauthenticated}` and is closed;
 /// the check comes before anything else about the join is looked at.
 ///
+/// With `tls` (a certificate and key), every connection is TLS: its handshake must
+/// complete within `join_timeout` (it counts among the pending connections meanwhile).
+///
 /// So the memory the endpoint holds for peers is at most about
 /// `max_connections` × (`max_queued_receives` + `max_queued_sends` + 4) frames of the
 /// largest accepted size, and for connections that have not joined, a Join frame each.
@@ -76,6 +80,9 @@ struct TcpServerOptions {
   /// any join is accepted. Needs psync built with OpenSSL (else the constructor throws
   /// `ConfigError`). See `read_secret_file`.
   Secret secret;
+  /// @brief TLS: the server's certificate and key files (PEM); empty = plain TCP.
+  /// Needs psync built with OpenSSL's libssl (else the constructor throws `ConfigError`).
+  TlsServerOptions tls;
 };
 
 /// @brief Configuration of a worker's `Tcp` endpoint.
@@ -100,6 +107,11 @@ struct TcpOptions {
   /// Empty: no MAC, and a server that requires one is refused at construction. Needs
   /// psync built with OpenSSL (else the constructor throws `ConfigError`).
   Secret secret;
+  /// @brief TLS: the CA file (PEM) the server's certificate must chain to, and the
+  /// name it must carry (default: the host connected to); empty = plain TCP. The
+  /// handshake must complete within `connect_timeout`. Needs psync built with
+  /// OpenSSL's libssl (else the constructor throws `ConfigError`).
+  TlsClientOptions tls;
 };
 
 namespace detail {

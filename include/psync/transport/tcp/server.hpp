@@ -14,6 +14,7 @@
 #include "psync/transport/tcp/io_thread.hpp"
 #include "psync/transport/tcp/options.hpp"
 #include "psync/transport/tcp/queue.hpp"
+#include "psync/transport/tcp/tls.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -47,6 +48,10 @@ class TcpServerImpl final : public TcpConnectionOwner {
   explicit TcpServerImpl(TcpServerOptions options)
       : options_(std::move(options)), work_(asio::make_work_guard(io_)), acceptor_(io_), retry_timer_(io_) {
     require_auth_support(options_.secret);
+    require_tls_support(options_.tls.enabled());
+#ifdef PSYNC_HAVE_TLS
+    if (options_.tls.enabled()) tls_ = make_tls_server_context(options_.tls);
+#endif
     try {
       const tcp::endpoint ep(asio::ip::make_address(options_.address), options_.port);
       acceptor_.open(ep.protocol());
@@ -270,7 +275,13 @@ class TcpServerImpl final : public TcpConnectionOwner {
       socket.close(ignored);
       return;
     }
-    auto c = std::make_shared<TcpConnection>(std::move(socket), *this, config);
+#ifdef PSYNC_HAVE_TLS
+    config.tls_accept = tls_ != nullptr;
+    TcpStream stream = tls_ ? TcpStream(std::move(socket), tls_) : TcpStream(std::move(socket));
+#else
+    TcpStream stream(std::move(socket));
+#endif
+    auto c = std::make_shared<TcpConnection>(std::move(stream), *this, config);
     connections_.insert(c);
     connection_count_.store(connections_.size());
     pending_.push_back(c);
@@ -278,6 +289,9 @@ class TcpServerImpl final : public TcpConnectionOwner {
   }
 
   TcpServerOptions options_;
+#ifdef PSYNC_HAVE_TLS
+  std::shared_ptr<asio::ssl::context> tls_;  // set when options_.tls is
+#endif
   asio::io_context io_{1};
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   tcp::acceptor acceptor_;
@@ -310,7 +324,8 @@ class TcpServerImpl final : public TcpConnectionOwner {
 class TcpServer {
  public:
   /// @brief Binds and listens; throws `TransportError` if the address cannot be bound,
-  /// `ConfigError` for a secret when psync was built without OpenSSL.
+  /// `ConfigError` for a secret when psync was built without OpenSSL, for TLS when it
+  /// was built without libssl, or when the TLS certificate or key cannot be used.
   explicit TcpServer(TcpServerOptions options = {})
       : impl_(std::make_unique<detail::TcpServerImpl>(std::move(options))) {}
 
