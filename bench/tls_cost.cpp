@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
   }
 #ifndef PSYNC_HAVE_TLS
   std::printf("psync was built without OpenSSL's libssl: no TLS to measure\n");
+  (void)n;
   (void)rounds;
   (void)blocks;
   return 0;

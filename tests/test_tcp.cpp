@@ -1035,6 +1035,12 @@ std::string failure_of(const std::function<void()>& f) {
   return "no error";
 }
 
+}  // namespace
+
+#ifdef PSYNC_HAVE_TLS
+
+namespace {
+
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // Collects the library's log lines while it lives.
@@ -1070,12 +1076,6 @@ class LogLines {
   std::mutex mutex_;
   std::vector<std::string> lines_;
 };
-
-}  // namespace
-
-#ifdef PSYNC_HAVE_TLS
-
-namespace {
 
 psync::TcpServerOptions tls_server(const psync_test::TlsFiles& f) {
   psync::TcpServerOptions o;
