@@ -19,13 +19,15 @@ void print_help(std::ostream& out) {
   out << R"(psync-train: one process of a psync parameter-server cluster over TCP.
 
 usage: psync-train --role server --server HOST:PORT --workers N [options]
-       psync-train --role worker --server HOST:PORT --id I --workers N [options]
+       psync-train --role worker --server HOST:PORT [--id I] --workers N [options]
 
   --role server|worker      which process this is                     PSYNC_ROLE
   --server HOST:PORT        server: address to listen on (port 0: any free port,
                             printed as "psync-train: listening on HOST:PORT");
                             worker: where the server is               PSYNC_SERVER
-  --id N                    worker id, 0 <= N < workers (worker only)  PSYNC_ID
+  --id N                    worker id, 0 <= N < workers (worker only; picks the
+                            data shard). Omitted: the server assigns the lowest
+                            id not yet taken, and the worker keeps it  PSYNC_ID
   --workers N               number of workers in the cluster (default 1) PSYNC_WORKERS
   --policy P                bsp | asp | ssp:S | dssp:LO:HI | osp:S | losp:S |
                             osp-uninstalled:S | losp-uninstalled:S (default bsp) PSYNC_POLICY
@@ -237,8 +239,8 @@ std::optional<Config> parse(int argc, char** argv) {
   if (const auto* v = get("--workers")) c.workers = parse_integer<std::uint32_t>(v->source, v->value, 1, 65535);
   if (const auto* v = get("--id")) c.id = parse_integer<std::uint32_t>(v->source, v->value, 0, 65534);
   if (!is_server) {
-    if (!c.id) throw UsageError("missing --id (this worker's id, 0 to workers-1; or PSYNC_ID)");
-    if (*c.id >= c.workers) {
+    // Without --id the server assigns one at join (worker_role.cpp).
+    if (c.id && *c.id >= c.workers) {
       throw UsageError("--id " + std::to_string(*c.id) + " is not below --workers " + std::to_string(c.workers));
     }
   }

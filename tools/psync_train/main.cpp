@@ -48,8 +48,6 @@ int main(int argc, char** argv) {
     return exit_usage;
   }
   const Config& c = *config;
-  const std::string who = c.role == "server" ? std::string("server on ") + c.server
-                                             : "worker " + std::to_string(*c.id) + " (server " + c.server + ")";
   std::string error;
   int code = exit_failure;
   try {
@@ -69,11 +67,16 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     error = e.what();
   }
+  // A worker without --id is named by the id the server assigned, once it has one.
+  const auto id = worker_id();
+  const std::string who = c.role == "server" ? std::string("server on ") + c.server
+                          : id               ? "worker " + std::to_string(*id) + " (server " + c.server + ")"
+                                             : "worker without an id yet (server " + c.server + ")";
   std::cerr << program << ": " << who << ": " << (code == exit_usage ? "configuration error: " : "error: ") << error
             << std::endl;
   if (c.role == "worker") {
     try {
-      write_worker_metrics(c, nullptr, error);
+      write_worker_metrics(c, worker_id(), nullptr, error);
     } catch (const std::exception& e) {
       std::cerr << program << ": " << e.what() << std::endl;
     }

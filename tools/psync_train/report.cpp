@@ -112,10 +112,12 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
   write_file_atomically(c.metrics, o.str());
 }
 
-void write_worker_metrics(const Config& c, const psync::WorkerReport* r, const std::string& error) {
+void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
+                          const std::string& error) {
   if (c.metrics.empty()) return;
   std::ostringstream o;
-  o << "{\n  " << config_json(c) << ",\n  \"id\": " << *c.id << ",\n  \"ok\": " << (r ? "true" : "false")
+  o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
+    << ",\n  \"id_assigned\": " << (c.id ? "false" : "true") << ",\n  \"ok\": " << (r ? "true" : "false")
     << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error));
   if (r) {
     o << ",\n  \"steps_done\": " << r->steps << ",\n  \"samples\": " << r->samples << ",\n  \"pushes\": " << r->pushes

@@ -8,6 +8,8 @@
 #include <Eigen/Core>
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 
 namespace psync_train {
@@ -31,7 +33,9 @@ struct ServerSummary {
 /// The server's --metrics file, if one was asked for.
 void write_server_metrics(const Config& c, const ServerSummary& s, const psync::ServerReport& report);
 
-/// A worker's --metrics file, if one was asked for: `r` is null after a failure, `error` says why.
-void write_worker_metrics(const Config& c, const psync::WorkerReport* r, const std::string& error);
+/// A worker's --metrics file, if one was asked for: `id` is null if the worker never
+/// learnt it (no --id, no join reply), `r` is null after a failure, `error` says why.
+void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
+                          const std::string& error);
 
 }  // namespace psync_train

@@ -17,6 +17,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace psync_train {
@@ -25,32 +28,47 @@ namespace {
 
 /// Set once the worker's connection is up, so a transport error says "lost" rather than "cannot reach".
 bool g_worker_connected = false;
+/// This worker's id once known: --id, or the id the server assigned at join.
+std::optional<std::uint32_t> g_worker_id;
+
+/// Throws unless `id` picks one of the --workers shards.
+void check_shard(const Config& c, std::uint32_t id) {
+  if (id >= c.workers) {
+    throw std::runtime_error("the server assigned worker id " + std::to_string(id) + ", which is not below --workers " +
+                             std::to_string(c.workers) + " (more workers joined than --workers says)");
+  }
+}
 
 template <class M, class P>
-int train(const Config& c, M model, P policy, psync::data::Dataset train) {
-  const std::uint32_t id = *c.id;
+int train_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
+  // Without --id the shard is picked once the join reply has told us our id.
+  g_worker_id = c.id;
   psync::data::Dataset mine;
-  {
-    auto shards = psync::data::shard(train, static_cast<int>(c.workers), c.seed);
-    mine = std::move(shards[id]);
-    train = psync::data::Dataset{};  // only this worker's shard stays in memory
-  }
-  psync::data::BatchSampler sampler(mine, c.batch, c.seed * 7919 + id + 1);
+  std::optional<psync::data::BatchSampler> sampler;
+  const auto take_shard = [&](std::uint32_t id) {
+    {
+      auto shards = psync::data::shard(train, static_cast<int>(c.workers), c.seed);
+      mine = std::move(shards[id]);
+      train = psync::data::Dataset{};  // only this worker's shard stays in memory
+    }
+    sampler.emplace(mine, c.batch, c.seed * 7919 + id + 1);
+  };
+  if (c.id) take_shard(*c.id);
 
   psync::TcpOptions to;
   to.connect_timeout = c.timeout;
   to.frame_timeout = c.timeout;
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
   to.secret = c.secret;
-  const auto connect = [&c, id, to](std::chrono::milliseconds within) {
+  const auto connect = [&c, to](std::uint32_t id, std::chrono::milliseconds within) {
     psync::TcpOptions o = to;
     o.connect_timeout = within;
     return psync::Tcp(c.host, c.port, id, o);
   };
-  psync::Tcp transport = connect(c.timeout);
+  psync::Tcp transport = connect(c.id.value_or(psync::any_worker), c.timeout);
   g_worker_connected = true;
 
-  psync::WorkerOptions wo;  // the worker's id is its transport's (`id` above)
+  psync::WorkerOptions wo;  // the worker's id is its transport's (--id, or the server's choice at join)
   wo.learning_rate = c.lr;
   wo.max_steps = c.steps;
   // Longer than the server's peer timeout: a worker waiting on a silent peer is
@@ -58,16 +76,31 @@ int train(const Config& c, M model, P policy, psync::data::Dataset train) {
   wo.reply_timeout = 2 * c.timeout;
   wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
   psync::Worker<M, psync::Tcp, P> worker(std::move(model), std::move(transport), wo, policy);
-  if (c.reconnect.count() > 0) worker.reconnect_with([&] { return connect(std::chrono::milliseconds(500)); });
-  if (!c.quiet) {
-    std::cout << program << ": worker " << id << " connected to " << c.server << " (policy " << policy.name()
-              << ", shard of " << mine.size() << " samples)" << std::endl;
+  // A reconnection keeps the id: an assigned one is what the worker rejoins under.
+  if (c.reconnect.count() > 0) {
+    worker.reconnect_with([&] { return connect(worker.core().id(), std::chrono::milliseconds(500)); });
   }
+  const auto say_connected = [&](std::uint32_t id, const char* how) {
+    if (c.quiet) return;
+    std::cout << program << ": worker " << id << how << " connected to " << c.server << " (policy " << policy.name()
+              << ", shard of " << mine.size() << " samples)" << std::endl;
+  };
+  if (c.id) say_connected(*c.id, "");
   const auto delay = c.step_delay;
+  // run() asks for the first batch only after the join reply: the id is known by then.
   const psync::WorkerReport r = worker.run([&]() -> const psync::data::Batch& {
+    if (!sampler) {
+      const std::uint32_t id = worker.core().id();
+      g_worker_id = id;
+      check_shard(c, id);
+      take_shard(id);
+      say_connected(id, " (id assigned by the server)");
+    }
     if (delay.count() > 0) std::this_thread::sleep_for(delay);
-    return sampler.next();
+    return sampler->next();
   });
+  const std::uint32_t id = worker.core().id();
+  g_worker_id = id;
   if (!c.quiet) {
     char line[320];
     std::snprintf(line, sizeof line,
@@ -82,7 +115,7 @@ int train(const Config& c, M model, P policy, psync::data::Dataset train) {
                 << " unsent or in-flight steps dropped)" << std::endl;
     }
   }
-  write_worker_metrics(c, &r, "");
+  write_worker_metrics(c, id, &r, "");
   return exit_ok;
 }
 
@@ -90,13 +123,16 @@ int train(const Config& c, M model, P policy, psync::data::Dataset train) {
 
 bool worker_connected() { return g_worker_connected; }
 
+std::optional<std::uint32_t> worker_id() { return g_worker_id; }
+
 int run_worker(const Config& c) {
+  g_worker_id = c.id;
   TrainTest data = load_data(c);
   const Eigen::Index inputs = data.train.dimension();
   const int classes = data.train.num_classes;
   return psync::with_policy(c.policy, [&](auto policy) {
     return with_model(c, inputs, classes,
-                      [&](auto model) { return train(c, std::move(model), policy, std::move(data.train)); });
+                      [&](auto model) { return train_worker(c, std::move(model), policy, std::move(data.train)); });
   });
 }
 
