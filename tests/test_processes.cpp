@@ -2,7 +2,7 @@
 // posix_spawn, each one bounded in time (killed and failed if it overruns), with
 // stdout/stderr captured to files in a temporary directory. Covers the launch
 // script under every policy, a worker killed mid-run, the server killed mid-run,
-// a refused join, and usage errors.
+// a refused join, workers the server assigns ids to, and usage errors.
 #include "catch.hpp"
 #include "synthetic_task.hpp"
 
