@@ -2,7 +2,7 @@
 // posix_spawn, each one bounded in time (killed and failed if it overruns), with
 // stdout/stderr captured to files in a temporary directory. Covers the launch
 // script under every policy, a worker killed mid-run, the server killed mid-run,
-// a refused join, and usage errors.
+// a refused join, workers the server assigns ids to, and usage errors.
 #include "catch.hpp"
 #include "synthetic_task.hpp"
 
@@ -322,6 +322,47 @@ TEST_CASE("A worker killed mid-run: the others finish and the server reports the
   const double steps = json_number(report, "steps_applied");
   CHECK(steps >= 600);  // both survivors' steps
   CHECK(steps < 900);   // the killed one's were cut short
+}
+
+TEST_CASE("Workers started without --id are assigned 0, 1, 2 by the server and train", "[processes][ids]") {
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "3", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
+                                        "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 3; ++w) {
+    const std::string name = "anon-" + std::to_string(w);
+    std::vector<std::string> argv{exe, "--role", "worker", "--server", server.address()};
+    const auto args = with({"--metrics", (dir.path / (name + ".json")).string()});
+    argv.insert(argv.end(), args.begin(), args.end());
+    workers.push_back(std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err")));
+  }
+  INFO("server stderr:\n" << server.process->err());
+  std::vector<int> ids;
+  for (int w = 0; w < 3; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "worker without --id " + std::to_string(w)) == 0);
+    const std::string metrics = read_file(dir.path / ("anon-" + std::to_string(w) + ".json"));
+    INFO(metrics);
+    CHECK(metrics.find("\"ok\": true") != std::string::npos);
+    CHECK(metrics.find("\"id_assigned\": true") != std::string::npos);
+    CHECK(json_number(metrics, "steps_done") == 100);
+    ids.push_back(static_cast<int>(json_number(metrics, "id")));
+    CHECK(workers[w]->out().find("(id assigned by the server) connected to") != std::string::npos);
+  }
+  std::sort(ids.begin(), ids.end());
+  CHECK(ids == std::vector<int>{0, 1, 2});
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  INFO(report);
+  for (int id = 0; id < 3; ++id) CHECK(count(report, "{\"id\": " + std::to_string(id) + ", ") == 1);
+  CHECK(count(report, "{\"id\": ") == 3);
+  CHECK(json_number(report, "steps_applied") == 300);
+  CHECK(json_number(report, "workers_lost") == 0);
 }
 
 TEST_CASE("The server killed mid-run: every worker fails within its deadline, naming the server",

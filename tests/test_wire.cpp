@@ -100,10 +100,13 @@ TEST_CASE("every message kind round-trips exactly", "[wire]") {
     p[0] = -0.0f;
     p[1] = std::numeric_limits<float>::infinity();
     p[2] = std::numeric_limits<float>::denorm_min();
-    const auto out = std::get<msg::Model>(round_trip(msg::Model{7, 6, 123456789, p}, psync::server_peer));
+    msg::Model in{7, 6, 123456789, p};
+    in.worker = 0x01020304;
+    const auto out = std::get<msg::Model>(round_trip(std::move(in), psync::server_peer));
     CHECK(out.version == 7);
     CHECK(out.min_clock == 6);
     CHECK(out.held_ns == 123456789);
+    CHECK(out.worker == 0x01020304);
     CHECK(std::memcmp(out.parameters.data(), p.data(), sizeof(float) * 64) == 0);
   }
   SECTION("error, every code") {
@@ -119,7 +122,7 @@ TEST_CASE("every message kind round-trips exactly", "[wire]") {
 TEST_CASE("the byte layout is the documented one", "[wire]") {
   const Bytes b = frame_of(msg::Leave{msg::LeaveReason::timed_out}, 0x01020304);
   const Bytes expected = {std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'},  // magic
-                          std::byte{2},                                                    // version
+                          std::byte{3},                                                    // version
                           std::byte{1},                                                    // type: leave
                           std::byte{0},   std::byte{0},                                    // reserved
                           std::byte{4},   std::byte{3},   std::byte{2}, std::byte{1},      // sender, LE
@@ -143,8 +146,8 @@ TEST_CASE("encoding does not copy the vector", "[wire]") {
   const Message m = msg::Model{1, 0, 0, ramp(100)};
   const wire::EncodedFrame f = wire::encode(psync::server_peer, m);
   CHECK(static_cast<const void*>(f.body.data()) == std::get<msg::Model>(m).parameters.data());
-  CHECK(f.prefix_size == wire::header_size + 32);
-  CHECK(f.size() == wire::header_size + 32 + 400);
+  CHECK(f.prefix_size == wire::header_size + 36);
+  CHECK(f.size() == wire::header_size + 36 + 400);
 }
 
 TEST_CASE("header faults are refused with a message naming them", "[wire]") {
@@ -157,7 +160,7 @@ TEST_CASE("header faults are refused with a message naming them", "[wire]") {
   SECTION("version") {
     Bytes b = good;
     b[4] = std::byte{1};
-    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 1 (expected 2)");
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 1 (expected 3)");
   }
   SECTION("type") {
     Bytes b = good;
@@ -212,10 +215,10 @@ TEST_CASE("payload faults are refused before anything is allocated", "[wire]") {
     CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first.find("does not match its element count") !=
           std::string::npos);
     Bytes m = frame_of(msg::Model{0, 0, 0, ramp(10)});
-    put<std::uint64_t>(m, 12, 32 + 40 + 2);  // not a whole number of floats
+    put<std::uint64_t>(m, 12, 36 + 40 + 2);  // not a whole number of floats
     m.resize(m.size() + 2);
     CHECK(frame_error([&] { wire::decode(m, {}, acquire); }).first ==
-          "model payload length 74 does not match its element count 10 (32 bytes of fields + 4 per float)");
+          "model payload length 78 does not match its element count 10 (36 bytes of fields + 4 per float)");
   }
   SECTION("wrong dimension") {
     const WireLimits limits{std::uint64_t{64} << 20, 784};
@@ -312,7 +315,7 @@ TEST_CASE("a challenge frame round-trips and has the documented layout", "[wire]
   c.auth_required = true;
   const auto f = wire::encode_challenge(c);
   REQUIRE(f.size() == wire::header_size + 33);
-  CHECK(f[4] == std::byte{2});  // version
+  CHECK(f[4] == std::byte{3});  // version
   CHECK(f[5] == std::byte{6});  // type: challenge
   std::uint32_t sender = 0;
   std::memcpy(&sender, f.data() + 8, 4);

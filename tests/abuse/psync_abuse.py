@@ -23,7 +23,7 @@ The last line is "N passed, M failed"; the exit code is 1 if any case failed
 See tests/abuse/README.md for what each case checks.
 
 The wire format is docs/wire-protocol.md (include/psync/transport/wire.hpp):
-a 20-byte header "PSYN", version 2, type, reserved 0, sender u32, payload length
+a 20-byte header "PSYN", version 3, type, reserved 0, sender u32, payload length
 u64, then per-type fixed fields and a body; all little-endian.
 """
 
@@ -47,11 +47,11 @@ import threading
 import time
 
 # ---------------------------------------------------------------------------
-# Wire protocol, version 2
+# Wire protocol, version 3
 # ---------------------------------------------------------------------------
 
 MAGIC = b"PSYN"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct("<4sBBHIQ")  # magic, version, type, reserved, sender, payload length
 assert HEADER.size == 20
 T_JOIN, T_LEAVE, T_PUSH, T_PULL, T_MODEL, T_ERROR, T_CHALLENGE = range(7)
@@ -62,10 +62,10 @@ JOIN_FIXED = struct.Struct("<IQIB32s")  # worker, dimension, policy length, MAC 
 LEAVE_FIXED = struct.Struct("<B")      # reason (1)
 PUSH_FIXED = struct.Struct("<QQIQ")    # clock, base_version, steps, count (28)
 PULL_FIXED = struct.Struct("<QQ")      # clock, buffer size (16)
-MODEL_FIXED = struct.Struct("<QQQQ")   # version, min_clock, held_ns, count (32)
+MODEL_FIXED = struct.Struct("<QQQIQ")  # version, min_clock, held_ns, worker, count (36)
 ERROR_FIXED = struct.Struct("<BI")     # code, text length (5)
 CHALLENGE_FIXED = struct.Struct("<B32s")  # flags (bit 0: auth required), nonce (33); the server's first frame
-FIXED = {T_JOIN: 49, T_LEAVE: 1, T_PUSH: 28, T_PULL: 16, T_MODEL: 32, T_ERROR: 5, T_CHALLENGE: 33}
+FIXED = {T_JOIN: 49, T_LEAVE: 1, T_PUSH: 28, T_PULL: 16, T_MODEL: 36, T_ERROR: 5, T_CHALLENGE: 33}
 assert [JOIN_FIXED.size, LEAVE_FIXED.size, PUSH_FIXED.size, PULL_FIXED.size, MODEL_FIXED.size,
         ERROR_FIXED.size, CHALLENGE_FIXED.size] == [FIXED[t] for t in range(N_TYPES)]
 ERROR_NAMES = {1: "bad_frame", 2: "wrong_dimension", 3: "duplicate_worker", 4: "policy_mismatch",
@@ -121,7 +121,7 @@ class Frame:
             code = self.fields[0]
             return "Error %d %s: %s" % (code, ERROR_NAMES.get(code, "?"), self.text)
         if self.type == T_MODEL:
-            return "Model version %d min_clock %d (%d floats)" % (self.fields[0], self.fields[1], self.fields[3])
+            return "Model version %d min_clock %d (%d floats)" % (self.fields[0], self.fields[1], self.fields[4])
         return TYPE_NAMES[self.type] if self.type < N_TYPES else "type %d" % self.type
 
 

@@ -25,6 +25,12 @@ using PeerId = std::uint32_t;
 /// @brief The server's peer id on every transport.
 inline constexpr PeerId server_peer = std::numeric_limits<PeerId>::max();
 
+/// @brief A worker without an id of its own: a `Join` naming it asks the server to
+/// assign one (the lowest id it has never admitted or reserved); the join reply's
+/// `msg::Model::worker` says which. Only the TCP transport assigns ids
+/// (docs/wire-protocol.md); a core that is handed such a join refuses it.
+inline constexpr PeerId any_worker = server_peer - 1;
+
 namespace msg {
 
 /// @brief A message authentication code: HMAC-SHA256, 32 bytes.
@@ -40,6 +46,9 @@ struct Join {
   /// (docs/wire-protocol.md). The TCP worker endpoint fills it when it has a secret;
   /// the TCP server checks and removes it; other transports ignore it.
   std::optional<Mac> mac{};
+  /// @brief Not on the wire: set by a server endpoint that assigned `worker` to a join
+  /// for `any_worker`. The server core refuses an assigned id it already knows.
+  bool assigned = false;
 };
 
 /// @brief Why a peer left.
@@ -81,6 +90,10 @@ struct Model {
   std::uint64_t min_clock = 0;
   std::uint64_t held_ns = 0;    ///< how long the server held the read for the policy
   Eigen::VectorXf parameters;
+  /// @brief The worker this model is for (last, so `Model{version, min_clock, held_ns,
+  /// parameters}` still reads as before). In the reply to a `Join` for `any_worker`: the
+  /// id the server assigned, which the worker uses from then on (rejoins included).
+  PeerId worker = 0;
 };
 
 /// @brief Why a request was refused.

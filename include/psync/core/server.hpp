@@ -135,6 +135,10 @@ class Server {
     core_.emplace(std::move(*initial_), std::move(co), policy_, start_);
     initial_.reset();
     if (!options_.checkpoint_dir.empty()) open_checkpoints(start_);
+    // A transport that assigns worker ids must not give away one the core holds (restored from a checkpoint).
+    if constexpr (requires { transport.reserve_worker_ids(std::vector<PeerId>{}); }) {
+      transport.reserve_worker_ids(core_->known_workers());
+    }
     // A transport that can refuse a wrong-sized vector before reading it is told the size.
     if constexpr (requires { transport.expect_dimension(std::uint64_t{}); }) {
       transport.expect_dimension(static_cast<std::uint64_t>(dimension()));

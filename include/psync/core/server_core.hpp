@@ -99,6 +99,15 @@ class ServerCore {
   std::uint64_t state_changes() const noexcept { return changes_; }
   /// @brief Workers restored as live that have not sent their `Join` yet.
   std::size_t awaited_workers() const noexcept { return returning_.size(); }
+  /// @brief Every worker id this core holds: joined at any time (live, finished, lost)
+  /// or restored from a checkpoint. None is assigned to a new worker; a transport
+  /// that assigns ids is told them (`Server::run` does, after a restore).
+  std::vector<PeerId> known_workers() const {
+    std::vector<PeerId> ids;
+    ids.reserve(peers_.size());
+    for (const auto& [id, p] : peers_) ids.push_back(id);
+    return ids;
+  }
 
   /// @brief Fills `out` with the state a checkpoint stores (see `CheckpointState`),
   /// reusing its vectors: once `out` has the model's size this copies the parameters
@@ -183,6 +192,8 @@ class ServerCore {
           } else if constexpr (std::is_same_v<K, msg::Pull>) {
             on_pull(from, std::move(m), now);
           } else if constexpr (std::is_same_v<K, msg::Leave>) {
+            // The connection of a refused assigned join closing, not the worker that holds the id.
+            if (m.reason == msg::LeaveReason::disconnected && refused_assigned_.erase(from) != 0) return;
             if (clocks_.live(from)) {
               if (m.reason != msg::LeaveReason::finished) note(who(from) + ": lost (" + leave_name(m.reason) + ")");
               remove_worker(from, m.reason, now);
@@ -202,6 +213,7 @@ class ServerCore {
   /// @brief The transport could not deliver to (or lost) `peer`: it is removed and
   /// every read it was holding back is reconsidered at once.
   void on_peer_lost(PeerId peer, msg::LeaveReason reason, Clock::time_point now) {
+    if (refused_assigned_.contains(peer)) return;  // the refused connection, not the worker (its Leave follows)
     if (clocks_.live(peer)) note(who(peer) + ": lost (" + leave_name(reason) + ")");
     remove_worker(peer, reason, now);
   }
@@ -308,6 +320,20 @@ class ServerCore {
   }
 
   void on_join(PeerId from, msg::Join&& j, Clock::time_point now) {
+    if (j.worker == any_worker) {
+      // Assigning is the transport's: it binds the connection to the id it picks.
+      refuse(from, msg::ErrorCode::bad_frame,
+             "join asks for an assigned worker id, which this transport does not give: name the worker's id");
+      return;
+    }
+    if (j.assigned && peers_.contains(j.worker)) {
+      // The endpoint picked an id this core holds (a worker restored from a checkpoint
+      // the endpoint had not been told of yet): refuse it; the connection's close is not that worker's.
+      refused_assigned_.insert(j.worker);
+      refuse(from, msg::ErrorCode::duplicate_worker,
+             "assigned " + who(j.worker) + " is held by a worker the server knows; join again for another id");
+      return;
+    }
     if (j.worker != from) {
       refuse(from, msg::ErrorCode::bad_frame, "join names worker " + std::to_string(j.worker) + " but came from " + who(from));
       return;
@@ -454,6 +480,7 @@ class ServerCore {
       // for a new worker, its saved clock for one returning after a restore.
       reply.min_clock = h.join ? h.read_clock : min_clock;
       reply.held_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - h.since).count());
+      reply.worker = h.worker;
       reply.parameters = std::move(h.buffer);
       reply.parameters = model_.parameters();
       const PeerId to = h.worker;
@@ -489,6 +516,7 @@ class ServerCore {
   std::vector<HeldRead> held_;
   detail::Outbox outbox_;
   std::set<PeerId> returning_;  // restored as live, Join not seen yet
+  std::set<PeerId> refused_assigned_;  // assigned joins refused: their connection's Leave is not the worker's
   std::uint64_t version_ = 0;
   std::uint64_t changes_ = 0;
   bool started_ = false;

@@ -75,7 +75,7 @@ class WorkerCore {
     report_.id = id;
   }
 
-  /// @brief This worker's id.
+  /// @brief This worker's id; a worker created as `any_worker` takes the id its join reply assigns.
   PeerId id() const noexcept { return id_; }
   /// @brief The model to compute the next gradient on (stable between `begin_step` calls).
   M& model() noexcept { return model_; }
@@ -209,6 +209,14 @@ class WorkerCore {
     }
     last_min_clock_ = m.min_clock;
     if (!joined_) {
+      if (id_ == any_worker) {
+        // We joined without an id: the reply names the one the server assigned, ours from now on.
+        if (m.worker >= any_worker) {
+          throw ProtocolError(who() + ": the join reply assigns worker id " + std::to_string(m.worker));
+        }
+        id_ = m.worker;
+        report_.id = id_;
+      }
       // The join reply: the initial model, and the clock this worker starts at (a late joiner's is not 0).
       model_.parameters() = m.parameters;
       version_ = m.version;

@@ -70,7 +70,8 @@ class InProcessHub {
     state_->spin = options.spin;
   }
 
-  /// @brief A new endpoint for peer `id`; throws `TransportError` if `id` is taken.
+  /// @brief A new endpoint for peer `id`; throws `TransportError` if `id` is taken,
+  /// `ConfigError` for `any_worker` (only the TCP transport assigns ids).
   InProcess endpoint(PeerId id) const;
 
  private:
@@ -197,6 +198,9 @@ class InProcess {
 };
 
 inline InProcess InProcessHub::endpoint(PeerId id) const {
+  if (id == any_worker) {
+    throw ConfigError("in-process: worker ids are not assigned here (any_worker); give each worker its own id");
+  }
   auto box = std::make_shared<detail::Mailbox>();
   std::lock_guard lock(state_->mutex);
   if (!state_->peers.emplace(id, box).second) {

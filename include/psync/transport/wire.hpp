@@ -9,7 +9,7 @@
 /// | offset | size | field                                         |
 /// |-------:|-----:|-----------------------------------------------|
 /// | 0      | 4    | magic "PSYN"                                  |
-/// | 4      | 1    | protocol version (2)                          |
+/// | 4      | 1    | protocol version (3)                          |
 /// | 5      | 1    | frame type (< 6: index in `psync::Message`)   |
 /// | 6      | 2    | reserved, 0                                   |
 /// | 8      | 4    | sender peer id                                |
@@ -69,7 +69,7 @@ static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559, "psyn
 /// @brief The 4 bytes every frame starts with.
 inline constexpr std::array<std::byte, 4> magic{std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'}};
 /// @brief The protocol version this codec speaks; any other is refused.
-inline constexpr std::uint8_t protocol_version = 2;
+inline constexpr std::uint8_t protocol_version = 3;
 /// @brief Size of the fixed frame header in bytes.
 inline constexpr std::size_t header_size = 20;
 /// @brief Longest `Join::policy` accepted, in bytes.
@@ -146,7 +146,7 @@ constexpr std::size_t fixed_size(MessageType t) noexcept {
     case MessageType::leave: return 1;              // reason
     case MessageType::push: return 8 + 8 + 4 + 8;   // clock, base_version, steps, count
     case MessageType::pull: return 8 + 8;           // clock, buffer size
-    case MessageType::model: return 8 + 8 + 8 + 8;  // version, min_clock, held_ns, count
+    case MessageType::model: return 8 + 8 + 8 + 4 + 8;  // version, min_clock, held_ns, worker, count
     case MessageType::error: return 1 + 4;          // code, text length
     case MessageType::challenge: return 1 + nonce_size;  // flags, nonce
   }
@@ -354,7 +354,8 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
       m.version = detail::get<std::uint64_t>(p);
       m.min_clock = detail::get<std::uint64_t>(p + 8);
       m.held_ns = detail::get<std::uint64_t>(p + 16);
-      const auto count = detail::get<std::uint64_t>(p + 24);
+      m.worker = detail::get<std::uint32_t>(p + 24);
+      const auto count = detail::get<std::uint64_t>(p + 28);
       detail::check_float_count(h, count);
       detail::check_dimension(count, limits);
       m.parameters = acquire(static_cast<Eigen::Index>(count));
@@ -488,7 +489,8 @@ inline EncodedFrame encode(PeerId sender, const Message& m) {
           detail::put<std::uint64_t>(p, v.version);
           detail::put<std::uint64_t>(p + 8, v.min_clock);
           detail::put<std::uint64_t>(p + 16, v.held_ns);
-          detail::put<std::uint64_t>(p + 24, static_cast<std::uint64_t>(v.parameters.size()));
+          detail::put<std::uint32_t>(p + 24, v.worker);
+          detail::put<std::uint64_t>(p + 28, static_cast<std::uint64_t>(v.parameters.size()));
           f.body = std::as_bytes(
               std::span<const float>(v.parameters.data(), static_cast<std::size_t>(v.parameters.size())));
         } else if constexpr (std::is_same_v<T, msg::Error>) {

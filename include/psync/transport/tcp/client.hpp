@@ -68,7 +68,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
   TcpClientImpl& operator=(const TcpClientImpl&) = delete;
   ~TcpClientImpl() { close(); }
 
-  PeerId self() const noexcept { return self_; }
+  PeerId self() const noexcept { return self_.load(); }
 
   void send(PeerId to, Message&& m) {
     if (closed_.load()) throw TransportError("tcp worker: send on a closed endpoint");
@@ -119,6 +119,17 @@ class TcpClientImpl final : public TcpConnectionOwner {
                              ", not its challenge (a psync server of another version?)";
         handshake_cv_.notify_all();
         throw wire::FrameError(msg::ErrorCode::bad_frame, handshake_failure_);
+      }
+    }
+    if (self_.load() == any_worker) {
+      if (const auto* model = std::get_if<msg::Model>(&m)) {
+        // The join reply names the id the server assigned us: our frames carry it from now on.
+        if (model->worker >= any_worker) {
+          throw wire::FrameError(msg::ErrorCode::bad_frame,
+                                 "the join reply assigns worker id " + std::to_string(model->worker));
+        }
+        c.set_local_id(model->worker);
+        self_.store(model->worker);
       }
     }
     queue_.push(Envelope{server_peer, std::move(m)}, c.credit());
@@ -240,7 +251,7 @@ class TcpClientImpl final : public TcpConnectionOwner {
                          " ms: " + last);
   }
 
-  PeerId self_;
+  std::atomic<PeerId> self_;  // any_worker until the join reply assigns an id
   WireLimits limits_;
   Secret secret_;
   bool tls_ = false;
@@ -272,7 +283,8 @@ class TcpClientImpl final : public TcpConnectionOwner {
 /// delivered and later sends throw `TransportError`. Movable, not copyable; closing flushes queued messages first.
 class Tcp {
  public:
-  /// @brief Connects to `host:port` as worker `self`, retrying until
+  /// @brief Connects to `host:port` as worker `self` (`any_worker`: the server assigns
+  /// the id at join, see `self()`), retrying until
   /// `options.connect_timeout` (the server may start later), then waits (as long again
   /// at most) for the server's challenge; throws `TransportError` naming host:port if
   /// it cannot, `ProtocolError` if the server refuses us or requires a secret we were
@@ -283,7 +295,8 @@ class Tcp {
   Tcp(const std::string& host, std::uint16_t port, PeerId self, TcpOptions options = {})
       : impl_(std::make_unique<detail::TcpClientImpl>(host, port, self, options)) {}
 
-  /// @brief The worker id given at construction.
+  /// @brief The worker id given at construction; for `any_worker`, the id the server
+  /// assigned once its join reply has been received (`any_worker` until then).
   PeerId self() const { return impl().self(); }
 
   /// @brief Queues `m` for the server (thread-safe). Throws `TransportError` if `to`

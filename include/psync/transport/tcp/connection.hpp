@@ -176,6 +176,10 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     join_timer_.cancel(ignored);
   }
 
+  /// The sender id of frames encoded from now on (a worker that was assigned its id;
+  /// any thread, before it sends anything under the new id).
+  void set_local_id(PeerId id) noexcept { local_id_.store(id, std::memory_order_relaxed); }
+
   /// The challenge this connection sent its peer first, if it sent one.
   const wire::Challenge* challenge() const noexcept { return challenge_ ? &*challenge_ : nullptr; }
 
@@ -234,7 +238,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   /// Queues `m` for sending (any thread). Throws `ProtocolError` if `m` cannot be
   /// encoded and `TransportError` if the connection is closing or closed.
   void enqueue(Message&& m) {
-    (void)wire::encode(config_.local_id, m);  // reject an unencodable message in the caller's thread
+    (void)wire::encode(local_id_.load(std::memory_order_relaxed), m);  // reject an unencodable message in the caller's thread
     std::unique_lock lock(out_mutex_);
     if (!accepting_) throw TransportError(std::string(config_.side) + ": connection to " + remote_ + " is closed");
     if (const std::size_t queued = outbox_.size() + inflight_count_ + (caller_writing_ ? 1 : 0);
@@ -550,7 +554,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   // front of the outbox for the I/O thread. Never throws.
   void write_directly(Message&& m) noexcept {
     auto self = shared_from_this();  // keeps the descriptor open until we are done
-    const wire::EncodedFrame f = wire::encode(config_.local_id, m);
+    const wire::EncodedFrame f = wire::encode(local_id_.load(std::memory_order_relaxed), m);
     std::array<iovec, 2> iov{iovec{const_cast<std::byte*>(f.prefix.data()), f.prefix_size},
                              iovec{const_cast<std::byte*>(f.body.data()), f.body.size()}};
     const std::size_t total = f.size();
@@ -639,7 +643,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
       return;
     }
     // Frames point into inflight_'s elements: encode only after it stops growing.
-    for (const Message& m : inflight_) encoded_.push_back(wire::encode(config_.local_id, m));
+    for (const Message& m : inflight_) encoded_.push_back(wire::encode(local_id_.load(std::memory_order_relaxed), m));
     for (const wire::EncodedFrame& f : encoded_) {
       buffers_.emplace_back(f.prefix.data(), f.prefix_size);
       if (!f.body.empty()) buffers_.emplace_back(f.body.data(), f.body.size());
@@ -726,6 +730,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
   const int fd_;  // for callers' direct writes, which must not touch socket_
   const bool direct_writes_;  // callers may write (plain TCP only: a TLS stream is the I/O thread's)
   bool handshaking_ = false;  // the TLS handshake is under way (I/O thread)
+  std::atomic<PeerId> local_id_{config_.local_id};  // sender id of outgoing frames
   std::optional<PeerId> peer_;
   std::optional<wire::Challenge> challenge_;  // what this side sent first (I/O thread; fixed after start)
   std::array<std::byte, wire::challenge_frame_size> challenge_frame_{};

@@ -9,6 +9,7 @@
 #include "psync/core/error.hpp"
 #include "psync/core/log.hpp"
 #include "psync/core/message.hpp"
+#include "psync/core/worker_ids.hpp"
 #include "psync/transport/tcp/auth.hpp"
 #include "psync/transport/tcp/connection.hpp"
 #include "psync/transport/tcp/io_thread.hpp"
@@ -92,6 +93,11 @@ class TcpServerImpl final : public TcpConnectionOwner {
 
   void expect_dimension(std::uint64_t d) noexcept { expected_dimension_.store(d); }
 
+  void reserve_worker_ids(const std::vector<PeerId>& ids) {
+    std::lock_guard lock(peers_mutex_);
+    for (const PeerId id : ids) worker_ids_.take(id);
+  }
+
   void disconnect(PeerId peer) {
     std::shared_ptr<TcpConnection> c;
     {
@@ -148,10 +154,21 @@ class TcpServerImpl final : public TcpConnectionOwner {
       wire::detail::check_dimension(join->dimension, limits(), "join declares a model of ");
       {
         std::lock_guard lock(peers_mutex_);
+        if (join->worker == any_worker) {
+          // The lowest id never taken; the core refuses it if it holds that id already.
+          join->worker = worker_ids_.assign();
+          join->assigned = true;
+          if (join->worker == any_worker) {
+            throw wire::FrameError(msg::ErrorCode::limit_exceeded, "no worker id left to assign (" +
+                                                                       std::to_string(worker_ids_.size()) +
+                                                                       " taken)");
+          }
+        }
         if (!peers_.emplace(join->worker, c.shared_from_this()).second) {
           throw wire::FrameError(msg::ErrorCode::duplicate_worker,
                                  "worker " + std::to_string(join->worker) + " is already connected");
         }
+        worker_ids_.take(join->worker);
       }
       c.set_peer(join->worker);
     } else if (h.sender != *c.peer()) {
@@ -300,6 +317,7 @@ class TcpServerImpl final : public TcpConnectionOwner {
   EnvelopeQueue queue_;
   std::mutex peers_mutex_;
   std::map<PeerId, std::shared_ptr<TcpConnection>> peers_;  // joined workers (any thread, under peers_mutex_)
+  WorkerIds worker_ids_;                                    // ids ever joined or reserved (under peers_mutex_)
   std::set<std::shared_ptr<TcpConnection>> connections_;    // every open connection (I/O thread)
   std::deque<std::weak_ptr<TcpConnection>> pending_;        // not joined yet, oldest first (I/O thread)
   std::atomic<std::size_t> connection_count_{0};
@@ -315,7 +333,9 @@ class TcpServerImpl final : public TcpConnectionOwner {
 /// own I/O thread. Each connection is first sent a challenge (a random nonce). Its
 /// first frame must be a `msg::Join`, within `join_timeout`, which must prove the
 /// `secret` when there is one; its `worker` becomes the connection's peer id (and the
-/// join is delivered too, without its MAC). An invalid frame gets a `msg::Error` back, a line in the log
+/// join is delivered too, without its MAC). A join for `any_worker` is given the
+/// lowest id never joined on this endpoint nor reserved (`WorkerIds`), delivered as a
+/// join for that id with `assigned` set; the server's reply tells the worker. An invalid frame gets a `msg::Error` back, a line in the log
 /// (`psync::set_log_handler`) and a closed connection; so does a peer that exceeds
 /// one of `TcpServerOptions`' bounds. Sending a `msg::Error` to a worker closes its
 /// connection after the frame. A joined peer's loss is delivered as
@@ -350,6 +370,11 @@ class TcpServer {
   /// `TcpServerOptions::limits.expected_dimension` was set): a frame announcing
   /// another count is refused before its payload is read. `Server::run` calls it.
   void expect_dimension(std::uint64_t d) noexcept { impl().expect_dimension(d); }
+
+  /// @brief Worker ids never to assign to a join for `any_worker` (those a server
+  /// restored from a checkpoint; `Server::run` calls it). Ids that joined on this
+  /// endpoint are never reassigned anyway.
+  void reserve_worker_ids(const std::vector<PeerId>& ids) { impl().reserve_worker_ids(ids); }
 
   /// @brief Closes worker `peer`'s connection after flushing what was queued for it
   /// (thread-safe; nothing if it is not connected). Its `Leave{disconnected}` follows.

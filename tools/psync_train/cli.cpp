@@ -1,0 +1,305 @@
+// psync-train's command line (see cli.hpp).
+
+#include "cli.hpp"
+
+#include <psync/policies/parse.hpp>
+
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <ostream>
+#include <string_view>
+
+namespace psync_train {
+
+void print_help(std::ostream& out) {
+  out << R"(psync-train: one process of a psync parameter-server cluster over TCP.
+
+usage: psync-train --role server --server HOST:PORT --workers N [options]
+       psync-train --role worker --server HOST:PORT [--id I] --workers N [options]
+
+  --role server|worker      which process this is                     PSYNC_ROLE
+  --server HOST:PORT        server: address to listen on (port 0: any free port,
+                            printed as "psync-train: listening on HOST:PORT");
+                            worker: where the server is               PSYNC_SERVER
+  --id N                    worker id, 0 <= N < workers (worker only; picks the
+                            data shard). Omitted: the server assigns the lowest
+                            id not yet taken, and the worker keeps it  PSYNC_ID
+  --workers N               number of workers in the cluster (default 1) PSYNC_WORKERS
+  --policy P                bsp | asp | ssp:S | dssp:LO:HI | osp:S | losp:S |
+                            osp-uninstalled:S | losp-uninstalled:S (default bsp) PSYNC_POLICY
+  --model M                 softmax | mlp:H1,H2,... (default softmax)  PSYNC_MODEL
+  --data D                  fashion-mnist | synthetic (default fashion-mnist) PSYNC_DATA
+  --data-dir DIR            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist) PSYNC_DATA_DIR
+  --steps N                 local SGD steps per worker (default 1000)  PSYNC_STEPS
+  --lr X                    learning rate (default 0.1); bsp/osp average each
+                            round, asp/ssp/dssp add every push: divide by the
+                            workers for the same step per round          PSYNC_LR
+  --batch N                 minibatch size (default 64)                PSYNC_BATCH
+  --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
+  --metrics FILE            write this process's report as JSON       PSYNC_METRICS
+  --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
+  --step-delay-ms N         sleep N ms before each step (emulates slow compute) PSYNC_STEP_DELAY_MS
+  --quiet                   no progress lines or event log             PSYNC_QUIET=1
+  --secret-file FILE        the cluster's shared secret (mode 600): the server
+                            admits only workers that prove it at join (HMAC-SHA256
+                            over a random challenge); workers prove it  PSYNC_SECRET_FILE
+  --checkpoint DIR          server: write checkpoints into DIR         PSYNC_CHECKPOINT
+  --checkpoint-every S      server: at most every S seconds while training, and
+                            at the end (default 60; 0: only at the end) PSYNC_CHECKPOINT_EVERY
+  --checkpoint-keep N       server: keep the newest N (default 3)      PSYNC_CHECKPOINT_KEEP
+  --resume                  server: start from the newest valid checkpoint in the
+                            --checkpoint DIR (none: error, exit 1)     PSYNC_RESUME=1
+  --reconnect-ms N          worker: when the server is lost, reconnect with
+                            backoff for up to N ms, rejoin and go on (default 0: off) PSYNC_RECONNECT_MS
+  --help                    this text
+
+Server and workers must agree on --workers, --policy, --model, --data and --seed.
+Flags win over environment variables; "--flag=value" works too.
+Exit codes: 0 success, 1 runtime failure, 2 usage error.
+)";
+}
+
+namespace {
+
+// ---- parsing -------------------------------------------------------------
+
+std::string describe(std::string_view name, std::string_view value) {
+  return std::string(name) + " '" + std::string(value) + "'";
+}
+
+template <class Int>
+Int parse_integer(std::string_view source, std::string_view text, Int min, Int max) {
+  Int value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || value < min || value > max) {
+    throw UsageError(describe(source, text) + ": expected an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max));
+  }
+  return value;
+}
+
+float parse_positive_float(std::string_view source, std::string_view text) {
+  const std::string s(text);
+  char* end = nullptr;
+  errno = 0;
+  const float value = std::strtof(s.c_str(), &end);
+  if (s.empty() || end != s.c_str() + s.size() || errno != 0 || !std::isfinite(value) || !(value > 0)) {
+    throw UsageError(describe(source, text) + ": expected a positive finite number");
+  }
+  return value;
+}
+
+/// "host:port" or "[v6]:port"; `allow_zero` for the server's listening port.
+void parse_address(std::string_view source, std::string_view text, bool allow_zero, Config& c) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    throw UsageError(describe(source, text) + ": expected HOST:PORT, e.g. 127.0.0.1:7000");
+  }
+  std::string_view host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) throw UsageError(describe(source, text) + ": the host is empty");
+  c.host = std::string(host);
+  c.port = parse_integer<std::uint16_t>(std::string(source) + " port", text.substr(colon + 1),
+                                        allow_zero ? 0 : 1, 65535);
+  c.server = std::string(text);
+}
+
+std::vector<Eigen::Index> parse_model(std::string_view source, std::string_view text) {
+  if (text == "softmax") return {};
+  if (text.substr(0, 4) != "mlp:" || text.size() == 4) {
+    throw UsageError(describe(source, text) + ": expected softmax or mlp:H1,H2,... (hidden widths)");
+  }
+  std::vector<Eigen::Index> hidden;
+  std::string_view rest = text.substr(4);
+  while (true) {
+    const auto comma = rest.find(',');
+    hidden.push_back(parse_integer<Eigen::Index>(std::string(source) + " hidden width", rest.substr(0, comma), 1,
+                                                 1 << 16));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return hidden;
+}
+
+bool parse_bool(std::string_view source, std::string_view text) {
+  if (text == "1" || text == "true" || text == "yes" || text == "on") return true;
+  if (text == "0" || text == "false" || text == "no" || text == "off" || text.empty()) return false;
+  throw UsageError(describe(source, text) + ": expected 1/0, true/false, yes/no or on/off");
+}
+
+/// --checkpoint, --checkpoint-every, --checkpoint-keep, --resume, --reconnect-ms.
+template <class Get>
+void parse_resilience(const Get& get, Config& c) {
+  if (const auto* v = get("--checkpoint")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    c.checkpoint = v->value;
+  }
+  if (const auto* v = get("--checkpoint-every")) {
+    const std::string s = v->value;
+    char* end = nullptr;
+    const double seconds = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size() || !(seconds >= 0) || seconds > 30 * 86400.0) {
+      throw UsageError(describe(v->source, v->value) + ": expected seconds, 0 or more (e.g. 0.5)");
+    }
+    c.checkpoint_every = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+  }
+  if (const auto* v = get("--checkpoint-keep")) c.checkpoint_keep = parse_integer<std::size_t>(v->source, v->value, 1, 1000);
+  if (const auto* v = get("--resume")) c.resume = v->value == "1";
+  if (c.resume && c.checkpoint.empty()) throw UsageError("--resume needs --checkpoint DIR (where the checkpoints are)");
+  if (const auto* v = get("--reconnect-ms")) {
+    c.reconnect = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 24LL * 3600 * 1000));
+  }
+}
+
+struct OptionSpec {
+  const char* flag;
+  const char* env;
+  bool takes_value;
+};
+
+constexpr OptionSpec option_specs[] = {
+    {"--role", "PSYNC_ROLE", true},         {"--server", "PSYNC_SERVER", true},
+    {"--id", "PSYNC_ID", true},             {"--workers", "PSYNC_WORKERS", true},
+    {"--policy", "PSYNC_POLICY", true},     {"--model", "PSYNC_MODEL", true},
+    {"--data", "PSYNC_DATA", true},         {"--data-dir", "PSYNC_DATA_DIR", true},
+    {"--steps", "PSYNC_STEPS", true},       {"--lr", "PSYNC_LR", true},
+    {"--batch", "PSYNC_BATCH", true},       {"--seed", "PSYNC_SEED", true},
+    {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
+    {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
+    {"--secret-file", "PSYNC_SECRET_FILE", true},
+    {"--checkpoint", "PSYNC_CHECKPOINT", true},     {"--checkpoint-every", "PSYNC_CHECKPOINT_EVERY", true},
+    {"--checkpoint-keep", "PSYNC_CHECKPOINT_KEEP", true}, {"--resume", "PSYNC_RESUME", false},
+    {"--reconnect-ms", "PSYNC_RECONNECT_MS", true},
+};
+
+struct RawValue {
+  std::string value;
+  std::string source;  // "--steps" or "PSYNC_STEPS", for messages
+};
+
+
+}  // namespace
+
+/// Environment first, then flags over it; returns nullopt after --help.
+std::optional<Config> parse(int argc, char** argv) {
+  std::map<std::string, RawValue> raw;  // keyed by flag
+  for (const auto& spec : option_specs) {
+    if (const char* v = std::getenv(spec.env)) {
+      raw[spec.flag] = RawValue{spec.takes_value ? v : (parse_bool(spec.env, v) ? "1" : "0"), spec.env};
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") return std::nullopt;
+    std::string_view name = arg;
+    std::optional<std::string_view> inline_value;
+    if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
+      name = arg.substr(0, eq);
+      inline_value = arg.substr(eq + 1);
+    }
+    const OptionSpec* spec = nullptr;
+    for (const auto& s : option_specs) {
+      if (name == s.flag) spec = &s;
+    }
+    if (!spec) throw UsageError("unknown argument '" + std::string(arg) + "' (see --help)");
+    if (!spec->takes_value) {
+      raw[spec->flag] = RawValue{inline_value ? (parse_bool(spec->flag, *inline_value) ? "1" : "0") : "1", spec->flag};
+      continue;
+    }
+    if (inline_value) {
+      raw[spec->flag] = RawValue{std::string(*inline_value), spec->flag};
+    } else {
+      if (i + 1 >= argc) throw UsageError(std::string(spec->flag) + " needs a value (see --help)");
+      raw[spec->flag] = RawValue{argv[++i], spec->flag};
+    }
+  }
+
+  Config c;
+  const auto get = [&](const char* flag) -> const RawValue* {
+    auto it = raw.find(flag);
+    return it == raw.end() ? nullptr : &it->second;
+  };
+  const RawValue* role = get("--role");
+  if (!role) throw UsageError("missing --role (server or worker; or PSYNC_ROLE)");
+  if (role->value != "server" && role->value != "worker") {
+    throw UsageError(describe(role->source, role->value) + ": expected server or worker");
+  }
+  c.role = role->value;
+  const bool is_server = c.role == "server";
+  const RawValue* server = get("--server");
+  if (!server) {
+    throw UsageError(is_server ? "missing --server HOST:PORT (the address to listen on; or PSYNC_SERVER)"
+                               : "missing --server HOST:PORT (where the server listens; or PSYNC_SERVER)");
+  }
+  parse_address(server->source, server->value, is_server, c);
+  if (const auto* v = get("--workers")) c.workers = parse_integer<std::uint32_t>(v->source, v->value, 1, 65535);
+  if (const auto* v = get("--id")) c.id = parse_integer<std::uint32_t>(v->source, v->value, 0, 65534);
+  if (!is_server) {
+    // Without --id the server assigns one at join (worker_role.cpp).
+    if (c.id && *c.id >= c.workers) {
+      throw UsageError("--id " + std::to_string(*c.id) + " is not below --workers " + std::to_string(c.workers));
+    }
+  }
+  if (const auto* v = get("--policy")) {
+    try {
+      (void)psync::parse_policy(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+    c.policy = v->value;
+  }
+  if (const auto* v = get("--model")) {
+    c.hidden = parse_model(v->source, v->value);
+    c.model = v->value;
+  }
+  if (const auto* v = get("--data")) {
+    if (v->value != "fashion-mnist" && v->value != "synthetic") {
+      throw UsageError(describe(v->source, v->value) + ": expected fashion-mnist or synthetic");
+    }
+    c.data = v->value;
+  }
+  if (const auto* v = get("--data-dir")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    c.data_dir = v->value;
+  }
+  if (const auto* v = get("--steps")) {
+    c.steps = parse_integer<std::uint64_t>(v->source, v->value, 1, std::numeric_limits<std::uint32_t>::max());
+  }
+  if (const auto* v = get("--lr")) c.lr = parse_positive_float(v->source, v->value);
+  if (const auto* v = get("--batch")) c.batch = parse_integer<Eigen::Index>(v->source, v->value, 1, 1 << 20);
+  if (const auto* v = get("--seed")) {
+    c.seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());
+  }
+  if (const auto* v = get("--metrics")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    c.metrics = v->value;
+  }
+  if (const auto* v = get("--timeout-ms")) {
+    c.timeout = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 1, 24LL * 3600 * 1000));
+  }
+  if (const auto* v = get("--step-delay-ms")) {
+    c.step_delay = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 60000));
+  }
+  if (const auto* v = get("--quiet")) c.quiet = v->value == "1";
+  if (const auto* v = get("--secret-file")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    try {
+      c.secret = psync::read_secret_file(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+  }
+  parse_resilience(get, c);
+  if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
+  return c;
+}
+
+std::string host_port(const std::string& host, std::uint16_t port) {
+  const bool v6 = host.find(':') != std::string::npos;
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+}  // namespace psync_train

@@ -1,0 +1,73 @@
+#pragma once
+// psync-train's command line: the configuration every role reads, and how flags and
+// PSYNC_* environment variables become one.
+
+// Boost 1.74's Asio needs <utility> first under C++20.
+#include <utility>
+
+#include <psync/data/idx.hpp>
+#include <psync/transport/tcp/auth.hpp>
+
+#include <Eigen/Core>
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace psync_train {
+
+constexpr int exit_ok = 0;
+constexpr int exit_failure = 1;
+constexpr int exit_usage = 2;
+
+constexpr const char* program = "psync-train";
+
+/// A mistake in the command line or the environment: exit code 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Config {
+  std::string role;
+  std::string server;  // as given, for messages
+  std::string host;
+  std::uint16_t port = 0;
+  std::optional<std::uint32_t> id;
+  std::uint32_t workers = 1;
+  std::string policy = "bsp";
+  std::string model = "softmax";
+  std::vector<Eigen::Index> hidden;  // empty: softmax regression
+  std::string data = "fashion-mnist";
+  std::string data_dir = psync::data::default_fashion_mnist_dir;
+  std::uint64_t steps = 1000;
+  float lr = 0.1f;
+  Eigen::Index batch = 64;
+  std::uint64_t seed = 1;
+  std::string metrics;
+  std::chrono::milliseconds timeout{30000};
+  std::chrono::milliseconds step_delay{0};
+  bool quiet = false;
+  psync::Secret secret;  // from --secret-file; empty: no authentication
+  // Checkpoints (server) and reconnecting (worker): docs/checkpoints.md.
+  std::string checkpoint;
+  std::chrono::milliseconds checkpoint_every{60000};
+  std::size_t checkpoint_keep = 3;
+  bool resume = false;
+  std::chrono::milliseconds reconnect{0};
+};
+
+/// Prints --help.
+void print_help(std::ostream& out);
+
+/// Environment first, then flags over it; returns nullopt after --help. Throws UsageError.
+std::optional<Config> parse(int argc, char** argv);
+
+/// "host:port", with brackets around an IPv6 host.
+std::string host_port(const std::string& host, std::uint16_t port);
+
+}  // namespace psync_train

@@ -1,0 +1,138 @@
+// psync-train's JSON reports (see report.hpp).
+
+#include "report.hpp"
+
+#include <psync/core/message.hpp>
+#include <psync/detail/json.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace psync_train {
+
+namespace {
+
+using psync::detail::json_number;
+using psync::detail::json_string;
+
+std::string float_text(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.7g", static_cast<double>(v));  // a float's own precision
+  return buf;
+}
+
+
+}  // namespace
+
+/// Writes `text` to `path` through a temporary file, so a reader never sees half of it.
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write metrics file '" + tmp + "': " + std::strerror(errno));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+}
+
+/// Fails early (usage error) if the metrics file cannot be created, before any training.
+void check_metrics_writable(const std::string& path) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream probe(tmp, std::ios::trunc);
+  if (!probe) throw UsageError("--metrics '" + path + "': cannot create '" + tmp + "': " + std::strerror(errno));
+  probe.close();
+  std::filesystem::remove(tmp);
+}
+
+namespace {
+
+std::string config_json(const Config& c) {
+  std::ostringstream o;
+  o << "\"role\": " << json_string(c.role) << ",\n  \"server\": " << json_string(c.server)
+    << ",\n  \"workers\": " << c.workers << ",\n  \"policy\": " << json_string(c.policy)
+    << ",\n  \"model\": " << json_string(c.model) << ",\n  \"data\": " << json_string(c.data)
+    << ",\n  \"steps\": " << c.steps << ",\n  \"lr\": " << float_text(c.lr) << ",\n  \"batch\": " << c.batch
+    << ",\n  \"seed\": " << c.seed << ",\n  \"timeout_ms\": " << c.timeout.count();
+  return o.str();
+}
+
+/// `{"count": n, "mean": m, "max": x}`.
+std::string summary_json(const psync::Summary& s) {
+  return "{\"count\": " + std::to_string(s.count) + ", \"mean\": " + json_number(s.mean()) +
+         ", \"max\": " + std::to_string(s.max) + "}";
+}
+
+const char* leave_name(psync::msg::LeaveReason r) {
+  switch (r) {
+    case psync::msg::LeaveReason::finished: return "finished";
+    case psync::msg::LeaveReason::disconnected: return "disconnected";
+    case psync::msg::LeaveReason::timed_out: return "timed_out";
+    case psync::msg::LeaveReason::failed: return "failed";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+void write_server_metrics(const Config& c, const ServerSummary& s, const psync::ServerReport& report) {
+  if (c.metrics.empty()) return;
+  std::ostringstream o;
+  o << "{\n  " << config_json(c) << ",\n  \"listening\": " << json_string(s.listening) << ",\n  \"ok\": true"
+    << ",\n  \"interrupted\": " << (s.interrupted ? "true" : "false") << ",\n  \"wall_s\": "
+    << json_number(report.wall_s) << ",\n  \"version\": " << report.version
+    << ",\n  \"updates_applied\": " << report.updates_applied << ",\n  \"steps_applied\": " << report.steps_applied
+    << ",\n  \"final_test_accuracy\": " << json_number(s.final_test_accuracy)
+    << ",\n  \"final_test_loss\": " << json_number(s.final_test_loss) << ",\n  \"test_samples\": " << s.test_samples
+    << ",\n  \"workers_lost\": " << s.workers_lost << ",\n  \"checkpoints_written\": " << report.checkpoints_written
+    << ",\n  \"checkpoint_failures\": " << report.checkpoint_failures
+    << ",\n  \"checkpoint_s\": " << json_number(report.checkpoint_s)
+    << ",\n  \"resumed_from\": " << (report.resumed_path.empty() ? "null" : json_string(report.resumed_path))
+    << ",\n  \"resumed_steps\": " << report.resumed_steps << ",\n  \"peers\": [";
+  for (std::size_t i = 0; i < report.peers.size(); ++i) {
+    const auto& p = report.peers[i];
+    // "staleness" is in model versions (pushes under asp/ssp/dssp, rounds under bsp/osp).
+    o << (i ? "," : "") << "\n    {\"id\": " << p.id << ", \"pushes\": " << p.pushes
+      << ", \"staleness\": " << summary_json(p.version_staleness) << ", \"left\": "
+      << (p.left_known ? json_string(leave_name(p.left)) : std::string("null")) << "}";
+  }
+  o << "\n  ],\n  \"events\": [";
+  for (std::size_t i = 0; i < report.events.size(); ++i) {
+    o << (i ? "," : "") << "\n    " << json_string(report.events[i]);
+  }
+  o << "\n  ]\n}\n";
+  write_file_atomically(c.metrics, o.str());
+}
+
+void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
+                          const std::string& error) {
+  if (c.metrics.empty()) return;
+  std::ostringstream o;
+  o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
+    << ",\n  \"id_assigned\": " << (c.id ? "false" : "true") << ",\n  \"ok\": " << (r ? "true" : "false")
+    << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error));
+  if (r) {
+    o << ",\n  \"steps_done\": " << r->steps << ",\n  \"samples\": " << r->samples << ",\n  \"pushes\": " << r->pushes
+      << ",\n  \"installs\": " << r->installs << ",\n  \"wall_s\": " << json_number(r->wall_s)
+      << ",\n  \"compute_s\": " << json_number(r->compute_s) << ",\n  \"wait_s\": " << json_number(r->wait_s)
+      << ",\n  \"comm_s\": " << json_number(r->comm_s) << ",\n  \"held_s\": " << json_number(r->held_s)
+      << ",\n  \"hidden_fraction\": " << json_number(r->hidden_fraction())
+      << ",\n  \"last_loss\": " << json_number(r->last_loss)
+      << ",\n  \"clock_staleness\": " << summary_json(r->clock_staleness)
+      << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent
+      << ",\n  \"rejoins\": " << r->rejoins << ",\n  \"pushes_lost\": " << r->pushes_lost
+      << ",\n  \"steps_discarded\": " << r->steps_discarded << ",\n  \"reconnect_s\": " << json_number(r->reconnect_s);
+  }
+  o << "\n}\n";
+  write_file_atomically(c.metrics, o.str());
+}
+
+}  // namespace psync_train

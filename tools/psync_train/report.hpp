@@ -1,0 +1,41 @@
+#pragma once
+// psync-train's JSON reports (--metrics): the server's and a worker's, written atomically.
+
+#include "cli.hpp"
+
+#include <psync/core/metrics.hpp>
+
+#include <Eigen/Core>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace psync_train {
+
+/// Writes `text` to `path` through a temporary file, so a reader never sees half of it.
+void write_file_atomically(const std::string& path, const std::string& text);
+
+/// Fails early (usage error) if the metrics file cannot be created, before any training.
+void check_metrics_writable(const std::string& path);
+
+/// What the server's report holds beyond `psync::ServerReport`.
+struct ServerSummary {
+  std::string listening;  // host:port
+  bool interrupted = false;
+  double final_test_accuracy = 0;
+  double final_test_loss = 0;
+  Eigen::Index test_samples = 0;
+  std::size_t workers_lost = 0;
+};
+
+/// The server's --metrics file, if one was asked for.
+void write_server_metrics(const Config& c, const ServerSummary& s, const psync::ServerReport& report);
+
+/// A worker's --metrics file, if one was asked for: `id` is null if the worker never
+/// learnt it (no --id, no join reply), `r` is null after a failure, `error` says why.
+void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
+                          const std::string& error);
+
+}  // namespace psync_train

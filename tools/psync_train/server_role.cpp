@@ -1,0 +1,187 @@
+// psync-train's server role (see server_role.hpp).
+
+// Boost 1.74's Asio needs <utility> first under C++20.
+#include <utility>
+
+#include "server_role.hpp"
+
+#include "report.hpp"
+#include "task.hpp"
+
+#include <psync/core/server.hpp>
+#include <psync/data/dataset.hpp>
+#include <psync/policies/parse.hpp>
+#include <psync/transport/tcp.hpp>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+namespace psync_train {
+
+namespace {
+
+/// Test samples the server evaluates for each progress line.
+constexpr Eigen::Index progress_samples = 1000;
+
+// SIGINT/SIGTERM ask the running server to stop (a relaxed atomic store, safe in a
+// handler); the handler resets itself, so a second signal ends the process.
+std::atomic<void*> g_stop_target{nullptr};
+std::atomic<void (*)(void*)> g_stop_fn{nullptr};
+volatile std::sig_atomic_t g_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_signal = sig;
+  auto* fn = g_stop_fn.load();
+  if (fn) fn(g_stop_target.load());
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+template <class M, class P>
+int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) {
+  // Copies made before serving, so evaluation never allocates or first-touches memory mid-run.
+  const psync::data::Batch probe = psync::data::whole(test, progress_samples);
+  const psync::data::Batch full_test = psync::data::whole(test);
+  M eval_model = model;
+
+  if (!c.checkpoint.empty()) {  // fail before listening, not at the first checkpoint
+    std::error_code ec;
+    std::filesystem::create_directories(c.checkpoint, ec);
+    if (ec || ::access(c.checkpoint.c_str(), W_OK | X_OK) != 0) {
+      throw std::runtime_error("--checkpoint '" + c.checkpoint + "': cannot write there: " +
+                               (ec ? ec.message() : std::string(std::strerror(errno))));
+    }
+  }
+
+  psync::TcpServerOptions to;
+  to.address = c.host;
+  to.port = c.port;
+  to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
+  to.frame_timeout = c.timeout;
+  to.secret = c.secret;
+  psync::TcpServer transport(to);
+  const std::string where = host_port(c.host, transport.port());
+  std::cout << program << ": listening on " << where << std::endl;
+  if (!c.quiet) {
+    std::cout << program << ": server: policy " << policy.name() << ", model " << c.model << " ("
+              << model.parameters().size() << " parameters), data " << c.data << ", waiting for " << c.workers
+              << " worker(s)" << std::endl;
+  }
+
+  psync::ServerOptions so;
+  so.expected_workers = c.workers;
+  so.join_timeout = c.timeout;
+  so.peer_timeout = c.timeout;
+  so.log = c.quiet ? nullptr : &std::cerr;
+  so.checkpoint_dir = c.checkpoint;
+  so.checkpoint_every = c.checkpoint_every;
+  so.checkpoint_keep = c.checkpoint_keep;
+  so.resume = c.resume;
+  double last_seconds = 0;
+  std::uint64_t last_steps = 0;
+  if (!c.quiet) {
+    so.on_progress = [&](const psync::ServerProgress& p) {
+      eval_model.parameters() = p.parameters;
+      const double loss = eval_model.loss(probe);
+      const double accuracy = eval_model.accuracy(probe);
+      const double dt = p.seconds - last_seconds;
+      const double rate = dt > 0 ? static_cast<double>(p.steps_applied - last_steps) / dt : 0.0;
+      last_seconds = p.seconds;
+      last_steps = p.steps_applied;
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "%s: [%7.1fs] version %llu, steps %llu, live workers %zu, test loss %.4f, accuracy %.4f "
+                    "(%lld samples), %.0f steps/s",
+                    program, p.seconds, static_cast<unsigned long long>(p.version),
+                    static_cast<unsigned long long>(p.steps_applied), p.live_workers, loss, accuracy,
+                    static_cast<long long>(probe.size()), rate);
+      std::cout << line << std::endl;
+    };
+  }
+
+  psync::Server<M, P> server(std::move(model), so, policy);
+  g_stop_target.store(&server);
+  g_stop_fn.store([](void* s) { static_cast<psync::Server<M, P>*>(s)->stop(); });
+  install_stop_handlers();
+  struct ResetStop {
+    ~ResetStop() {
+      g_stop_fn.store(nullptr);
+      g_stop_target.store(nullptr);
+    }
+  } reset_stop;
+
+  psync::ServerReport report = server.run(transport);
+  transport.close();  // flushes the last replies (bounded)
+
+  eval_model.parameters() = server.model().parameters();
+  const double final_loss = eval_model.loss(full_test);
+  const double final_accuracy = eval_model.accuracy(full_test);
+  std::size_t lost = 0;
+  for (const auto& p : report.peers) {
+    if (p.left_known && p.left != psync::msg::LeaveReason::finished) ++lost;
+  }
+  {
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "%s: server done in %.2f s: version %llu, %llu updates covering %llu steps from %zu worker(s) "
+                  "(%zu lost); final test accuracy %.4f, loss %.4f on %lld samples",
+                  program, report.wall_s, static_cast<unsigned long long>(report.version),
+                  static_cast<unsigned long long>(report.updates_applied),
+                  static_cast<unsigned long long>(report.steps_applied), report.peers.size(), lost, final_accuracy,
+                  final_loss, static_cast<long long>(full_test.size()));
+    std::cout << line << std::endl;
+  }
+  if (!c.checkpoint.empty()) {
+    std::cout << program << ": " << report.checkpoints_written << " checkpoint(s) written to " << c.checkpoint << " in "
+              << report.checkpoint_s << " s (" << report.checkpoint_failures << " failed)"
+              << (report.resumed_path.empty() ? std::string()
+                                              : "; resumed from " + report.resumed_path + " (" +
+                                                    std::to_string(report.resumed_steps) + " steps applied)")
+              << std::endl;
+  }
+
+  ServerSummary summary;
+  summary.listening = where;
+  summary.interrupted = g_signal != 0;
+  summary.final_test_accuracy = final_accuracy;
+  summary.final_test_loss = final_loss;
+  summary.test_samples = full_test.size();
+  summary.workers_lost = lost;
+  write_server_metrics(c, summary, report);
+  if (g_signal != 0) {
+    std::cerr << program << ": server interrupted by signal " << g_signal << std::endl;
+    return exit_failure;
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+int run_server(const Config& c) {
+  TrainTest data = load_data(c);
+  const Eigen::Index inputs = data.test.dimension();
+  const int classes = data.test.num_classes;
+  return psync::with_policy(c.policy, [&](auto policy) {
+    return with_model(c, inputs, classes,
+                      [&](auto model) { return serve(c, std::move(model), policy, data.test); });
+  });
+}
+
+}  // namespace psync_train

@@ -1,0 +1,139 @@
+// psync-train's worker role (see worker_role.hpp).
+
+// Boost 1.74's Asio needs <utility> first under C++20.
+#include <utility>
+
+#include "worker_role.hpp"
+
+#include "report.hpp"
+#include "task.hpp"
+
+#include <psync/core/worker.hpp>
+#include <psync/data/dataset.hpp>
+#include <psync/policies/parse.hpp>
+#include <psync/transport/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace psync_train {
+
+namespace {
+
+/// Set once the worker's connection is up, so a transport error says "lost" rather than "cannot reach".
+bool g_worker_connected = false;
+/// This worker's id once known: --id, or the id the server assigned at join.
+std::optional<std::uint32_t> g_worker_id;
+
+/// Throws unless `id` picks one of the --workers shards.
+void check_shard(const Config& c, std::uint32_t id) {
+  if (id >= c.workers) {
+    throw std::runtime_error("the server assigned worker id " + std::to_string(id) + ", which is not below --workers " +
+                             std::to_string(c.workers) + " (more workers joined than --workers says)");
+  }
+}
+
+template <class M, class P>
+int train_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
+  // Without --id the shard is picked once the join reply has told us our id.
+  g_worker_id = c.id;
+  psync::data::Dataset mine;
+  std::optional<psync::data::BatchSampler> sampler;
+  const auto take_shard = [&](std::uint32_t id) {
+    {
+      auto shards = psync::data::shard(train, static_cast<int>(c.workers), c.seed);
+      mine = std::move(shards[id]);
+      train = psync::data::Dataset{};  // only this worker's shard stays in memory
+    }
+    sampler.emplace(mine, c.batch, c.seed * 7919 + id + 1);
+  };
+  if (c.id) take_shard(*c.id);
+
+  psync::TcpOptions to;
+  to.connect_timeout = c.timeout;
+  to.frame_timeout = c.timeout;
+  to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
+  to.secret = c.secret;
+  const auto connect = [&c, to](std::uint32_t id, std::chrono::milliseconds within) {
+    psync::TcpOptions o = to;
+    o.connect_timeout = within;
+    return psync::Tcp(c.host, c.port, id, o);
+  };
+  psync::Tcp transport = connect(c.id.value_or(psync::any_worker), c.timeout);
+  g_worker_connected = true;
+
+  psync::WorkerOptions wo;  // the worker's id is its transport's (--id, or the server's choice at join)
+  wo.learning_rate = c.lr;
+  wo.max_steps = c.steps;
+  // Longer than the server's peer timeout: a worker waiting on a silent peer is
+  // answered once the server has dropped that peer, before its own deadline.
+  wo.reply_timeout = 2 * c.timeout;
+  wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
+  psync::Worker<M, psync::Tcp, P> worker(std::move(model), std::move(transport), wo, policy);
+  // A reconnection keeps the id: an assigned one is what the worker rejoins under.
+  if (c.reconnect.count() > 0) {
+    worker.reconnect_with([&] { return connect(worker.core().id(), std::chrono::milliseconds(500)); });
+  }
+  const auto say_connected = [&](std::uint32_t id, const char* how) {
+    if (c.quiet) return;
+    std::cout << program << ": worker " << id << how << " connected to " << c.server << " (policy " << policy.name()
+              << ", shard of " << mine.size() << " samples)" << std::endl;
+  };
+  if (c.id) say_connected(*c.id, "");
+  const auto delay = c.step_delay;
+  // run() asks for the first batch only after the join reply: the id is known by then.
+  const psync::WorkerReport r = worker.run([&]() -> const psync::data::Batch& {
+    if (!sampler) {
+      const std::uint32_t id = worker.core().id();
+      g_worker_id = id;
+      check_shard(c, id);
+      take_shard(id);
+      say_connected(id, " (id assigned by the server)");
+    }
+    if (delay.count() > 0) std::this_thread::sleep_for(delay);
+    return sampler->next();
+  });
+  const std::uint32_t id = worker.core().id();
+  g_worker_id = id;
+  if (!c.quiet) {
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "%s: worker %u done: %llu steps, %llu pushes in %.2f s (compute %.2f s, wait %.2f s, comm %.2f s, "
+                  "held %.2f s), last batch loss %.4f",
+                  program, id, static_cast<unsigned long long>(r.steps), static_cast<unsigned long long>(r.pushes),
+                  r.wall_s, r.compute_s, r.wait_s, r.comm_s, r.held_s, r.last_loss);
+    std::cout << line << std::endl;
+    if (r.rejoins > 0) {
+      std::cout << program << ": worker " << id << " rejoined " << r.rejoins << " time(s) after " << r.reconnect_s
+                << " s reconnecting; the server had lost " << r.pushes_lost << " of its pushes (" << r.steps_discarded
+                << " unsent or in-flight steps dropped)" << std::endl;
+    }
+  }
+  write_worker_metrics(c, id, &r, "");
+  return exit_ok;
+}
+
+}  // namespace
+
+bool worker_connected() { return g_worker_connected; }
+
+std::optional<std::uint32_t> worker_id() { return g_worker_id; }
+
+int run_worker(const Config& c) {
+  g_worker_id = c.id;
+  TrainTest data = load_data(c);
+  const Eigen::Index inputs = data.train.dimension();
+  const int classes = data.train.num_classes;
+  return psync::with_policy(c.policy, [&](auto policy) {
+    return with_model(c, inputs, classes,
+                      [&](auto model) { return train_worker(c, std::move(model), policy, std::move(data.train)); });
+  });
+}
+
+}  // namespace psync_train
