@@ -82,7 +82,7 @@ bool same_message(const Message& a, const Message& b) {
         using T = std::decay_t<decltype(x)>;
         const T& y = std::get<T>(b);
         if constexpr (std::is_same_v<T, msg::Join>) {
-          return x.worker == y.worker && x.dimension == y.dimension && x.policy == y.policy;
+          return x.worker == y.worker && x.dimension == y.dimension && x.policy == y.policy && x.mac == y.mac;
         } else if constexpr (std::is_same_v<T, msg::Leave>) {
           return x.reason == y.reason;
         } else if constexpr (std::is_same_v<T, msg::Push>) {
@@ -146,6 +146,40 @@ void check_round_trip(std::span<const std::byte> frame, psync::PeerId sender, co
   FUZZ_CHECK(same_message(e.message, m));
 }
 
+// A challenge frame (type 6) as a worker's endpoint reads it: decode_challenge over its
+// fixed bytes. One it accepts re-encodes (encode_challenge) to its own bytes, and the
+// one-shot decode_challenge agrees. Message decoders refuse it either way, which the
+// caller checks.
+void check_challenge(const wire::FrameHeader& h, std::span<const std::byte> in, std::size_t frame_size,
+                     const WireLimits& limits) {
+  const auto fixed = in.subspan(wire::header_size, wire::fixed_size(h.type));
+  std::optional<wire::Challenge> staged;
+  std::string refused;
+  try {
+    staged = wire::decode_challenge(h, fixed);
+  } catch (const wire::FrameError& e) {
+    check_refusal(e, limits);
+    refused = e.what();
+  }
+  if (frame_size == 0) return;  // EOF mid-frame: only the staged decoder has run
+  std::optional<wire::Challenge> whole;
+  try {
+    whole = wire::decode_challenge(in.first(frame_size), limits);
+  } catch (const wire::FrameError& e) {
+    check_refusal(e, limits);
+    FUZZ_CHECK(!staged, std::string("one-shot refused what the stages took: ") + e.what());
+    FUZZ_CHECK(refused == e.what(), refused + " vs " + e.what());
+  }
+  if (!staged) {
+    FUZZ_CHECK(!whole, "one-shot accepted what the stages refused: " + refused);
+    return;
+  }
+  FUZZ_CHECK(whole && whole->nonce == staged->nonce && whole->auth_required == staged->auth_required);
+  const auto bytes = wire::encode_challenge(*staged);
+  FUZZ_CHECK(bytes.size() == frame_size && std::memcmp(bytes.data(), in.data(), frame_size) == 0,
+             "challenge does not re-encode to its bytes");
+}
+
 // The staged decode of one frame at the start of `in`, as TcpConnection does it.
 // Returns the frame's length, or nothing when the connection would stop here
 // (refusal, or the stream ends inside the frame).
@@ -179,6 +213,7 @@ std::optional<std::size_t> staged_frame(std::span<const std::byte> in, const Wir
 
   // on_fixed: fixed_size(type) bytes, then the vector or string is sized.
   if (in.size() < wire::header_size + fixed) return std::nullopt;  // EOF mid-frame
+  if (h.type == wire::MessageType::challenge) check_challenge(h, in, complete ? frame_size : 0, limits);
   int calls = 0;
   Message m;
   try {
@@ -230,7 +265,7 @@ void fix_lengths(std::uint8_t* data, std::size_t size) {
   std::size_t pos = 2;
   while (pos + wire::header_size <= size) {
     std::uint8_t* h = data + pos;
-    if (h[5] >= wire::message_type_count) return;
+    if (h[5] >= wire::frame_type_count) return;
     const auto type = static_cast<wire::MessageType>(h[5]);
     const std::size_t fixed = wire::fixed_size(type);
     const std::size_t avail = size - pos - wire::header_size;
@@ -250,7 +285,8 @@ void fix_lengths(std::uint8_t* data, std::size_t size) {
       case wire::MessageType::push: cut(20, std::uint64_t{}, 4); break;
       case wire::MessageType::model: cut(24, std::uint64_t{}, 4); break;
       case wire::MessageType::leave:
-      case wire::MessageType::pull: break;
+      case wire::MessageType::pull:
+      case wire::MessageType::challenge: break;
     }
     std::memcpy(h + 12, &payload, sizeof payload);
     pos += wire::header_size + payload;

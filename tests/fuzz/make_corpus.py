@@ -17,8 +17,8 @@ import struct
 import sys
 
 MAGIC = b"PSYN"
-VERSION = 1
-JOIN, LEAVE, PUSH, PULL, MODEL, ERROR = range(6)
+VERSION = 2
+JOIN, LEAVE, PUSH, PULL, MODEL, ERROR, CHALLENGE = range(7)
 SERVER = 0xFFFFFFFF
 
 
@@ -42,9 +42,18 @@ def floats(n, seed=1):
     return struct.pack("<%df" % n, *[(i * 0.5 - 3.25) * seed for i in range(n)])
 
 
-def join(worker, dimension, policy, sender=None):
+def join(worker, dimension, policy, sender=None, mac_kind=0, mac=None, length=None):
+    """Fixed fields: worker u32, dimension u64, policy length u32, MAC kind u8, MAC 32 bytes."""
     p = policy.encode()
-    return frame(JOIN, worker if sender is None else sender, struct.pack("<IQI", worker, dimension, len(p)) + p)
+    if mac is None:
+        mac = bytes(32) if mac_kind == 0 else bytes(range(1, 33))
+    fixed = struct.pack("<IQIB", worker, dimension, len(p) if length is None else length, mac_kind) + mac
+    return frame(JOIN, worker if sender is None else sender, fixed + p)
+
+
+def challenge(flags=0, nonce=None, sender=SERVER, extra=b""):
+    """Transport frame the server sends first: flags u8, nonce 32 bytes."""
+    return frame(CHALLENGE, sender, bytes([flags]) + (nonce or bytes(range(32))) + extra)
 
 
 def leave(reason, sender=0):
@@ -79,6 +88,7 @@ def corpus():
     c["join-ssp3-dim8"] = d8 + join(3, 8, "ssp:3")
     c["join-empty-policy"] = free + join(1, 0, "")
     c["join-policy-256"] = free + join(2, 128, "x" * 256)
+    c["join-mac-osp20"] = free + join(4, 8, "osp:20", mac_kind=1)
     for r in range(4):
         c["leave-reason-%d" % r] = free + leave(r, sender=r)
     c["push-8-dim8"] = d8 + push(8, clock=5, base=4, steps=3)
@@ -89,18 +99,23 @@ def corpus():
     c["pull-at-limit"] = limits(0, 64) + pull((64 - 32) // 4)
     c["model-8-dim8"] = d8 + model(8, version=9, min_clock=3, held_ns=12345)
     c["model-100"] = free + model(100)
-    for code in range(1, 9):
+    for code in range(1, 11):
         c["error-code-%d" % code] = free + error(code, "refused: code %d" % code)
     c["error-empty-text"] = free + error(1, "")
     c["error-text-1024"] = free + error(8, "e" * 1024)
     # Streams of frames, as a worker and as the server send them.
     c["stream-worker"] = d8 + join(1, 8, "osp:20") + push(8, sender=1) + pull(8, clock=1, sender=1) + leave(0, 1)
     c["stream-server"] = d8 + model(8) + model(8, version=1, min_clock=1) + error(5, "bad clock")
-    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 28, version=2)
+    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 28, version=3)
+    # The challenge: valid ones (decode_challenge accepts them; a message decoder refuses them).
+    c["challenge-open"] = free + challenge(0)
+    c["challenge-auth"] = free + challenge(1, nonce=bytes(range(100, 132)))
+    c["challenge-then-join"] = d8 + challenge(1) + join(0, 8, "bsp", mac_kind=1)
     # Header faults.
     c["bad-magic"] = free + frame(LEAVE, 0, b"\0", magic=b"GET ")
-    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=2)
-    c["bad-type"] = free + header(6, 0, 0)
+    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=1)
+    c["bad-version-3"] = free + frame(LEAVE, 0, b"\0", version=3)
+    c["bad-type"] = free + header(7, 0, 0)
     c["bad-reserved"] = free + frame(LEAVE, 0, b"\0", reserved=0x0100)
     c["payload-over-limit"] = limits(0, 64) + header(PUSH, 0, 65)
     c["payload-under-fixed"] = free + frame(PUSH, 0, b"\0" * 27)
@@ -115,14 +130,19 @@ def corpus():
     c["model-wrong-dimension"] = d8 + model(7)
     c["join-wrong-dimension"] = d8 + join(0, 9, "bsp")
     c["join-policy-257"] = free + join(0, 8, "p" * 257)
-    c["join-policy-length-mismatch"] = free + frame(JOIN, 0, struct.pack("<IQI", 0, 8, 5) + b"bsp")
+    c["join-policy-length-mismatch"] = free + join(0, 8, "bsp", length=5)
+    c["join-bad-mac-kind"] = free + join(0, 8, "bsp", mac_kind=2)
+    c["join-no-mac-nonzero"] = free + join(0, 8, "bsp", mac_kind=0, mac=b"\x01" + bytes(31))
+    c["challenge-bad-flags"] = free + challenge(2)
+    c["challenge-from-worker"] = free + challenge(0, sender=0)
+    c["challenge-long"] = free + challenge(0, extra=b"\0")
     c["leave-bad-reason"] = free + leave(4)
     c["leave-long"] = free + frame(LEAVE, 0, b"\0\0")
     c["pull-over-limit"] = limits(0, 64) + pull((64 - 32) // 4 + 1)
     c["pull-wrong-dimension"] = d8 + pull(9)
     c["pull-huge"] = free + pull(2**40)
     c["error-code-0"] = free + error(0, "zero")
-    c["error-code-9"] = free + error(9, "nine")
+    c["error-code-11"] = free + error(11, "eleven")
     c["error-text-1025"] = free + error(8, "e" * 1025)
     c["error-length-mismatch"] = free + error(1, "abc", length=4)
     return c
