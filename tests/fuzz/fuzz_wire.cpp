@@ -91,7 +91,7 @@ bool same_message(const Message& a, const Message& b) {
         } else if constexpr (std::is_same_v<T, msg::Pull>) {
           return x.clock == y.clock && x.buffer.size() == y.buffer.size();
         } else if constexpr (std::is_same_v<T, msg::Model>) {
-          return x.version == y.version && x.min_clock == y.min_clock && x.held_ns == y.held_ns &&
+          return x.version == y.version && x.min_clock == y.min_clock && x.held_ns == y.held_ns && x.worker == y.worker &&
                  same_floats(x.parameters, y.parameters);
         } else {
           static_assert(std::is_same_v<T, msg::Error>);
@@ -283,7 +283,7 @@ void fix_lengths(std::uint8_t* data, std::size_t size) {
       case wire::MessageType::join: cut(12, std::uint32_t{}, 1); break;
       case wire::MessageType::error: cut(1, std::uint32_t{}, 1); break;
       case wire::MessageType::push: cut(20, std::uint64_t{}, 4); break;
-      case wire::MessageType::model: cut(24, std::uint64_t{}, 4); break;
+      case wire::MessageType::model: cut(28, std::uint64_t{}, 4); break;
       case wire::MessageType::leave:
       case wire::MessageType::pull:
       case wire::MessageType::challenge: break;

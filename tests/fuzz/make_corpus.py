@@ -17,9 +17,10 @@ import struct
 import sys
 
 MAGIC = b"PSYN"
-VERSION = 2
+VERSION = 3
 JOIN, LEAVE, PUSH, PULL, MODEL, ERROR, CHALLENGE = range(7)
 SERVER = 0xFFFFFFFF
+ANY_WORKER = 0xFFFFFFFE  # a join asking the server to assign its id (version 3)
 
 
 def limits(dimension=0, max_payload=64 + 8 * 255):
@@ -69,8 +70,9 @@ def pull(buffer, clock=0, sender=0):
     return frame(PULL, sender, struct.pack("<QQ", clock, buffer))
 
 
-def model(n, version=0, min_clock=0, held_ns=0, count=None):
-    body = struct.pack("<QQQQ", version, min_clock, held_ns, n if count is None else count) + floats(n, 2)
+def model(n, version=0, min_clock=0, held_ns=0, worker=0, count=None):
+    """Fixed fields: version u64, min_clock u64, held_ns u64, worker u32, count u64."""
+    body = struct.pack("<QQQIQ", version, min_clock, held_ns, worker, n if count is None else count) + floats(n, 2)
     return frame(MODEL, SERVER, body)
 
 
@@ -89,6 +91,7 @@ def corpus():
     c["join-empty-policy"] = free + join(1, 0, "")
     c["join-policy-256"] = free + join(2, 128, "x" * 256)
     c["join-mac-osp20"] = free + join(4, 8, "osp:20", mac_kind=1)
+    c["join-any-worker"] = free + join(ANY_WORKER, 8, "bsp")
     for r in range(4):
         c["leave-reason-%d" % r] = free + leave(r, sender=r)
     c["push-8-dim8"] = d8 + push(8, clock=5, base=4, steps=3)
@@ -97,7 +100,7 @@ def corpus():
     c["pull-no-buffer"] = free + pull(0, clock=7)
     c["pull-8-dim8"] = d8 + pull(8, clock=1)
     c["pull-at-limit"] = limits(0, 64) + pull((64 - 32) // 4)
-    c["model-8-dim8"] = d8 + model(8, version=9, min_clock=3, held_ns=12345)
+    c["model-8-dim8"] = d8 + model(8, version=9, min_clock=3, held_ns=12345, worker=5)
     c["model-100"] = free + model(100)
     for code in range(1, 11):
         c["error-code-%d" % code] = free + error(code, "refused: code %d" % code)
@@ -105,16 +108,17 @@ def corpus():
     c["error-text-1024"] = free + error(8, "e" * 1024)
     # Streams of frames, as a worker and as the server send them.
     c["stream-worker"] = d8 + join(1, 8, "osp:20") + push(8, sender=1) + pull(8, clock=1, sender=1) + leave(0, 1)
+    c["stream-assigned"] = d8 + challenge(0) + model(8, worker=3) + model(8, version=1, min_clock=1, worker=3)
     c["stream-server"] = d8 + model(8) + model(8, version=1, min_clock=1) + error(5, "bad clock")
-    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 28, version=3)
+    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 28, version=4)
     # The challenge: valid ones (decode_challenge accepts them; a message decoder refuses them).
     c["challenge-open"] = free + challenge(0)
     c["challenge-auth"] = free + challenge(1, nonce=bytes(range(100, 132)))
     c["challenge-then-join"] = d8 + challenge(1) + join(0, 8, "bsp", mac_kind=1)
     # Header faults.
     c["bad-magic"] = free + frame(LEAVE, 0, b"\0", magic=b"GET ")
-    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=1)
-    c["bad-version-3"] = free + frame(LEAVE, 0, b"\0", version=3)
+    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=2)
+    c["bad-version-4"] = free + frame(LEAVE, 0, b"\0", version=4)
     c["bad-type"] = free + header(7, 0, 0)
     c["bad-reserved"] = free + frame(LEAVE, 0, b"\0", reserved=0x0100)
     c["payload-over-limit"] = limits(0, 64) + header(PUSH, 0, 65)
