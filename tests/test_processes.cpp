@@ -5,6 +5,7 @@
 // a refused join, workers the server assigns ids to, and usage errors.
 #include "catch.hpp"
 #include "synthetic_task.hpp"
+#include "tls_test_certs.hpp"
 
 #include <psync/psync.hpp>
 
@@ -456,6 +457,58 @@ TEST_CASE("Usage errors exit with code 2 and say what was wrong", "[processes][u
                 dir.path / "flags.out", dir.path / "flags.err", {"PSYNC_POLICY=nonsense"});
   CHECK(flags.wait(10s, "server with --policy over PSYNC_POLICY") == 1);
   CHECK(flags.err().find("no worker joined within 300 ms") != std::string::npos);
+}
+
+TEST_CASE("With --tls-cert/--tls-key and --tls-ca, workers train over TLS; one trusting another CA is refused",
+          "[processes][tls]") {
+  TempDir dir;
+  SECTION("TLS flags of the other role, or half a pair, are usage errors naming the flag") {
+    const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+        {{"--role", "server", "--server", "127.0.0.1:0", "--tls-ca", "ca.pem"}, "--tls-ca is a worker option"},
+        {{"--role", "worker", "--server", "127.0.0.1:7000", "--tls-cert", "c.pem"}, "--tls-cert is a server option"},
+        {{"--role", "server", "--server", "127.0.0.1:0", "--tls-cert", "c.pem"}, "--tls-cert needs --tls-key"},
+        {{"--role", "worker", "--server", "127.0.0.1:7000", "--tls-server-name", "x"}, "needs --tls-ca"},
+    };
+    for (const auto& [args, expected] : cases) {
+      std::vector<std::string> argv{exe};
+      argv.insert(argv.end(), args.begin(), args.end());
+      Process p(argv, dir.path / "usage.out", dir.path / "usage.err");
+      INFO(p.err());
+      CHECK(p.wait(5s, expected) == 2);
+      CHECK(p.err().find(expected) != std::string::npos);
+    }
+  }
+#ifdef PSYNC_HAVE_TLS
+  SECTION("the server and two workers train; a worker trusting another CA is refused") {
+    const psync_test::TlsFiles tls;
+    const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "200",
+                                          "--timeout-ms", "10000"};
+    auto with = [&](std::vector<std::string> more) {
+      more.insert(more.begin(), common.begin(), common.end());
+      return more;
+    };
+    ServerProcess server(dir, with({"--tls-cert", tls.server_cert.string(), "--tls-key", tls.server_key.string(),
+                                    "--metrics", (dir.path / "server.json").string()}));
+    auto impostor = start_worker(dir, server, 0, with({"--tls-ca", tls.other_ca.string()}));
+    const int impostor_code = impostor->wait(15s, "worker trusting another CA");
+    INFO("refused worker stderr:\n" << impostor->err());
+    CHECK(impostor_code == 1);
+    CHECK(impostor->err().find("certificate verification failed") != std::string::npos);
+
+    std::vector<std::unique_ptr<Process>> workers;
+    for (int w = 0; w < 2; ++w) workers.push_back(start_worker(dir, server, w, with({"--tls-ca", tls.ca.string()})));
+    INFO("server stderr:\n" << server.process->err());
+    for (int w = 0; w < 2; ++w) {
+      INFO("worker " << w << " stderr:\n" << workers[w]->err());
+      CHECK(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    }
+    REQUIRE(server.process->wait(20s, "server") == 0);
+    const std::string report = read_file(dir.path / "server.json");
+    INFO(report);
+    CHECK(json_number(report, "steps_applied") == 400);
+    CHECK(json_number(report, "workers_lost") == 0);
+  }
+#endif
 }
 
 TEST_CASE("With --secret-file, only workers that know the secret train", "[processes][auth]") {

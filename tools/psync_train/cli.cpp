@@ -3,6 +3,7 @@
 #include "cli.hpp"
 
 #include <psync/policies/parse.hpp>
+#include <psync/transport/tcp/tls.hpp>
 
 #include <cerrno>
 #include <charconv>
@@ -47,6 +48,14 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
   --secret-file FILE        the cluster's shared secret (mode 600): the server
                             admits only workers that prove it at join (HMAC-SHA256
                             over a random challenge); workers prove it  PSYNC_SECRET_FILE
+  --tls-cert FILE           server: TLS on every connection, with this PEM
+                            certificate chain (needs --tls-key)        PSYNC_TLS_CERT
+  --tls-key FILE            server: the certificate's PEM private key  PSYNC_TLS_KEY
+  --tls-ca FILE             worker: TLS, accepting only a server whose certificate
+                            chains to a CA in this PEM file and names the
+                            --server host                              PSYNC_TLS_CA
+  --tls-server-name NAME    worker: the name the server's certificate must carry,
+                            if not the --server host                   PSYNC_TLS_SERVER_NAME
   --checkpoint DIR          server: write checkpoints into DIR         PSYNC_CHECKPOINT
   --checkpoint-every S      server: at most every S seconds while training, and
                             at the end (default 60; 0: only at the end) PSYNC_CHECKPOINT_EVERY
@@ -155,6 +164,39 @@ void parse_resilience(const Get& get, Config& c) {
   }
 }
 
+// TLS files: the server's certificate and key, the worker's CA (docs/wire-protocol.md#tls).
+// A flag of the other role is a usage error, not silently ignored; the files are read
+// (and checked) when the endpoint is made, which names any that cannot be used.
+template <class Get>
+void parse_tls(const Get& get, bool is_server, Config& c) {
+  auto file = [&](const char* flag, bool server_flag) -> std::string {
+    const auto* v = get(flag);
+    if (!v) return {};
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    if (server_flag != is_server) {
+      throw UsageError(v->source + " is a " + (server_flag ? "server" : "worker") + " option (this is a " +
+                       (is_server ? "server" : "worker") + ")");
+    }
+    return v->value;
+  };
+  c.tls_cert = file("--tls-cert", true);
+  c.tls_key = file("--tls-key", true);
+  c.tls_ca = file("--tls-ca", false);
+  if (const auto* v = get("--tls-server-name")) {
+    if (is_server) throw UsageError(v->source + " is a worker option (this is a server)");
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    if (c.tls_ca.empty()) throw UsageError(v->source + " needs --tls-ca (the CA the server's certificate must chain to)");
+    c.tls_server_name = v->value;
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    throw UsageError(c.tls_cert.empty() ? "--tls-key needs --tls-cert (the certificate it belongs to)"
+                                        : "--tls-cert needs --tls-key (its private key)");
+  }
+  if ((!c.tls_cert.empty() || !c.tls_ca.empty()) && !psync::tcp_tls_available) {
+    throw UsageError("TLS flags given, but this psync-train was built without OpenSSL's libssl");
+  }
+}
+
 struct OptionSpec {
   const char* flag;
   const char* env;
@@ -171,6 +213,8 @@ constexpr OptionSpec option_specs[] = {
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
+    {"--tls-cert", "PSYNC_TLS_CERT", true},         {"--tls-key", "PSYNC_TLS_KEY", true},
+    {"--tls-ca", "PSYNC_TLS_CA", true},             {"--tls-server-name", "PSYNC_TLS_SERVER_NAME", true},
     {"--checkpoint", "PSYNC_CHECKPOINT", true},     {"--checkpoint-every", "PSYNC_CHECKPOINT_EVERY", true},
     {"--checkpoint-keep", "PSYNC_CHECKPOINT_KEEP", true}, {"--resume", "PSYNC_RESUME", false},
     {"--reconnect-ms", "PSYNC_RECONNECT_MS", true},
@@ -293,6 +337,7 @@ std::optional<Config> parse(int argc, char** argv) {
       throw UsageError(v->source + ": " + e.what());
     }
   }
+  parse_tls(get, is_server, c);
   parse_resilience(get, c);
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;

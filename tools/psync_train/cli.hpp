@@ -53,6 +53,8 @@ struct Config {
   std::chrono::milliseconds step_delay{0};
   bool quiet = false;
   psync::Secret secret;  // from --secret-file; empty: no authentication
+  // TLS (docs/wire-protocol.md#tls): the server's certificate and key, the worker's CA.
+  std::string tls_cert, tls_key, tls_ca, tls_server_name;
   // Checkpoints (server) and reconnecting (worker): docs/checkpoints.md.
   std::string checkpoint;
   std::chrono::milliseconds checkpoint_every{60000};

@@ -76,6 +76,8 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) 
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
   to.frame_timeout = c.timeout;
   to.secret = c.secret;
+  to.tls.cert_file = c.tls_cert;
+  to.tls.key_file = c.tls_key;
   psync::TcpServer transport(to);
   const std::string where = host_port(c.host, transport.port());
   std::cout << program << ": listening on " << where << std::endl;

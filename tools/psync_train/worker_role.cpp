@@ -60,6 +60,8 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train)
   to.frame_timeout = c.timeout;
   to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
   to.secret = c.secret;
+  to.tls.ca_file = c.tls_ca;
+  to.tls.server_name = c.tls_server_name;
   const auto connect = [&c, to](std::uint32_t id, std::chrono::milliseconds within) {
     psync::TcpOptions o = to;
     o.connect_timeout = within;
