@@ -22,6 +22,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -299,4 +300,88 @@ TEST_CASE("a cluster of workers without ids trains over TCP as workers 0, 1, 2",
   std::set<PeerId> reported;
   for (const auto& p : r.peers) reported.insert(p.id);
   CHECK(reported == std::set<PeerId>{0, 1, 2});
+}
+
+// A worker restarted after a half-open drop finds its id held by its own stale
+// connection (the server has not yet noticed it is dead: keepalive or the peer timeout
+// will). With reconnection on, it retries its join with backoff and trains as soon as
+// the stale connection is gone; without, or if the id stays taken, it fails naming why.
+TEST_CASE("a worker whose id a stale connection holds retries its join until the stale one is gone",
+          "[worker_ids][tcp][faults]") {
+  psync::TcpServer endpoint;
+  psync::ServerOptions so;
+  so.expected_workers = 2;
+  so.join_timeout = 10s;
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(dim), so);
+  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
+
+  // The stale connection: worker 0's previous process, joined, then silent.
+  std::optional<psync::Tcp> stale(std::in_place, "127.0.0.1", endpoint.port(), PeerId{0});
+  stale->send(server_peer, msg::Join{0, dim, "bsp"});
+
+  const Target target{Eigen::VectorXf::Constant(dim, 1.0f)};
+  // Worker 1 takes 5 ms a step, so it is still training when worker 0 comes back.
+  auto worker = [&](PeerId id, std::chrono::milliseconds reconnect) {
+    psync::WorkerOptions wo;
+    wo.learning_rate = 0.1f;
+    wo.max_steps = id == 1 ? 300 : 30;
+    wo.reply_timeout = 10s;
+    wo.reconnect_timeout = reconnect;
+    wo.reconnect_backoff = 50ms;
+    wo.reconnect_backoff_max = 200ms;
+    psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(Quadratic(dim), psync::Tcp("127.0.0.1", endpoint.port(), id), wo);
+    const auto port = endpoint.port();
+    w.reconnect_with([port, id] { return psync::Tcp("127.0.0.1", port, id); });
+    return w.run([&]() -> const Target& {
+      if (id == 1) std::this_thread::sleep_for(5ms);
+      return target;
+    });
+  };
+  auto healthy = std::async(std::launch::async, [&] { return worker(1, 0ms); });
+
+  SECTION("without reconnection the restarted worker fails at once, naming the id in use") {
+    try {
+      worker(0, 0ms);
+      FAIL("the join was not refused");
+    } catch (const psync::IdInUseError& e) {
+      CHECK(std::string(e.what()).find("duplicate_worker") != std::string::npos);
+    }
+  }
+  SECTION("with reconnection it gives up when the id stays taken past its budget, saying so") {
+    const auto t0 = Clock::now();
+    try {
+      worker(0, 600ms);
+      FAIL("the join was not refused");
+    } catch (const psync::IdInUseError& e) {
+      CHECK(std::string(e.what()).find("join retried for 600 ms") != std::string::npos);
+    }
+    const auto took = Clock::now() - t0;
+    CHECK(took >= 400ms);
+    CHECK(took < 5s);
+  }
+  SECTION("with reconnection it trains once the stale connection is gone") {
+    auto restarted = std::async(std::launch::async, [&] { return worker(0, 8000ms); });
+    std::this_thread::sleep_for(700ms);  // a few refused joins
+    REQUIRE(restarted.wait_for(0s) == std::future_status::timeout);
+    stale.reset();  // what keepalive does to a dead peer's connection
+    const psync::WorkerReport r0 = restarted.get();
+    CHECK(r0.steps == 30);
+    CHECK(healthy.get().steps == 300);
+    const psync::ServerReport r = served.get();
+    std::set<PeerId> reported;
+    for (const auto& p : r.peers) {
+      reported.insert(p.id);
+      if (p.id == 0) {
+        CHECK(p.pushes == 30);  // the restarted worker's; the stale one never pushed
+        CHECK(p.left == msg::LeaveReason::finished);
+      }
+    }
+    CHECK(reported == std::set<PeerId>{0, 1});
+    return;
+  }
+  // The other sections: the stale connection goes, so the healthy worker and the server finish.
+  stale.reset();
+  CHECK(healthy.get().steps == 300);
+  served.get();
 }

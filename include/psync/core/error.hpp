@@ -39,6 +39,15 @@ class ServerStoppingError : public ProtocolError {
   using ProtocolError::ProtocolError;
 };
 
+/// @brief The server refused a join with `duplicate_worker`: another connection holds
+/// this worker's id. When that connection is a stale one (the worker's previous
+/// process, half-open after a crash), it goes once TCP keepalive or the server's peer
+/// timeout finds it dead; a worker that reconnects retries its join until then.
+class IdInUseError : public ProtocolError {
+ public:
+  using ProtocolError::ProtocolError;
+};
+
 /// @brief A data file is missing, truncated or malformed; the message names the file.
 class DataError : public Error {
  public:

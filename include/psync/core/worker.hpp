@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -192,11 +193,31 @@ class Worker {
   void exchange(F&& f) {
     try {
       f();
+      if (id_in_use_since_ && core_.joined() && !core_.rejoining()) id_in_use_since_.reset();
     } catch (const TransportError& e) {
       if (!may_reconnect()) throw;
       reconnect(e.what());
     } catch (const ServerStoppingError& e) {
       if (!may_reconnect()) throw;
+      reconnect(e.what());
+    } catch (const IdInUseError& e) {
+      // Our id is held by another connection, most likely our own stale one (a restart
+      // after a half-open drop): it goes when keepalive or the server's peer timeout
+      // finds it dead, so the join is retried within the reconnect budget.
+      if (!may_reconnect()) throw;
+      const auto now = Clock::now();
+      if (!id_in_use_since_) {
+        id_in_use_since_ = now;
+        id_in_use_pause_ = options_.reconnect_backoff;
+      }
+      if (now + id_in_use_pause_ >= *id_in_use_since_ + options_.reconnect_timeout) {
+        throw IdInUseError(std::string(e.what()) + " (join retried for " +
+                           std::to_string(options_.reconnect_timeout.count()) + " ms)");
+      }
+      psync::log(LogLevel::warning, std::string(e.what()) + "; retrying the join in " +
+                                        std::to_string(id_in_use_pause_.count()) + " ms");
+      std::this_thread::sleep_for(id_in_use_pause_);
+      id_in_use_pause_ = std::min(2 * id_in_use_pause_, std::max(options_.reconnect_backoff_max, options_.reconnect_backoff));
       reconnect(e.what());
     }
   }
@@ -312,6 +333,8 @@ class Worker {
   WorkerCore<M, P> core_;
   std::function<T()> connect_;
   Clock::time_point reconnected_at_{};
+  std::optional<Clock::time_point> id_in_use_since_;  // first join refused as duplicate_worker, until one succeeds
+  std::chrono::milliseconds id_in_use_pause_{0};
   double reconnect_s_ = 0;
   Clock::time_point start_{};
   double compute_s_ = 0;

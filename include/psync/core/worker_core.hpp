@@ -151,7 +151,8 @@ class WorkerCore {
   }
 
   /// @brief Handles a message from the server. Throws `ProtocolError` for a refusal
-  /// or an unexpected message (`ServerStoppingError` for `shutting_down`),
+  /// or an unexpected message (`ServerStoppingError` for `shutting_down`, `IdInUseError`
+  /// for a join refused as `duplicate_worker`),
   /// `TransportError` when the server is gone.
   void on_message(Message&& m, Clock::time_point now) {
     if (auto* model = std::get_if<msg::Model>(&m)) return on_model(std::move(*model), now);
@@ -159,6 +160,7 @@ class WorkerCore {
       std::string text = who() + ": server refused " + (joined_ && !rejoining_ ? "push" : "join") + ": " +
                          std::string(error_code_name(e->code)) + ": " + e->text;
       if (e->code == msg::ErrorCode::shutting_down) throw ServerStoppingError(std::move(text));
+      if (e->code == msg::ErrorCode::duplicate_worker && (!joined_ || rejoining_)) throw IdInUseError(std::move(text));
       throw ProtocolError(std::move(text));
     }
     if (std::holds_alternative<msg::Leave>(m)) {
