@@ -1550,6 +1550,21 @@ def print_table(results):
         print(line)
 
 
+def command_flags():
+    """This run's flags as scripts/abuse.sh passes them: all but the binary and output paths."""
+    out, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--bin", "--json", "--markdown"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return "".join(" " + a for a in out)
+
+
 def write_markdown(path, args, results, passed, failed, elapsed):
     """The table as a README block: what ran, when, on what, and the verdicts."""
     load = os.getloadavg()[0]
@@ -1562,8 +1577,7 @@ def write_markdown(path, args, results, passed, failed, elapsed):
               "unattacked run. Command: `scripts/abuse.sh%s`." % (
                   passed, failed, elapsed, when, os.cpu_count() or 0, load,
                   "authenticated workers (--auth)" if (args.auth or args.secret_file) else "no authentication",
-                  args.rss_limit_mb, args.time_factor, args.floor_s,
-                  " --auth" if args.auth else "")]
+                  args.rss_limit_mb, args.time_factor, args.floor_s, command_flags())]
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)
