@@ -238,6 +238,22 @@ std::unique_ptr<Process> start_worker(const TempDir& dir, const ServerProcess& s
   return std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
 }
 
+/// The workers all exit 0, then the server, whose report (server.json in `dir`) shows
+/// `steps` applied and no worker lost.
+void expect_trained(const TempDir& dir, ServerProcess& server, std::vector<std::unique_ptr<Process>>& workers,
+                    double steps) {
+  INFO("server stderr:\n" << server.process->err());
+  for (std::size_t w = 0; w < workers.size(); ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    CHECK(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+  }
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  INFO(report);
+  CHECK(json_number(report, "steps_applied") == steps);
+  CHECK(json_number(report, "workers_lost") == 0);
+}
+
 using psync_test::synthetic;
 
 }  // namespace
@@ -497,16 +513,7 @@ TEST_CASE("With --tls-cert/--tls-key and --tls-ca, workers train over TLS; one t
 
     std::vector<std::unique_ptr<Process>> workers;
     for (int w = 0; w < 2; ++w) workers.push_back(start_worker(dir, server, w, with({"--tls-ca", tls.ca.string()})));
-    INFO("server stderr:\n" << server.process->err());
-    for (int w = 0; w < 2; ++w) {
-      INFO("worker " << w << " stderr:\n" << workers[w]->err());
-      CHECK(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
-    }
-    REQUIRE(server.process->wait(20s, "server") == 0);
-    const std::string report = read_file(dir.path / "server.json");
-    INFO(report);
-    CHECK(json_number(report, "steps_applied") == 400);
-    CHECK(json_number(report, "workers_lost") == 0);
+    expect_trained(dir, server, workers, 400);
   }
 #endif
 }
@@ -567,16 +574,7 @@ TEST_CASE("With --secret-file, only workers that know the secret train", "[proce
       workers.push_back(std::make_unique<Process>(argv, dir.path / "worker-1.out", dir.path / "worker-1.err",
                                                   std::vector<std::string>{"PSYNC_SECRET_FILE=" + right}));
     }
-    INFO("server stderr:\n" << server.process->err());
-    for (int w = 0; w < 2; ++w) {
-      INFO("worker " << w << " stderr:\n" << workers[w]->err());
-      CHECK(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
-    }
-    REQUIRE(server.process->wait(20s, "server") == 0);
-    const std::string report = read_file(dir.path / "server.json");
-    INFO(report);
-    CHECK(json_number(report, "steps_applied") == 400);
-    CHECK(json_number(report, "workers_lost") == 0);
+    expect_trained(dir, server, workers, 400);
     CHECK(server.process->err().find("authentication failed") != std::string::npos);  // the impostor, logged
   }
 }
