@@ -180,6 +180,39 @@ void still_works(psync::TcpServer& server, psync::Tcp& worker) {
   CHECK(expect<msg::Model>(worker, server_peer).parameters == ramp(8));
 }
 
+/// Two BSP workers (ids 0 and 1, each endpoint from `connect(id, port)`) train a
+/// Quadratic through the real Server over `endpoint`: both run their 50 steps, the
+/// server applies all 100, and the model converges to the target.
+template <class Connect>
+void two_workers_train(psync::TcpServer& endpoint, Connect connect) {
+  using psync_test::Quadratic;
+  using psync_test::Target;
+  constexpr Eigen::Index n = 6;
+  psync::ServerOptions so;
+  so.expected_workers = 2;
+  so.join_timeout = 10s;
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
+  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
+  std::vector<std::future<psync::WorkerReport>> workers;
+  for (psync::PeerId id = 0; id < 2; ++id) {
+    workers.push_back(std::async(std::launch::async, [&, id] {
+      psync::WorkerOptions wo;
+      wo.learning_rate = 0.1f;
+      wo.max_steps = 50;
+      wo.reply_timeout = 10s;
+      psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(Quadratic(n), connect(id, endpoint.port()), wo);
+      const Target t{Eigen::VectorXf::Constant(n, 1.0f)};
+      return w.run([&]() -> const Target& { return t; });
+    }));
+  }
+  for (auto& w : workers) CHECK(w.get().steps == 50);
+  const psync::ServerReport r = served.get();
+  CHECK(r.steps_applied == 100);
+  CHECK(r.peers.size() == 2);
+  CHECK((server.model().parameters().array() - 1.0f).abs().maxCoeff() < 0.01f);  // converged to the target
+}
+
 }  // namespace
 
 TEST_CASE("a server and three workers exchange every message kind", "[tcp]") {
@@ -848,35 +881,10 @@ TEST_CASE("read_secret_file refuses what ssh would, and strips one trailing newl
 #ifdef PSYNC_HAVE_OPENSSL
 
 TEST_CASE("with the right secret, workers join and train over TCP", "[tcp][auth]") {
-  using psync_test::Quadratic;
-  using psync_test::Target;
-  constexpr Eigen::Index n = 6;
   psync::TcpServer endpoint(auth_server());
-  psync::ServerOptions so;
-  so.expected_workers = 2;
-  so.join_timeout = 10s;
-  so.peer_timeout = 10s;
-  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
-  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
-  std::vector<std::future<psync::WorkerReport>> workers;
-  for (psync::PeerId id = 0; id < 2; ++id) {
-    workers.push_back(std::async(std::launch::async, [&, id] {
-      psync::WorkerOptions wo;
-      wo.learning_rate = 0.1f;
-      wo.max_steps = 50;
-      wo.reply_timeout = 10s;
-      psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(Quadratic(n), psync::Tcp("127.0.0.1", endpoint.port(), id,
-                                                                                   auth_worker()),
-                                                         wo);
-      const Target t{Eigen::VectorXf::Constant(n, 1.0f)};
-      return w.run([&]() -> const Target& { return t; });
-    }));
-  }
-  for (auto& w : workers) CHECK(w.get().steps == 50);
-  const psync::ServerReport r = served.get();
-  CHECK(r.steps_applied == 100);
-  CHECK(r.peers.size() == 2);
-  CHECK((server.model().parameters().array() - 1.0f).abs().maxCoeff() < 0.01f);  // converged to the target
+  two_workers_train(endpoint, [](psync::PeerId id, std::uint16_t port) {
+    return psync::Tcp("127.0.0.1", port, id, auth_worker());
+  });
 }
 
 TEST_CASE("a wrong secret gets Error{unauthenticated} and a closed connection; the others are unaffected",
@@ -1094,36 +1102,12 @@ psync::TcpOptions tls_worker(const psync_test::TlsFiles& f, std::chrono::millise
 }  // namespace
 
 TEST_CASE("workers train over TLS through the real server", "[tcp][tls]") {
-  using psync_test::Quadratic;
-  using psync_test::Target;
   const psync_test::TlsFiles files;
-  constexpr Eigen::Index n = 6;
   psync::TcpServer endpoint(tls_server(files));
-  psync::ServerOptions so;
-  so.expected_workers = 2;
-  so.join_timeout = 10s;
-  so.peer_timeout = 10s;
-  psync::Server<Quadratic, psync::Bsp> server(Quadratic(n), so);
-  auto served = std::async(std::launch::async, [&] { return server.run(endpoint); });
-  std::vector<std::future<psync::WorkerReport>> workers;
-  for (psync::PeerId id = 0; id < 2; ++id) {
-    workers.push_back(std::async(std::launch::async, [&, id] {
-      psync::WorkerOptions wo;
-      wo.learning_rate = 0.1f;
-      wo.max_steps = 50;
-      wo.reply_timeout = 10s;
-      // One by address, one by name: both are in the certificate.
-      psync::Worker<Quadratic, psync::Tcp, psync::Bsp> w(
-          Quadratic(n), psync::Tcp(id == 0 ? "127.0.0.1" : "localhost", endpoint.port(), id, tls_worker(files)), wo);
-      const Target t{Eigen::VectorXf::Constant(n, 1.0f)};
-      return w.run([&]() -> const Target& { return t; });
-    }));
-  }
-  for (auto& w : workers) CHECK(w.get().steps == 50);
-  const psync::ServerReport r = served.get();
-  CHECK(r.steps_applied == 100);
-  CHECK(r.peers.size() == 2);
-  CHECK((server.model().parameters().array() - 1.0f).abs().maxCoeff() < 0.01f);
+  // One by address, one by name: both are in the certificate.
+  two_workers_train(endpoint, [&](psync::PeerId id, std::uint16_t port) {
+    return psync::Tcp(id == 0 ? "127.0.0.1" : "localhost", port, id, tls_worker(files));
+  });
 }
 
 TEST_CASE("over TLS, every message kind travels and the shared secret still applies", "[tcp][tls]") {
