@@ -905,3 +905,84 @@ TEST_CASE("Checkpoint and reconnect flags: usage errors name the flag", "[proces
     CHECK(p.err().find(message) != std::string::npos);
   }
 }
+
+TEST_CASE("--series-ms and --target: the server reports its accuracy series and the time to target from the start "
+          "of training; workers stop after --seconds",
+          "[processes][series]") {
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps",
+                                        "100000000", "--batch", "16", "--lr", "0.05", "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  const double target = 0.6;
+  ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string(), "--series-ms", "50",
+                                  "--series-samples", "500", "--target", "0.6"}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.push_back(start_worker(dir, server, w,
+                                   with({"--seconds", "1.5", "--metrics",
+                                         (dir.path / ("w" + std::to_string(w) + ".json")).string()})));
+  }
+  INFO("server stderr:\n" << server.process->err());
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    const std::string metrics = read_file(dir.path / ("w" + std::to_string(w) + ".json"));
+    INFO(metrics);
+    // --seconds ended the run, not --steps: from the first step to leaving took about 1.5 s.
+    CHECK(json_number(metrics, "steps_done") < 1e8);
+    CHECK(json_number(metrics, "wall_s") >= 1.5);
+    CHECK(json_number(metrics, "wall_s") < 5);
+  }
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  INFO(report);
+  const double started = json_number(report, "started_s");
+  CHECK(started >= 0);
+  CHECK(started < json_number(report, "wall_s"));
+  // The series: every {"t": T, ..., "accuracy": A}, in order.
+  std::vector<double> t, accuracy;
+  for (std::size_t at = report.find("{\"t\": "); at != std::string::npos; at = report.find("{\"t\": ", at + 1)) {
+    t.push_back(std::strtod(report.c_str() + at + 6, nullptr));
+    const auto a = report.find("\"accuracy\": ", at);
+    REQUIRE(a != std::string::npos);
+    accuracy.push_back(std::strtod(report.c_str() + a + 12, nullptr));
+  }
+  REQUIRE(t.size() >= 10);  // about 1.5 s at one point per 50 ms (points with no new version are skipped)
+  CHECK(t.front() == 0);    // the initial model, at the start of training
+  CHECK(accuracy.front() < target);
+  CHECK(std::is_sorted(t.begin(), t.end()));
+  CHECK(t.back() < json_number(report, "wall_s") - started + 0.1);
+  // time_to_target_s is the first point where the mean of the last 3 reached the target.
+  double expected = -1;
+  for (std::size_t i = 2; i < t.size() && expected < 0; ++i) {
+    if ((accuracy[i] + accuracy[i - 1] + accuracy[i - 2]) / 3 >= target) expected = t[i];
+  }
+  REQUIRE(expected >= 0);  // synthetic data: the target is reached well within the run
+  CHECK(json_number(report, "time_to_target_s") == Approx(expected).margin(1e-6));
+  CHECK(server.process->out().find("time to 0.6 test accuracy (500 samples, mean of 3 points)") != std::string::npos);
+}
+
+TEST_CASE("Series and budget flags: usage errors name the flag", "[processes][series][usage]") {
+  TempDir dir;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {{"--role", "server", "--server", "127.0.0.1:0", "--target", "0.8"}, "--target needs --series-ms"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--series-ms", "100", "--target", "1.5"}, "--target '1.5'"},
+      {{"--role", "server", "--server", "127.0.0.1:0", "--seconds", "10"}, "--seconds is a worker option"},
+      {{"--role", "worker", "--server", "127.0.0.1:7000", "--series-ms", "100"}, "--series-ms is a server option"},
+      {{"--role", "worker", "--server", "127.0.0.1:7000", "--seconds", "-1"}, "--seconds '-1'"},
+  };
+  int i = 0;
+  for (const auto& [args, message] : cases) {
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string name = "usage-" + std::to_string(i++);
+    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+    const int code = p.wait(5s, name);
+    INFO(name << ": " << p.err());
+    CHECK(code == 2);
+    CHECK(p.err().find(message) != std::string::npos);
+  }
+}

@@ -64,6 +64,18 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
                             --checkpoint DIR (none: error, exit 1)     PSYNC_RESUME=1
   --reconnect-ms N          worker: when the server is lost, reconnect with
                             backoff for up to N ms, rejoin and go on (default 0: off) PSYNC_RECONNECT_MS
+  --init-seed N             seed of the initial model (default: --seed)  PSYNC_INIT_SEED
+  --seconds S               worker: also stop S seconds after the first step
+                            (default 0: --steps only)                   PSYNC_SECONDS
+  --series-ms N             server: copy the model every N ms; after the run,
+                            evaluate each copy and write the accuracy series
+                            to --metrics (default 0: off)                PSYNC_SERIES_MS
+  --series-samples N        server: test samples each series point is
+                            evaluated on, the first N (default 2000)     PSYNC_SERIES_SAMPLES
+  --target ACC              server: report the time to this test accuracy: the
+                            first series point where the mean of the last 3
+                            reached it, in seconds from the start of training
+                            (needs --series-ms)                          PSYNC_TARGET
   --help                    this text
 
 Server and workers must agree on --workers, --policy, --model, --data and --seed.
@@ -197,6 +209,49 @@ void parse_tls(const Get& get, bool is_server, Config& c) {
   }
 }
 
+// The accuracy series, the target, the time budget and the initial model's seed:
+// what a run is measured with (docs/processes.md#time-to-target).
+template <class Get>
+void parse_measurement(const Get& get, bool is_server, Config& c) {
+  const auto seconds_value = [](const auto* v, double max) {
+    const std::string s = v->value;
+    char* end = nullptr;
+    const double x = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size() || !(x >= 0) || x > max) {
+      throw UsageError(describe(v->source, v->value) + ": expected seconds from 0 to " + std::to_string(max));
+    }
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(x * 1000)));
+  };
+  const auto server_only = [&](const char* flag) {
+    const auto* v = get(flag);
+    if (v && !is_server) throw UsageError(v->source + " is a server option (this is a worker)");
+    return v;
+  };
+  if (const auto* v = get("--init-seed")) {
+    c.init_seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());
+  }
+  if (const auto* v = get("--seconds")) {
+    if (is_server) throw UsageError(v->source + " is a worker option (this is a server)");
+    c.seconds = seconds_value(v, 7 * 86400.0);
+  }
+  if (const auto* v = server_only("--series-ms")) {
+    c.series_every = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 3600 * 1000));
+  }
+  if (const auto* v = server_only("--series-samples")) {
+    c.series_samples = parse_integer<Eigen::Index>(v->source, v->value, 1, 1 << 24);
+  }
+  if (const auto* v = server_only("--target")) {
+    const std::string s = v->value;
+    char* end = nullptr;
+    const double t = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size() || !(t > 0) || !(t < 1)) {
+      throw UsageError(describe(v->source, v->value) + ": expected an accuracy between 0 and 1 (e.g. 0.85)");
+    }
+    if (c.series_every.count() == 0) throw UsageError(v->source + " needs --series-ms (the series it is read from)");
+    c.target = t;
+  }
+}
+
 struct OptionSpec {
   const char* flag;
   const char* env;
@@ -218,6 +273,9 @@ constexpr OptionSpec option_specs[] = {
     {"--checkpoint", "PSYNC_CHECKPOINT", true},     {"--checkpoint-every", "PSYNC_CHECKPOINT_EVERY", true},
     {"--checkpoint-keep", "PSYNC_CHECKPOINT_KEEP", true}, {"--resume", "PSYNC_RESUME", false},
     {"--reconnect-ms", "PSYNC_RECONNECT_MS", true},
+    {"--init-seed", "PSYNC_INIT_SEED", true},       {"--seconds", "PSYNC_SECONDS", true},
+    {"--series-ms", "PSYNC_SERIES_MS", true},       {"--series-samples", "PSYNC_SERIES_SAMPLES", true},
+    {"--target", "PSYNC_TARGET", true},
 };
 
 struct RawValue {
@@ -339,6 +397,7 @@ std::optional<Config> parse(int argc, char** argv) {
   }
   parse_tls(get, is_server, c);
   parse_resilience(get, c);
+  parse_measurement(get, is_server, c);
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;
 }

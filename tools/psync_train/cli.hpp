@@ -61,6 +61,14 @@ struct Config {
   std::size_t checkpoint_keep = 3;
   bool resume = false;
   std::chrono::milliseconds reconnect{0};
+  // Measuring a run (docs/processes.md#time-to-target): the model's initial seed, the
+  // server's accuracy series and target, the workers' time budget.
+  std::optional<std::uint64_t> init_seed;  // unset: --seed
+  std::chrono::milliseconds series_every{0};  // 0: no series
+  Eigen::Index series_samples = 2000;
+  std::optional<double> target;
+  std::chrono::milliseconds seconds{0};  // worker: stop after this long (0: only --steps)
+  std::uint64_t model_seed() const { return init_seed.value_or(seed); }
 };
 
 /// Prints --help.

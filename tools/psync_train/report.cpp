@@ -61,7 +61,8 @@ std::string config_json(const Config& c) {
     << ",\n  \"workers\": " << c.workers << ",\n  \"policy\": " << json_string(c.policy)
     << ",\n  \"model\": " << json_string(c.model) << ",\n  \"data\": " << json_string(c.data)
     << ",\n  \"steps\": " << c.steps << ",\n  \"lr\": " << float_text(c.lr) << ",\n  \"batch\": " << c.batch
-    << ",\n  \"seed\": " << c.seed << ",\n  \"timeout_ms\": " << c.timeout.count();
+    << ",\n  \"seed\": " << c.seed << ",\n  \"init_seed\": " << c.model_seed()
+    << ",\n  \"timeout_ms\": " << c.timeout.count() << ",\n  \"seconds\": " << json_number(c.seconds.count() / 1e3);
   return o.str();
 }
 
@@ -96,7 +97,18 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
     << ",\n  \"checkpoint_failures\": " << report.checkpoint_failures
     << ",\n  \"checkpoint_s\": " << json_number(report.checkpoint_s)
     << ",\n  \"resumed_from\": " << (report.resumed_path.empty() ? "null" : json_string(report.resumed_path))
-    << ",\n  \"resumed_steps\": " << report.resumed_steps << ",\n  \"peers\": [";
+    << ",\n  \"resumed_steps\": " << report.resumed_steps
+    << ",\n  \"started_s\": " << json_number(report.started_s)
+    << ",\n  \"series_ms\": " << c.series_every.count() << ",\n  \"series_samples\": " << c.series_samples
+    << ",\n  \"target\": " << (c.target ? json_number(*c.target) : std::string("null"))
+    << ",\n  \"time_to_target_s\": " << (c.target ? json_number(s.time_to_target_s) : std::string("null"))
+    << ",\n  \"series\": [";
+  for (std::size_t i = 0; i < s.series.size(); ++i) {
+    const auto& p = s.series[i];
+    o << (i ? "," : "") << "\n    {\"t\": " << json_number(p.seconds) << ", \"version\": " << p.version
+      << ", \"steps\": " << p.steps << ", \"accuracy\": " << json_number(p.test_accuracy) << "}";
+  }
+  o << (s.series.empty() ? "]" : "\n  ]") << ",\n  \"peers\": [";
   for (std::size_t i = 0; i < report.peers.size(); ++i) {
     const auto& p = report.peers[i];
     // "staleness" is in model versions (pushes under asp/ssp/dssp, rounds under bsp/osp).

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace psync_train {
 
@@ -28,6 +29,10 @@ struct ServerSummary {
   double final_test_loss = 0;
   Eigen::Index test_samples = 0;
   std::size_t workers_lost = 0;
+  /// --series-ms: each model copy evaluated on the first --series-samples test samples;
+  /// seconds count from the start of training (`ServerReport::started_s`).
+  std::vector<psync::SeriesPoint> series;
+  double time_to_target_s = -1;  // --target: -1 when not reached (or not asked)
 };
 
 /// The server's --metrics file, if one was asked for.

@@ -15,16 +15,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace psync_train {
 
@@ -52,6 +55,31 @@ void install_stop_handlers() {
   sa.sa_flags = SA_RESETHAND;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+}
+
+/// The --series-ms copies evaluated on the first `samples` test samples, in seconds
+/// from the start of training: copies from before it are dropped but the last, which
+/// is the initial model at second 0. Empty if training never started.
+template <class M>
+std::vector<psync::SeriesPoint> evaluate_series(const psync::ServerReport& report, M& eval_model,
+                                               const psync::data::Dataset& test, Eigen::Index samples) {
+  std::vector<psync::SeriesPoint> out;
+  if (report.started_s < 0) return out;
+  const psync::data::Batch subset = psync::data::whole(test, std::min(samples, test.size()));
+  std::size_t first = 0;
+  while (first + 1 < report.snapshots.size() && report.snapshots[first + 1].seconds <= report.started_s) ++first;
+  for (std::size_t i = first; i < report.snapshots.size(); ++i) {
+    const auto& snap = report.snapshots[i];
+    eval_model.parameters() = snap.parameters;
+    psync::SeriesPoint p;
+    p.seconds = std::max(0.0, snap.seconds - report.started_s);
+    p.version = snap.version;
+    p.steps = snap.steps;
+    p.train_loss = std::nan("");
+    p.test_accuracy = eval_model.accuracy(subset);
+    out.push_back(p);
+  }
+  return out;
 }
 
 template <class M, class P>
@@ -96,6 +124,12 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) 
   so.checkpoint_every = c.checkpoint_every;
   so.checkpoint_keep = c.checkpoint_keep;
   so.resume = c.resume;
+  if (c.series_every.count() > 0) {
+    // Each point keeps a copy of the model until the run ends: at most 1 GiB of them.
+    const auto model_bytes = static_cast<std::size_t>(model.parameters().size()) * sizeof(float) + 1;
+    so.snapshot_interval = c.series_every;
+    so.max_snapshots = std::max<std::size_t>(16, (std::size_t{1} << 30) / model_bytes);
+  }
   double last_seconds = 0;
   std::uint64_t last_steps = 0;
   if (!c.quiet) {
@@ -160,6 +194,15 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) 
   }
 
   ServerSummary summary;
+  if (c.series_every.count() > 0) summary.series = evaluate_series(report, eval_model, test, c.series_samples);
+  if (c.target) summary.time_to_target_s = psync::time_to_accuracy(summary.series, *c.target);
+  if (c.target && !c.quiet) {
+    std::cout << program << ": time to " << *c.target << " test accuracy ("
+              << std::min<Eigen::Index>(c.series_samples, test.size()) << " samples, mean of 3 points): "
+              << (summary.time_to_target_s >= 0 ? std::to_string(summary.time_to_target_s) + " s"
+                                                : std::string("not reached"))
+              << std::endl;
+  }
   summary.listening = where;
   summary.interrupted = g_signal != 0;
   summary.final_test_accuracy = final_accuracy;

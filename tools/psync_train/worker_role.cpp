@@ -73,6 +73,7 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train)
   psync::WorkerOptions wo;  // the worker's id is its transport's (--id, or the server's choice at join)
   wo.learning_rate = c.lr;
   wo.max_steps = c.steps;
+  wo.time_budget = c.seconds;
   // Longer than the server's peer timeout: a worker waiting on a silent peer is
   // answered once the server has dropped that peer, before its own deadline.
   wo.reply_timeout = 2 * c.timeout;

@@ -103,6 +103,10 @@ struct Snapshot {
 /// @brief What the server measured.
 struct ServerReport {
   double wall_s = 0;
+  /// @brief Seconds from serving to the start of training (the expected workers had
+  /// joined, or the join timeout passed with some); -1 if training never started here
+  /// (or it was already started in the checkpoint this run resumed from).
+  double started_s = -1;
   std::uint64_t version = 0;          ///< final model version
   std::uint64_t updates_applied = 0;  ///< pushes folded into the model
   std::uint64_t steps_applied = 0;    ///< local SGD steps those pushes covered

@@ -189,6 +189,7 @@ class Server {
     force_snapshot(end);
     ServerReport report = core_->finish_report();
     report.wall_s = seconds_since_start(end);
+    if (const auto t = core_->started_at()) report.started_s = seconds_since_start(*t);
     report.snapshots = std::move(snapshots_);
     report.events.insert(report.events.end(), events_.begin(), events_.end());
     report.checkpoints_written = checkpoints_written_;

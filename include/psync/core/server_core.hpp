@@ -84,6 +84,9 @@ class ServerCore {
   std::uint64_t version() const noexcept { return version_; }
   /// @brief True once the expected workers joined (or the join timeout passed with some).
   bool started() const noexcept { return started_; }
+  /// @brief When this core started training (the expected workers had joined, or the
+  /// join timeout passed with some); empty before, and for a core restored as started.
+  std::optional<Clock::time_point> started_at() const noexcept { return started_at_; }
   /// @brief Workers joined and not gone.
   std::size_t live_workers() const { return clocks_.live_count(); }
   /// @brief The slowest live worker's clock.
@@ -390,6 +393,7 @@ class ServerCore {
 
   void start(Clock::time_point now) {
     started_ = true;
+    started_at_ = now;
     ++changes_;
     progress(now);
   }
@@ -520,6 +524,7 @@ class ServerCore {
   std::uint64_t version_ = 0;
   std::uint64_t changes_ = 0;
   bool started_ = false;
+  std::optional<Clock::time_point> started_at_;
   Clock::time_point join_deadline_{};
   ServerReport report_;
 };
