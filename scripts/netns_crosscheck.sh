@@ -8,6 +8,13 @@
 # psync::Emulated (bench/netns_reference), and writes a side-by-side table to
 # docs/results/netns-crosscheck.md. See docs/netns-crosscheck.md.
 #
+# With --validate ACC it checks virtual time instead (issue 8): each policy runs as
+# processes in the same namespaces, for --seconds per worker and --repeats seeds,
+# and the server's accuracy series gives the time to ACC; bench/compare_policies
+# simulates the same cluster (2 workers by default, same model, data, seeds, rates
+# and evaluation) in virtual time, at the calibrated step and at the step the
+# processes measured; the table goes to docs/results/netns-validation.md.
+#
 # Needs root. Creates only namespaces named psx-* (refuses to start if any exist),
 # nothing in the host namespace, no routes out: 10.77.0.0/24 exists only inside
 # them. Removes all of it and stops every process it started on exit, error,
@@ -18,6 +25,7 @@
 #        [--lr 0.1] [--seed 1] [--rate BYTES_PER_S] [--delay-ms 1] [--burst BYTES]
 #        [--repeats N] [--build] [--train-bin PATH] [--ref-bin PATH]
 #        [--out FILE] [--json-dir DIR] [--run-timeout S]
+#        [--validate ACC [--seconds S] [--compare-bin PATH]]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,12 +51,17 @@ ref_bin=""
 out="$repo/docs/results/netns-crosscheck.md"
 json_dir=""
 run_timeout=300     # seconds, per process of a run
+validate=""         # --validate ACC: time to ACC, processes against virtual time
+seconds=30          # --validate: each worker trains this long (wall clock)
+compare_bin=""
+init_seed=42        # --validate: compare_policies' initial model
 prefix="psx"
 subnet="10.77.0"
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "netns_crosscheck: $*" >&2; exit 1; }
 
+given=" $* "
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers="$2"; shift 2 ;;
@@ -69,10 +82,30 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --json-dir) json_dir="$2"; shift 2 ;;
     --run-timeout) run_timeout="$2"; shift 2 ;;
+    --validate) validate="$2"; shift 2 ;;
+    --seconds) seconds="$2"; shift 2 ;;
+    --compare-bin) compare_bin="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
   esac
 done
+if [ -n "$validate" ]; then
+  "${py:-python3}" -c "import sys; t=float(sys.argv[1]); sys.exit(0 if 0 < t < 1 else 1)" "$validate" 2>/dev/null ||
+    die "--validate needs a target accuracy between 0 and 1 (e.g. 0.85), got '$validate'"
+  [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -ge 1 ] || die "--seconds must be a positive integer"
+  # The validation's own defaults, for what was not given: compare_policies' paper-like
+  # cluster at 2 workers (what fits 2 cores), every policy, 3 seeds, no delay.
+  [[ "$given" == *" --workers "* ]] || workers=2
+  [[ "$given" == *" --policies "* ]] || policies="bsp,asp,ssp:3,osp:20,losp:20"
+  [[ "$given" == *" --repeats "* ]] || repeats=3
+  [[ "$given" == *" --lr "* ]] || lr=0.15
+  [[ "$given" == *" --delay-ms "* ]] || delay_ms=0
+  [[ "$given" == *" --out "* ]] || out="$repo/docs/results/netns-validation.md"
+  [ "$model" = "mlp:256,128" ] && [ "$data" = "fashion-mnist" ] ||
+    die "--validate runs compare_policies' model and data: drop --model and --data"
+  [ "$run_timeout" -gt $(( seconds + 60 )) ] || run_timeout=$(( seconds + 120 ))
+  steps=100000000   # the --seconds budget ends the run
+fi
 [[ "$workers" =~ ^[0-9]+$ ]] && [ "$workers" -ge 1 ] && [ "$workers" -le 200 ] || die "--workers must be 1..200"
 [[ "$rate" =~ ^[0-9]+$ ]] && [ "$rate" -gt 0 ] || die "--rate must be a positive integer (bytes/s)"
 [[ "$burst" =~ ^[0-9]+$ ]] && [ "$burst" -ge 2048 ] || die "--burst must be an integer >= 2048 (bytes)"
@@ -94,7 +127,12 @@ py=/usr/bin/python3
 build_dir="$repo/build-netns"
 if [ "$build" -eq 1 ]; then
   cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" --target psync-train bench.netns_reference -j "$(nproc)"
+  cmake --build "$build_dir" --target psync-train bench.netns_reference bench.compare_policies -j "$(nproc)"
+fi
+[ -n "$compare_bin" ] || compare_bin="$build_dir/bench/compare_policies"
+if [ -n "$validate" ]; then
+  [ -x "$compare_bin" ] || die "compare_policies not found at $compare_bin (build it: --build, or --compare-bin PATH)"
+  ref_bin="$compare_bin"   # the emulated reference is not run in this mode
 fi
 if [ -z "$train_bin" ]; then
   for c in "$build_dir/tools/psync-train" "$repo/build-train/tools/psync-train"; do
@@ -244,7 +282,10 @@ fi
 # ------------------------------------------------------------------ runs
 timeout_ms=$(( (run_timeout > 60 ? 60 : run_timeout) * 1000 ))
 cur_steps="$steps"
-common_args() { common=(--workers "$workers" --model "$model" --data "$data" --steps "$cur_steps" --batch "$batch" --lr "$lr" --seed "$seed"); }
+cur_lr="$lr"
+cur_seed="$seed"
+extra=()   # --validate: the series, the target, the budget, the initial model
+common_args() { common=(--workers "$workers" --model "$model" --data "$data" --steps "$cur_steps" --batch "$batch" --lr "$cur_lr" --seed "$cur_seed"); }
 port=17700
 commands_file="$work/commands.txt"
 : > "$commands_file"
@@ -256,7 +297,7 @@ run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
   local slog="$work/kernel-$tag-server.log"
   local scmd=(timeout -k 5 "$run_timeout" "$train_bin" --role server --server "${subnet}.1:$port"
               --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
-              --metrics "$work/kernel-$tag-server.json")
+              --metrics "$work/kernel-$tag-server.json" "${extra[@]+"${extra[@]}"}")
   echo "ip netns exec $srv ${scmd[*]}" >> "$commands_file"
   ip netns exec "$srv" "${scmd[@]}" > "$slog" 2>&1 &
   spid=$!
@@ -272,7 +313,7 @@ run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
   for (( w=0; w<workers; w++ )); do
     local wcmd=(timeout -k 5 "$run_timeout" "$train_bin" --role worker --server "$addr" --id "$w"
                 --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
-                --metrics "$work/kernel-$tag-w$w.json")
+                --metrics "$work/kernel-$tag-w$w.json" "${wextra[@]+"${wextra[@]}"}")
     echo "ip netns exec ${prefix}-w$w ${wcmd[*]}" >> "$commands_file"
     ip netns exec "${prefix}-w$w" "${wcmd[@]}" > "$work/kernel-$tag-w$w.log" 2>&1 &
     pid=$!
@@ -302,7 +343,155 @@ run_emulated() {  # run_emulated POLICY TAG -> $work/emulated-TAG.json
   [ "$rc" -eq 0 ] || { tail -n 20 "$work/emulated-$tag.log" >&2; die "emulated run $policy failed (exit $rc)"; }
 }
 
+# ------------------------------------------------------------------ --validate
+virtual_run() {  # virtual_run DIR [compare_policies options] -> DIR/paper-like.json
+  local dir="$1" rc=0
+  shift
+  local cmd=(timeout -k 5 3600 "$compare_bin" --scenario paper-like --time virtual --workers "$workers"
+             --straggler 1 --latency-ms "$latency_ms" --gbps "$gbps" --lr "$lr" --seed "$seed"
+             --seeds "$repeats" --target "$validate" --budget "$seconds" --out "$dir" --quiet "$@")
+  echo "${cmd[*]}" >> "$commands_file"
+  "${cmd[@]}" > "$dir.log" 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || { tail -n 20 "$dir.log" >&2; die "compare_policies failed (exit $rc)"; }
+}
+
+validate_runs() {
+  latency_ms="$("$py" -c "print(int('$latency_us') / 1000)")"
+  gbps="$("$py" -c "print(int('$rate') * 8 / 1e9)")"
+  log "validate: virtual time at the calibrated step ($policies, seeds $seed..$(( seed + repeats - 1 )))"
+  virtual_run "$work/virtual-calibrated" --policies "$policies"
+  log "warm-up (not measured)"
+  cur_steps=10
+  run_kernel bsp warmup
+  cur_steps="$steps"
+  local p k tag step
+  for p in "${policy_list[@]}"; do
+    cur_lr="$("$py" - "$work/virtual-calibrated/paper-like.json" "$p" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(next(r["learning_rate"] for r in d["policies"] if r["policy"] == sys.argv[2]))
+PY
+)"
+    for (( k=0; k<repeats; k++ )); do
+      cur_seed=$(( seed + k ))
+      tag="${p//:/}-s$cur_seed"
+      extra=(--series-ms 250 --series-samples 2000 --target "$validate" --init-seed "$init_seed")
+      wextra=(--seconds "$seconds" --init-seed "$init_seed")
+      log "validate: $p, seed $cur_seed, lr $cur_lr: processes over kernel-shaped TCP for $seconds s"
+      run_kernel "$p" "$tag"
+    done
+    cur_seed="$seed"
+    step="$("$py" - "$work" "${p//:/}" "$seed" "$repeats" "$workers" <<'PY'
+import json, os, statistics, sys
+work, tag, seed, repeats, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+steps = []
+for s in range(seed, seed + repeats):
+    ws = [json.load(open(os.path.join(work, f"kernel-{tag}-s{s}-w{i}.json"))) for i in range(workers)]
+    n = sum(w["steps_done"] for w in ws)
+    steps.append(1000 * sum(w["compute_s"] for w in ws) / n)
+print(f"{statistics.median(steps):.4f}")
+PY
+)"
+    log "validate: $p: virtual time at the processes' step, $step ms"
+    virtual_run "$work/virtual-step-${p//:/}" --policies "$p" --step-ms "$step"
+  done
+  validate_table
+  log "wrote $out"
+  if [ -n "$json_dir" ]; then log "raw JSON and logs kept in $work"; fi
+  exit 0
+}
+
+validate_table() {
+  mkdir -p "$(dirname "$out")"
+  "$py" - "$work" "$out" "$policies" "$seed" "$repeats" "$workers" "$validate" "$seconds" "$rate" "$qdisc_desc" \
+    "$(uname -sr)" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$(nproc)" "$commands_file" "$init_seed" <<'PYEOF'
+import json, os, statistics, sys
+(work, out, policies, seed, repeats, workers, target, seconds, rate, qdisc_desc, kernel, when, cpus,
+ commands_file, init_seed) = sys.argv[1:]
+seed, repeats, workers, target = int(seed), int(repeats), int(workers), float(target)
+
+def median_or_none(xs):
+    # A seed that never reached the target counts as infinitely late (psync::harness::median_time).
+    if not xs:
+        return None
+    m = statistics.median(float("inf") if x is None or x < 0 else x for x in xs)
+    return None if m == float("inf") else m
+
+def fmt(x, d=2):
+    return "-" if x is None else f"{x:.{d}f}"
+
+def pct(v, r):
+    return "-" if v is None or r is None or r <= 0 else f"{100 * (v - r) / r:+.1f}%"
+
+cal = json.load(open(os.path.join(work, "virtual-calibrated", "paper-like.json")))
+rows, ok = [], True
+for p in policies.split(","):
+    tag = p.replace(":", "")
+    real, steps, pushes = [], [], []
+    for s in range(seed, seed + repeats):
+        srv = json.load(open(os.path.join(work, f"kernel-{tag}-s{s}-server.json")))
+        real.append(srv["time_to_target_s"])
+        ws = [json.load(open(os.path.join(work, f"kernel-{tag}-s{s}-w{i}.json"))) for i in range(workers)]
+        steps.append(1000 * sum(w["compute_s"] for w in ws) / sum(w["steps_done"] for w in ws))
+    vc = next(r for r in cal["policies"] if r["policy"] == p)
+    vs_doc = json.load(open(os.path.join(work, f"virtual-step-{tag}", "paper-like.json")))
+    vs = next(r for r in vs_doc["policies"] if r["policy"] == p)
+    r_med, c_med, s_med = median_or_none(real), median_or_none(vc["time_to_target_seeds"]), median_or_none(vs["time_to_target_seeds"])
+    err = None if r_med is None or c_med is None else (c_med - r_med) / r_med
+    verdict = "n/a (target not reached)" if err is None else ("pass" if abs(err) <= 0.20 else "miss")
+    ok = ok and verdict == "pass"
+    rows.append((p, vc["learning_rate"], real, r_med, vc["time_to_target_seeds"], c_med, statistics.median(steps),
+                 vs["time_to_target_seeds"], s_med, verdict))
+
+def seeds(xs):
+    return ", ".join("-" if x is None or x < 0 else f"{x:.2f}" for x in xs)
+
+lines = [f"| policy | lr | processes: time to {target:g} per seed (s) | median | virtual, calibrated step, per seed (s) | median | error | processes' step (ms) | virtual at that step, per seed (s) | median | error | verdict (calibrated, within 20%) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for p, lr, real, r_med, cs, c_med, step, ss, s_med, verdict in rows:
+    lines.append(f"| {p} | {lr:g} | {seeds(real)} | {fmt(r_med)} | {seeds(cs)} | {fmt(c_med)} | {pct(c_med, r_med)} | "
+                 f"{step:.3f} | {seeds(ss)} | {fmt(s_med)} | {pct(s_med, r_med)} | {verdict} |")
+table = "\n".join(lines)
+commands = [c for c in open(commands_file).read().strip().splitlines() if "warmup" not in c]
+doc = f"""# Validation: virtual time against processes over kernel-shaped TCP
+
+Generated by `scripts/netns_crosscheck.sh --validate {target:g}` (see `docs/netns-crosscheck.md`);
+every figure below was measured by that run. Do not edit by hand.
+
+- Date: {when}; kernel: {kernel}; CPUs: {cpus}
+- Cluster: `psync-train`, 1 server and {workers} worker processes, each in its own network namespace;
+  MLP 784-256-128-10 on Fashion-MNIST, batch 64, initial model seed {init_seed}, seeds {seed}..{seed + repeats - 1}
+  (shards and batch order), each worker trains for {seconds} s
+- Links: every worker link and each direction of the server NIC at {int(rate):,} bytes/s ({int(rate) * 8 / 1e9:g} Gbit/s); {qdisc_desc}
+- Processes: the server copies the model every 0.25 s; after the run each copy is evaluated on the first
+  2,000 test samples; time to target is the first time the mean of the last 3 reached it, counted from
+  the moment the last worker joined (`started_s`)
+- Virtual: `bench/compare_policies --time virtual`, the same cluster (paper-like scenario with
+  `--workers {workers} --straggler 1`, the same link rates and latency, the same seeds, learning rates,
+  evaluation and rule); once with the step cost calibrated single-threaded ({cal["step_s"] * 1e3:.3f} ms),
+  once per policy with the step the processes measured (the workers' compute time per step, median
+  over the seeds; it includes what 3 processes and the kernel's TCP take from each other on {cpus} cores)
+
+{table}
+
+Goal (issue 8): within 20%, medians over the seeds. {"Met for every policy." if ok else "Not met for every policy: see the verdicts."}
+
+Commands:
+
+```
+{chr(10).join(commands)}
+```
+"""
+open(out, "w").write(doc)
+print(table)
+PYEOF
+}
+
 IFS=',' read -r -a policy_list <<< "$policies"
+wextra=()
+if [ -n "$validate" ]; then
+  validate_runs   # defined above; writes the table and exits
+fi
 # A short unmeasured kernel run first: page cache, sockets and the bridge's MAC
 # learning warmed, so the first measured policy pays no more than the others.
 log "warm-up (not measured)"
