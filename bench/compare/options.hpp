@@ -84,6 +84,9 @@ struct Options {
   bool virtual_time = true;        // --time virtual|real
   std::uint64_t seed = 1;          // --seed: sharding, batch order, stragglers, jitter
   unsigned seeds = 1;              // --seeds K: seeds seed .. seed+K-1 (virtual time)
+  // --accuracy-steps K: the accuracy goals compare OSP/LOSP and sequential SGD after K
+  // gradient steps each (K x batch samples; virtual time), not at OSP's time to target.
+  std::uint64_t accuracy_steps = 0;
   std::optional<double> step_ms;   // --step-ms: virtual step cost instead of calibrating
   bool quick = false;              // --quick: small budgets, no sequential@osp-samples
   std::optional<double> server_ns;  // --server-ns: server cost per float instead of calibrating
@@ -126,7 +129,11 @@ inline void usage(std::ostream& o) {
        "  --budget SECONDS      budget per policy: virtual seconds (a cap; runs stop once the target\n"
        "                        is reached) or wall-clock seconds (default: the scenario's)\n"
        "  --seed N              seed of sharding, batch order, stragglers and jitter (default 1)\n"
-       "  --seeds K             virtual time: run seeds N..N+K-1, report median and min-max\n"
+       "  --seeds K             virtual time and --validate: run seeds N..N+K-1, report median and\n"
+       "                        min-max (--validate: medians of real and virtual times to target)\n"
+       "  --accuracy-steps K    virtual time: the accuracy goals run OSP/LOSP for K gradient steps in\n"
+       "                        all (K / workers each, no time cap) and sequential SGD for K steps,\n"
+       "                        and compare their final accuracy (default: at the time runs' samples)\n"
        "  --step-ms X           virtual time: a step costs X ms (default: calibrated on this machine)\n"
        "  --quick               virtual time: target 0.80 (unless --target), 60 s cap, no\n"
        "                        sequential@osp-samples (the demo)\n"
@@ -243,6 +250,9 @@ inline Options parse(int argc, char** argv) {
     } else if (a == "--seeds") {
       o.seeds = parse_unsigned(a, value());
       if (o.seeds < 1 || o.seeds > 20) bad("--seeds must be in [1, 20]");
+    } else if (a == "--accuracy-steps") {
+      o.accuracy_steps = parse_unsigned(a, value());
+      if (o.accuracy_steps < 1) bad("--accuracy-steps must be at least 1");
     } else if (a == "--step-ms") {
       o.step_ms = parse_double(a, value());
       if (!(*o.step_ms > 0) || *o.step_ms > 10000) bad("--step-ms must be in (0, 10000]");

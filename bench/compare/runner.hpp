@@ -523,6 +523,11 @@ class Harness {
       const std::string label = kind + (":" + std::to_string(opt_.osp.value_or(s.osp)));
       const auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.label == label; });
       if (opt_.quick || !sample_references || it == rows.end()) continue;
+      if (opt_.accuracy_steps > 0) {
+        const auto pit = std::find_if(policies.begin(), policies.end(), [&](const PolicyId& p) { return p.label == label; });
+        if (pit != policies.end()) equal_steps_rows(s, *pit, it->lr, target, rows);
+        continue;
+      }
       const std::string name = std::string("sequential@") + kind + "-samples";
       const std::uint64_t steps = std::max<std::uint64_t>(1, it->samples / static_cast<std::uint64_t>(s.batch));
       if (steps > max_reference_steps) {
@@ -545,6 +550,56 @@ class Harness {
     }
     speedups(rows);
     return rows;
+  }
+
+  // --accuracy-steps K: policy `p` at rate `rate` for K gradient steps in all (K / P per
+  // worker, no time cap, first seed), then sequential SGD for K steps on the same seed;
+  // rows "LABEL@K-steps" and "sequential@K-steps" (their final full-test accuracy).
+  void equal_steps_rows(const Scenario& s, const PolicyId& p, float rate, double target, std::vector<Row>& rows) const {
+    const std::uint64_t k = opt_.accuracy_steps;
+    const std::string suffix = "@" + std::to_string(k) + "-steps";
+    const auto shards = psync::data::shard(data_.train, static_cast<int>(workers(s)), opt_.seed);
+    const auto sources = [&](psync::PeerId w) {
+      return [smp = psync::data::BatchSampler(shards[w], s.batch, opt_.seed * 7919 + w + 1)]() mutable
+                 -> const psync::data::Batch& { return smp.next(); };
+    };
+    auto o = sim_options(s, p, opt_.seed);
+    o.learning_rate = rate;
+    o.steps_per_worker = std::max<std::uint64_t>(1, k / workers(s));
+    o.budget_s = 0;
+    o.snapshot_interval_s = 1e9;  // only the start and the end
+    auto t0 = std::chrono::steady_clock::now();
+    auto rep = with_policy(p, [&](auto policy) {
+      return psync::sim::simulate(model(), sources, o, policy,
+                                  [this](const psync::models::Mlp& m) { return evaluate_subset(m); });
+    });
+    const double acc = full_accuracy(rep.parameters);
+    Row r = summarize(p.label + suffix, rate, std::move(rep), target);
+    r.final_acc = acc;
+    r.tta = -1;
+    r.steps_at_target = -1;
+    r.note = "no time limit; " + std::to_string(o.steps_per_worker) + " steps per worker";
+    r.real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    progress_.line("  [" + s.name + "] " + r.label + ": " + std::to_string(r.samples) + " samples, final accuracy " +
+                   fmt(acc, 4));
+    const std::uint64_t samples = r.samples;
+    rows.push_back(std::move(r));
+    // OSP and LOSP make the same sequential reference: run it once.
+    if (std::any_of(rows.begin(), rows.end(), [&](const Row& x) { return x.label == "sequential" + suffix && x.samples == samples; }))
+      return;
+    t0 = std::chrono::steady_clock::now();
+    auto seq = sequential_virtual(s, opt_.seed, std::max<std::uint64_t>(1, samples / static_cast<std::uint64_t>(s.batch)),
+                                  0, target, false);
+    const double seq_acc = full_accuracy(seq.parameters);
+    Row q = summarize("sequential" + suffix, base_lr(s), std::move(seq), target);
+    q.final_acc = seq_acc;
+    q.tta = -1;
+    q.steps_at_target = -1;
+    q.note = "no time limit; " + std::to_string(q.samples) + " samples, as " + p.label + suffix;
+    q.real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    progress_.line("  [" + s.name + "] sequential" + suffix + ": " + std::to_string(q.samples) +
+                   " samples, final accuracy " + fmt(seq_acc, 4));
+    rows.push_back(std::move(q));
   }
 
   // Speedup over BSP in time to target, for real and virtual rows alike.
@@ -612,6 +667,15 @@ inline std::vector<Goal> goals(const Scenario& s, const std::vector<Row>& rows, 
   const std::string losp_l = "losp:" + std::to_string(S);
   const Row* losp = find(rows, losp_l);
   const Row* seq_losp = find(rows, "sequential@losp-samples");
+  // The accuracy goals: at the time runs' samples, or after --accuracy-steps K.
+  const Row* osp_acc = osp;
+  const Row* losp_acc = losp;
+  if (o.accuracy_steps > 0) {
+    const std::string suffix = "@" + std::to_string(o.accuracy_steps) + "-steps";
+    osp_acc = find(rows, osp_l + suffix);
+    losp_acc = find(rows, losp_l + suffix);
+    seq = seq_losp = find(rows, "sequential" + suffix);
+  }
   const double target = o.target.value_or(s.target);
   auto t = [](const Row* r) { return r && r->tta >= 0 ? r->tta : std::numeric_limits<double>::infinity(); };
   // OSP at least 3x faster than BSP, LOSP at least 8x; both ahead of SSP and ASP.
@@ -644,20 +708,22 @@ inline std::vector<Goal> goals(const Scenario& s, const std::vector<Row>& rows, 
   speed_goals(osp, osp_l, 3);
   speed_goals(losp, losp_l, 8);
   // LOSP's final accuracy against sequential SGD on as many samples.
-  if (losp && seq_losp) {
+  if (losp_acc && seq_losp) {
     Goal c;
+    const Row* losp = losp_acc;
     const double d = 100 * (losp->final_acc - seq_losp->final_acc);
     c.text = losp_l + " final accuracy within 0.5 points of sequential SGD on the same samples";
-    c.measured = losp_l + " " + fmt(losp->final_acc, 4) + " vs sequential " + fmt(seq_losp->final_acc, 4) + " on " +
+    c.measured = losp->label + " " + fmt(losp->final_acc, 4) + " vs sequential " + fmt(seq_losp->final_acc, 4) + " on " +
                  std::to_string(seq_losp->samples) + " samples (" + (d >= 0 ? "+" : "") + fmt(d, 2) + " points)";
     c.verdict = d >= -0.5 ? "pass" : "miss";
     g.push_back(c);
   }
-  if (osp && seq) {
+  if (osp_acc && seq) {
     Goal c;
+    const Row* osp = osp_acc;
     const double d = 100 * (osp->final_acc - seq->final_acc);
     c.text = osp_l + " final accuracy within 0.5 points of sequential SGD on the same samples";
-    c.measured = osp_l + " " + fmt(osp->final_acc, 4) + " vs sequential " +
+    c.measured = osp->label + " " + fmt(osp->final_acc, 4) + " vs sequential " +
                  fmt(seq->final_acc, 4) + " on " + std::to_string(seq->samples) + " samples (" +
                  (d >= 0 ? "+" : "") + fmt(d, 2) + " points)";
     c.verdict = d >= -0.5 ? "pass" : "miss";

@@ -34,13 +34,34 @@
 
 namespace compare {
 
+// One policy at one seed: the real time to target and its virtual counterparts.
+struct ValidationRun {
+  double real_tta = -1, virtual_tta = -1;
+  double real_step_ms = 0;   // mean real compute per step of the real run's speed-1 workers
+  double measured_tta = -1;  // virtual time with the real run's own step cost
+  double fifo_tta = -1;      // ... and a FIFO server NIC, as the Emulated transport models it
+};
+
+// One policy over the seeds: medians (a seed that never reached the target counts as
+// infinitely late, as in psync::harness::median_time).
 struct ValidationRow {
   std::string policy;
   float lr = 0;
-  double real_tta = -1, virtual_tta = -1;
-  double real_step_ms = 0;  // mean real compute per step of the real run's workers (speed-1 worker)
-  double measured_tta = -1;  // virtual time with the real run's own step cost
-  double fifo_tta = -1;      // ... and a FIFO server NIC, as the Emulated transport models it
+  std::vector<ValidationRun> runs;
+  double real_tta = -1, virtual_tta = -1, measured_tta = -1, fifo_tta = -1;
+  double real_step_ms = 0;  // median over the seeds
+  void summarise() {
+    const auto med = [&](double ValidationRun::*f) {
+      std::vector<double> v;
+      for (const auto& r : runs) v.push_back(r.*f);
+      return psync::harness::median_time(std::move(v));
+    };
+    real_tta = med(&ValidationRun::real_tta);
+    virtual_tta = med(&ValidationRun::virtual_tta);
+    measured_tta = med(&ValidationRun::measured_tta);
+    fifo_tta = med(&ValidationRun::fifo_tta);
+    real_step_ms = med(&ValidationRun::real_step_ms);
+  }
   double error() const { return relative(virtual_tta); }
   double measured_error() const { return relative(measured_tta); }
   double relative(double v) const { return real_tta > 0 && v > 0 ? (v - real_tta) / real_tta : std::nan(""); }
@@ -54,30 +75,32 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   s.workers = 2;
   const double target = o.target.value_or(s.target);
   const double budget = o.budget_s.value_or(60);
-  const std::uint64_t seed = o.seed;
+  const std::uint64_t seed = o.seed;  // BSP's bit-for-bit check; time to target runs seeds seed..seed+K-1
   const auto& costs = h.ensure_costs();
   progress.line("validate: 2 workers, " + s.name + " network and straggler; virtual step " +
                 fmt(costs.step_s * 1e3, 3) + " ms (" + (costs.step_given ? "--step-ms" : "calibrated") +
                 "), real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));
-  const auto shards = psync::data::shard(h.data().train, 2, seed);
-  // Fresh samplers per run: both clocks see worker w's batches in the same order.
-  const auto sources = [&](psync::PeerId w) {
-    return [smp = psync::data::BatchSampler(shards[w], s.batch, seed * 7919 + w + 1)]() mutable
-               -> const psync::data::Batch& { return smp.next(); };
+  const unsigned seeds = std::max(1u, o.seeds);
+  // Worker w's batches, in the same order on both clocks: fresh samplers per run.
+  const auto sources_for = [&](const std::vector<psync::data::Dataset>& shards, std::uint64_t sd) {
+    return [&shards, &s, sd](psync::PeerId w) {
+      return [smp = psync::data::BatchSampler(shards[w], s.batch, sd * 7919 + w + 1)]() mutable
+                 -> const psync::data::Batch& { return smp.next(); };
+    };
   };
   const auto evaluate = [&h](const psync::models::Mlp& m) { return h.evaluate_subset(m); };
-  const auto local = [&](const PolicyId& p, double budget_s, std::uint64_t steps) {
+  const auto local = [&](const PolicyId& p, double budget_s, std::uint64_t steps, std::uint64_t sd) {
     auto lo = h.local(s, budget_s);
     lo.workers = 2;
     lo.learning_rate = h.lr(s, p);
-    lo.seed = seed;
+    lo.seed = sd;
     lo.snapshot_interval = std::chrono::milliseconds(static_cast<long long>(s.snapshot_s * 1000));
     lo.stragglers = s.stragglers(2);
     if (steps) lo.steps_per_worker = steps;
     return lo;
   };
-  const auto virtual_options = [&](const PolicyId& p) {
-    auto vo = h.sim_options(s, p, seed);
+  const auto virtual_options = [&](const PolicyId& p, std::uint64_t sd) {
+    auto vo = h.sim_options(s, p, sd);
     vo.workers = 2;
     // run_local seeds the network with NetworkSpec::seed; use the same.
     vo.network = s.network();
@@ -91,9 +114,11 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   const std::uint64_t steps = 300;
   progress.line("validate: BSP, " + std::to_string(steps) + " steps per worker, real and virtual");
   const PolicyId bsp{"bsp"};
-  const auto real_bsp = psync::run_local(h.model(), sources, local(bsp, 0, steps), psync::Bsp{},
+  const auto shards = psync::data::shard(h.data().train, 2, seed);
+  const auto sources = sources_for(shards, seed);
+  const auto real_bsp = psync::run_local(h.model(), sources, local(bsp, 0, steps, seed), psync::Bsp{},
                                          [](const psync::models::Mlp&) { return psync::Evaluation{}; });
-  auto bo = virtual_options(bsp);
+  auto bo = virtual_options(bsp, seed);
   bo.steps_per_worker = steps;
   bo.budget_s = 0;
   const auto virt_bsp = psync::sim::simulate(h.model(), sources, bo, psync::Bsp{},
@@ -117,40 +142,52 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
     ValidationRow r;
     r.policy = p.label;
     r.lr = h.lr(s, p);
-    progress.line("validate: " + p.label + " real (up to " + fmt(budget, 0) + " s of wall clock)");
-    const auto real = with_policy(p, [&](auto policy) {
-      return psync::run_local(h.model(), sources, local(p, budget, 0), policy, evaluate);
-    });
-    r.real_tta = real.time_to_accuracy(target);
-    double compute = 0, n = 0;
-    for (std::size_t w = 1; w < real.workers.size(); ++w) {  // worker 0 is the straggler
-      compute += real.workers[w].compute_s;
-      n += static_cast<double>(real.workers[w].steps);
+    for (unsigned k = 0; k < seeds; ++k) {
+      const std::uint64_t sd = seed + k;
+      const auto seed_shards = psync::data::shard(h.data().train, 2, sd);
+      const auto seed_sources = sources_for(seed_shards, sd);
+      ValidationRun v;
+      progress.line("validate: " + p.label + " seed " + std::to_string(sd) + " real (up to " + fmt(budget, 0) +
+                    " s of wall clock)");
+      const auto real = with_policy(p, [&](auto policy) {
+        return psync::run_local(h.model(), seed_sources, local(p, budget, 0, sd), policy, evaluate);
+      });
+      v.real_tta = real.time_to_accuracy(target);
+      double compute = 0, n = 0;
+      for (std::size_t w = 1; w < real.workers.size(); ++w) {  // worker 0 is the straggler
+        compute += real.workers[w].compute_s;
+        n += static_cast<double>(real.workers[w].steps);
+      }
+      v.real_step_ms = n > 0 ? 1e3 * compute / n : 0;
+      progress.line("validate: " + p.label + " seed " + std::to_string(sd) + " virtual");
+      psync::harness::TargetRun run;
+      run.cap_s = budget;
+      run.snapshot_s = s.snapshot_s;
+      run.target = target;
+      // Virtual time to target of policy `p` under simulation options `vo`.
+      const auto virtual_tta = [&](const psync::sim::SimOptions& vo) {
+        return with_policy(p, [&](auto policy) {
+          return psync::harness::run_until_target(h.model(), policy, seed_sources, vo, evaluate, run);
+        }).time_to_accuracy(target);
+      };
+      v.virtual_tta = virtual_tta(virtual_options(p, sd));
+      // The same run at the step cost the real run measured: what is left is the
+      // model of the network, the server and the policies.
+      auto mo = virtual_options(p, sd);
+      if (v.real_step_ms > 0) mo.compute.step_s = v.real_step_ms * 1e-3;
+      v.measured_tta = virtual_tta(mo);
+      mo.sharing = psync::sim::Sharing::fifo;
+      v.fifo_tta = virtual_tta(mo);
+      r.runs.push_back(v);
     }
-    r.real_step_ms = n > 0 ? 1e3 * compute / n : 0;
-    progress.line("validate: " + p.label + " virtual");
-    psync::harness::TargetRun run;
-    run.cap_s = budget;
-    run.snapshot_s = s.snapshot_s;
-    run.target = target;
-    // Virtual time to target of policy `p` under simulation options `vo`.
-    const auto virtual_tta = [&](const psync::sim::SimOptions& vo) {
-      return with_policy(p, [&](auto policy) {
-        return psync::harness::run_until_target(h.model(), policy, sources, vo, evaluate, run);
-      }).time_to_accuracy(target);
-    };
-    r.virtual_tta = virtual_tta(virtual_options(p));
-    // The same run at the step cost the real run measured: what is left is the
-    // model of the network, the server and the policies.
-    auto mo = virtual_options(p);
-    if (r.real_step_ms > 0) mo.compute.step_s = r.real_step_ms * 1e-3;
-    r.measured_tta = virtual_tta(mo);
-    mo.sharing = psync::sim::Sharing::fifo;
-    r.fifo_tta = virtual_tta(mo);
+    r.summarise();
     rows.push_back(r);
   }
   std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", "policy", "lr", "real t(s)", "virtual t(s)",
               "error", "step ms", "at real step", "error", "+FIFO NIC", "error", "verdict");
+  md += "Medians over " + std::to_string(seeds) + " seed(s), " + std::to_string(seed) + ".." +
+        std::to_string(seed + seeds - 1) + " (a seed that never reached the target counts as infinitely late); "
+        "every seed's figures are in the second table.\n\n";
   md += "| policy | lr | real time to " + fmt(target, 2) + " (s) | virtual, calibrated step (s) | error | real step (ms) | "
         "virtual, real step (s) | error | virtual, real step, FIFO NIC (s) | error | verdict (calibrated, within 15%) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -167,6 +204,16 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
           pct_str(e) + " | " + fmt(r.real_step_ms, 3) + " | " + tta_str(r.measured_tta) + " | " +
           pct_str(r.measured_error()) + " | " + tta_str(r.fifo_tta) + " | " + pct_str(r.relative(r.fifo_tta)) + " | " +
           verdict + " |\n";
+  }
+  md += "\n| policy | seed | real (s) | virtual, calibrated (s) | real step (ms) | virtual, real step (s) | "
+        "+FIFO NIC (s) |\n|---|---|---|---|---|---|---|\n";
+  for (const auto& r : rows) {
+    for (std::size_t k = 0; k < r.runs.size(); ++k) {
+      const auto& v = r.runs[k];
+      md += "| " + r.policy + " | " + std::to_string(seed + k) + " | " + tta_str(v.real_tta) + " | " +
+            tta_str(v.virtual_tta) + " | " + fmt(v.real_step_ms, 3) + " | " + tta_str(v.measured_tta) + " | " +
+            tta_str(v.fifo_tta) + " |\n";
+    }
   }
   const std::string how =
       "Real: `run_local`, 2 worker threads and the server thread over the emulated network (" + fmt(s.gbps, 2) +

@@ -158,7 +158,7 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
     std::ofstream f(base.string() + "-series.dat");
     bool first = true;
     for (const auto& r : rows) {
-      if (r.label.rfind("sequential@", 0) == 0) continue;
+      if (r.label.find('@') != std::string::npos) continue;  // references, not time runs
       if (!first) f << "\n\n";
       first = false;
       f << "# " << r.label << "\n\"" << r.label << "\" seconds steps train_loss\n";
@@ -170,7 +170,7 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
     std::ofstream f(base.string() + "-time.dat");
     f << "# label compute blocked_network blocked_held other\n";
     for (const auto& r : rows) {
-      if (r.label.rfind("sequential", 0) == 0) continue;
+      if (r.label.rfind("sequential", 0) == 0 || r.label.find('@') != std::string::npos) continue;
       const double held = std::min(r.wait, r.held);
       const double net = std::max(0.0, r.wait - held);
       const double other = std::max(0.0, 1 - r.compute - r.wait);
