@@ -1,8 +1,10 @@
 // Gradient cost of each model on Fashion-MNIST-shaped data (784 features, 10 classes)
-// at batch sizes 1, 16, 64 and 256: the compute side of every policy comparison.
+// at batch sizes 1, 16, 64 and 256: the compute side of every policy comparison. The
+// Cnn is LeNet-5-like (models/cnn.hpp), whose step costs more per parameter.
 
 #include "psync/data/dataset.hpp"
 #include "psync/data/synthetic.hpp"
+#include "psync/models/cnn.hpp"
 #include "psync/models/linear.hpp"
 #include "psync/models/mlp.hpp"
 #include "psync/models/softmax.hpp"
@@ -49,11 +51,14 @@ void mlp_gradient(benchmark::State& state) {
   run_gradient(state, psync::models::Mlp({inputs, 256, 128, classes}), false);
 }
 
+void cnn_gradient(benchmark::State& state) { run_gradient(state, psync::models::Cnn(), false); }
+
 }  // namespace
 
 BENCHMARK(linear_gradient)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 BENCHMARK(softmax_gradient)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 BENCHMARK(mlp_gradient)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
+BENCHMARK(cnn_gradient)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);

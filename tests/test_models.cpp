@@ -11,6 +11,7 @@
 #include "psync/data/dataset.hpp"
 #include "psync/data/idx.hpp"
 #include "psync/data/synthetic.hpp"
+#include "psync/models/cnn.hpp"
 #include "psync/models/linear.hpp"
 #include "psync/models/mlp.hpp"
 #include "psync/models/softmax.hpp"
@@ -31,6 +32,8 @@
 namespace {
 
 using psync::data::Batch;
+using psync::models::Cnn;
+using psync::models::CnnShape;
 using psync::models::LinearRegression;
 using psync::models::Mlp;
 using psync::models::SoftmaxRegression;
@@ -217,6 +220,81 @@ TEST_CASE("Mlp gradient matches finite differences", "[models][gradient]") {
   }
 }
 
+// A Cnn small enough for finite differences over every parameter: 16x16 images, 2 and 3
+// channels, one dense layer of 5, 3 classes.
+Cnn small_cnn() {
+  CnnShape s;
+  s.side = 16;
+  s.conv1 = 2;
+  s.conv2 = 3;
+  s.hidden = {5};
+  s.classes = 3;
+  return Cnn(s);
+}
+
+TEST_CASE("Cnn gradient matches finite differences", "[models][gradient][cnn]") {
+  const float h = 1e-3f;
+  Cnn model = small_cnn();
+  randomize(model, 8, 0.4f);  // non-zero biases too
+  CHECK(model.dimension() == (2 * 25 + 2) + (3 * 50 + 3) + (5 * 12 + 5) + (3 * 5 + 3));
+  CHECK(gradient_error(model, random_batch(256, 5, 3, 41), h) < 1e-2);
+  SECTION("a batch of one sample") { CHECK(gradient_error(model, random_batch(256, 1, 3, 42), h) < 1e-2); }
+  SECTION("across chunks of a batch wider than Cnn::max_chunk (the last chunk has one sample)") {
+    // The mean over 129 samples is the samples-weighted mean of the two chunks' gradients.
+    const Batch wide = random_batch(256, Cnn::max_chunk + 1, 3, 43);
+    Batch head, tail;
+    head.features = wide.features.leftCols(Cnn::max_chunk);
+    head.labels = wide.labels.head(Cnn::max_chunk);
+    tail.features = wide.features.rightCols(1);
+    tail.labels = wide.labels.tail(1);
+    Eigen::VectorXf g(model.dimension()), g_head(model.dimension()), g_tail(model.dimension());
+    const double loss = model.gradient(wide, g);
+    const double loss_head = model.gradient(head, g_head);
+    const double loss_tail = model.gradient(tail, g_tail);
+    const double n = static_cast<double>(wide.size());
+    CHECK(loss == Approx((loss_head * Cnn::max_chunk + loss_tail) / n).epsilon(1e-5));
+    const Eigen::VectorXf expected = (g_head * static_cast<float>(Cnn::max_chunk) + g_tail) / static_cast<float>(n);
+    CHECK((g - expected).norm() <= 1e-5 * expected.norm());
+    CHECK(gradient_error(model, random_batch(256, 3, 3, 45), h) < 1e-2);
+  }
+  SECTION("no dense hidden layer") {
+    CnnShape s = small_cnn().shape();
+    s.hidden = {};
+    Cnn flat(s);
+    randomize(flat, 9, 0.4f);
+    CHECK(gradient_error(flat, random_batch(256, 4, 3, 44), h) < 1e-2);
+  }
+}
+
+TEST_CASE("Cnn: LeNet-5 sizes by default, deterministic initialization, bad shapes refused", "[models][cnn]") {
+  Cnn a, b;
+  CHECK(a.dimension() == 61706);  // 156 + 2,416 + 48,120 + 10,164 + 850
+  CHECK(a.inputs() == 784);
+  CHECK(a.classes() == 10);
+  a.initialize(42);
+  b.initialize(42);
+  CHECK(a.parameters() == b.parameters());
+  b.initialize(43);
+  CHECK(a.parameters() != b.parameters());
+  CnnShape bad;
+  bad.side = 27;
+  CHECK_THROWS_AS(Cnn(bad), psync::ConfigError);
+  bad.side = 14;  // 14 / 2 - 4 = 3: odd, pool 2 would drop a row
+  CHECK_THROWS_AS(Cnn(bad), psync::ConfigError);
+  bad = {};
+  bad.conv2 = 0;
+  CHECK_THROWS_AS(Cnn(bad), psync::ConfigError);
+  bad = {};
+  bad.hidden = {120, 0};
+  CHECK_THROWS_AS(Cnn(bad), psync::ConfigError);
+  bad = {};
+  bad.classes = 1;
+  CHECK_THROWS_AS(Cnn(bad), psync::ConfigError);
+  Eigen::VectorXf wrong(10);
+  CHECK_THROWS_AS(a.gradient(random_batch(784, 2, 10, 1), wrong), psync::ConfigError);
+  CHECK_THROWS_AS(a.loss(random_batch(783, 2, 10, 1)), psync::ConfigError);
+}
+
 TEST_CASE("softmax cross-entropy stays finite for huge logits", "[models]") {
   SoftmaxRegression model(2, 3);
   model.weights() << 1e4f, -1e4f, -1e4f, 1e4f, 0.0f, 0.0f;
@@ -228,15 +306,17 @@ TEST_CASE("softmax cross-entropy stays finite for huge logits", "[models]") {
 
 // ---- copies and sizes ----------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("a copied model owns its parameters and workspaces", "[models][copy]", SoftmaxRegression, Mlp) {
+TEMPLATE_TEST_CASE("a copied model owns its parameters and workspaces", "[models][copy]", SoftmaxRegression, Mlp, Cnn) {
   auto make = [] {
     if constexpr (std::is_same_v<TestType, Mlp>) return Mlp({8, 6, 3});
+    else if constexpr (std::is_same_v<TestType, Cnn>) return small_cnn();
     else return SoftmaxRegression(8, 3);
   };
+  const Eigen::Index inputs = std::is_same_v<TestType, Cnn> ? 256 : 8;
   TestType original = make();
   randomize(original, 9, 0.3f);
-  const Batch a = random_batch(8, 20, 3, 21);
-  const Batch b = random_batch(8, 33, 3, 22);
+  const Batch a = random_batch(inputs, 20, 3, 21);
+  const Batch b = random_batch(inputs, 33, 3, 22);
   Eigen::VectorXf g_before(original.dimension()), g_after(original.dimension()), g_copy(original.dimension());
   original.gradient(a, g_before);
 
@@ -304,8 +384,11 @@ TEST_CASE("gradient, loss and accuracy do not allocate after warm-up", "[models]
   SoftmaxRegression softmax(784, 10);
   randomize(softmax, 1, 0.01f);
   LinearRegression linear(784);
+  Cnn cnn;
   Eigen::VectorXf g_mlp(mlp.dimension()), g_softmax(softmax.dimension()), g_linear(linear.dimension());
+  Eigen::VectorXf g_cnn(cnn.dimension());
   mlp.gradient(big, g_mlp);  // warm-up sizes every workspace
+  cnn.gradient(big, g_cnn);
   softmax.gradient(big, g_softmax);
   linear.gradient(regression, g_linear);
 
@@ -316,6 +399,8 @@ TEST_CASE("gradient, loss and accuracy do not allocate after warm-up", "[models]
       sink += mlp.loss(*b) + mlp.accuracy(*b);
       sink += softmax.gradient(*b, g_softmax);
       sink += softmax.loss(*b) + softmax.accuracy(*b);
+      sink += cnn.gradient(*b, g_cnn);
+      sink += cnn.loss(*b) + cnn.accuracy(*b);
     }
     sink += linear.gradient(regression, g_linear) + linear.loss(regression);
   });
@@ -359,6 +444,23 @@ TEST_CASE("sequential SGD learns synthetic data", "[models][training]") {
     CHECK(after < 0.05 * before);
     CHECK(after < 2.0 * 0.5 * ro.noise * ro.noise);  // near the noise floor
   }
+}
+
+TEST_CASE("Cnn SGD learns Fashion-MNIST: 65% test accuracy after 200 steps", "[models][training][fashion][cnn]") {
+  psync::data::TrainTest fm;
+  REQUIRE_NOTHROW(fm = psync::data::load_fashion_mnist(PSYNC_FASHION_MNIST_DIR));
+  const auto test = psync::data::whole(fm.test, 2000);
+  Cnn model;
+  model.initialize(7);
+  psync::data::BatchSampler sampler(fm.train, 32, 2025);
+  const double before = model.accuracy(test);
+  const auto start = std::chrono::steady_clock::now();
+  sgd(model, sampler, 200, 0.05f);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double accuracy = model.accuracy(test);
+  INFO("200 steps in " << seconds << " s; test accuracy " << before << " -> " << accuracy);
+  CHECK(before < 0.3);
+  CHECK(accuracy >= 0.65);
 }
 
 TEST_CASE("softmax SGD reaches 80% test accuracy on Fashion-MNIST", "[models][training][fashion]") {

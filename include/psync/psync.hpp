@@ -24,6 +24,7 @@
 #include "psync/data/idx.hpp"
 #include "psync/data/synthetic.hpp"
 #include "psync/harness/local_cluster.hpp"
+#include "psync/models/cnn.hpp"
 #include "psync/models/linear.hpp"
 #include "psync/models/mlp.hpp"
 #include "psync/models/softmax.hpp"
