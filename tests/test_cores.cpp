@@ -231,7 +231,7 @@ Outcome simulate(const P& policy, const Scenario& sc, std::uint64_t bound, unsig
         psync::Message m = std::move(down[w].front());
         down[w].pop_front();
         if (auto* model = std::get_if<psync::msg::Model>(&m)) {
-          s.last_global = model->parameters;
+          s.last_global = model->values();
           if (s.joined) {
             ++s.replies_delivered;
             REQUIRE_FALSE(s.unanswered.empty());
