@@ -370,9 +370,15 @@ void real_server_row(Eigen::Index n, psync::PeerId workers, int warmup, int roun
   if (comparable) {
     const Summary& before = s[0];
     const Summary& after = s[1];
-    std::printf("| %-4s | %7u | %10lld | %9.3f | %9.3f | %5.2fx | %7.2f | %7.2f | %6s | %6s |\n", policy.c_str(), workers,
-                static_cast<long long>(n), before.rtt_ms, after.rtt_ms, before.rtt_ms / after.rtt_ms, before.gbps, after.gbps,
-                copies(before).c_str(), copies(after).c_str());
+    std::string saved = "-";
+    if (before.copies_per_reply >= 0 && after.copies_per_reply >= 0) {
+      char b[64];
+      std::snprintf(b, sizeof b, "%.2f", (before.copies_per_reply - after.copies_per_reply) * static_cast<double>(workers));
+      saved = b;
+    }
+    std::printf("| %-4s | %7u | %10lld | %9.3f | %9.3f | %5.2fx | %7.2f | %7.2f | %6s | %6s | %6s |\n", policy.c_str(),
+                workers, static_cast<long long>(n), before.rtt_ms, after.rtt_ms, before.rtt_ms / after.rtt_ms, before.gbps,
+                after.gbps, copies(before).c_str(), copies(after).c_str(), saved.c_str());
   } else {
     std::printf("| %-4s | %7u | %10lld | %9.3f | %7.2f | %6s |\n", policy.c_str(), workers, static_cast<long long>(n),
                 s[0].rtt_ms, s[0].gbps, copies(s[0]).c_str());
@@ -388,9 +394,9 @@ void real_server_table(int reps) {
               "over the timed wall time.\n", reps);
   if (comparable) {
     std::printf("before = share_replies=false (the model copied into every reply), after = shared snapshots; runs interleaved.\n");
-    std::printf("copies/round = model copies the server made per round of one reply to each worker.\n\n");
-    std::printf("| pol  | workers |     floats | before ms |  after ms | ratio | before GB/s | after GB/s | copies/round before | after |\n");
-    std::printf("|------|--------:|-----------:|----------:|----------:|------:|--------:|--------:|-------:|-------:|\n");
+    std::printf("copies/round = model copies the server made per round of one reply to each worker; saved = before - after.\n\n");
+    std::printf("| pol  | workers |     floats | before ms |  after ms | ratio | before GB/s | after GB/s | copies/round before | after | saved |\n");
+    std::printf("|------|--------:|-----------:|----------:|----------:|------:|--------:|--------:|-------:|-------:|-------:|\n");
   } else {
     std::printf("(this library has no share_replies option: one mode, as built)\n\n");
     std::printf("| pol  | workers |     floats |    RTT ms |    GB/s | copies/round |\n");
