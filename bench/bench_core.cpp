@@ -153,18 +153,25 @@ void server_push_pull(benchmark::State& state, Placement where) {
     return std::move(*m);
   };
   worker.send(psync::server_peer, msg::Join{0, static_cast<std::uint64_t>(n), "asp"});
+  // The next push's vector: the one the reply handed back (a shared reply carries the
+  // model in a snapshot and returns the push's vector as `spare`), or a new one.
+  const auto take_buffer = [n](msg::Model& r) {
+    if (r.spare.size() == n) return std::move(r.spare);
+    if (r.parameters.size() == n) return std::move(r.parameters);
+    return Eigen::VectorXf(n);
+  };
   msg::Model m = await_model();
-  Eigen::VectorXf buffer = std::move(m.parameters);
+  Eigen::VectorXf buffer = take_buffer(m);
   std::uint64_t clock = 0, version = m.version;
   for (auto _ : state) {
-    // The reply brought the model back in this buffer; write the next update over it,
+    // The reply handed this buffer back; write the next update over it,
     // as a worker's gradient step does (sending the model as an update would double
     // it every push until the server refuses the infinity).
     buffer.setConstant(1e-7f);
     worker.send(psync::server_peer, msg::Push{clock++, version, 1, std::move(buffer)});
     m = await_model();
     version = m.version;
-    buffer = std::move(m.parameters);
+    buffer = take_buffer(m);
   }
   worker.send(psync::server_peer, msg::Leave{msg::LeaveReason::finished});
   served.get();

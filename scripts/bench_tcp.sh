@@ -24,8 +24,10 @@ for len in 128K 1M; do
   wait "$server_pid" || true
   server_pid=""
 done
-timeout 900 "$dir/bench/bench_tcp" --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+timeout 900 "$dir/bench/bench_tcp" --real-server=off --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
   --benchmark_min_time=0.5 --benchmark_format=json > "$tmp/bench.json"
+# The real server path (Server<Flat, Asp/Bsp>, copy per reply against shared snapshots, interleaved).
+timeout 900 "$dir/bench/bench_tcp" --real-server=only --reps=5 > "$tmp/real.md"
 /usr/bin/python3 - "$tmp" "$out/tcp.md" <<'PY'
 import json, os, subprocess, sys, datetime
 tmp, dest = sys.argv[1], sys.argv[2]
@@ -58,7 +60,7 @@ for n in (1000, 100000, 1000000, 10000000):
     rows.append(f"| {n:,} | {fmt(push)} | {fmt(pull)} | {fmt(rt)} | {goal_s} | {verdict} | {gbps_s} | {ratio_s} |")
 four = ms("push_pull/floats:1000000/real_time/threads:4")
 lines = [
-    "### TCP over loopback (one worker, one server)",
+    "### TCP over loopback, transport only (echo server: one worker, one server)",
     "",
     "| floats | push ms | pull ms | push+pull ms | goal | verdict | payload GB/s (both ways) | ratio to iperf3 -l 1M |",
     "|---:|---:|---:|---:|---:|---|---:|---:|",
@@ -68,6 +70,12 @@ lines = [
     "",
     f"Loopback reference, same run: `iperf3 -c 127.0.0.1 -t 5 -l 128K` {ref['128K']/1e9:.2f} GB/s, `-l 1M` {ref['1M']/1e9:.2f} GB/s.",
     f"Medians of 5 repetitions (`bench_tcp`), {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end. Command: `scripts/bench_tcp.sh`.",
+    "",
+    "### TCP over loopback, the real server path",
+    "",
+    *[l.rstrip("\n") for l in open(f"{tmp}/real.md") if l.strip()],
+    "",
+    "Command: `bench_tcp --real-server=only --reps=5` (same run).",
 ]
 open(dest, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -231,7 +231,7 @@ Outcome simulate(const P& policy, const Scenario& sc, std::uint64_t bound, unsig
         psync::Message m = std::move(down[w].front());
         down[w].pop_front();
         if (auto* model = std::get_if<psync::msg::Model>(&m)) {
-          s.last_global = model->parameters;
+          s.last_global = model->values();
           if (s.joined) {
             ++s.replies_delivered;
             REQUIRE_FALSE(s.unanswered.empty());
@@ -943,4 +943,111 @@ TEST_CASE("A worker whose connection dropped comes back at its own clock, not pu
   CHECK(a.w0.report().pushes_lost == 0);
   CHECK(a.server.report().updates_applied == 2);  // not 3: the round holds each worker once
   CHECK((a.server.model().parameters().array() == Eigen::ArrayXf::Constant(3, 1.0f)).all());
+}
+
+// ---- replies share one immutable snapshot per model version ----
+
+namespace {
+
+// Every model the core queued, by worker; anything else fails the test.
+template <class Core>
+std::map<psync::PeerId, psync::msg::Model> take_models(Core& core) {
+  std::map<psync::PeerId, psync::msg::Model> out;
+  while (auto t = core.poll_transmit()) {
+    auto* m = std::get_if<psync::msg::Model>(&t->message);
+    INFO("the core sent a " << psync::message_name(t->message));
+    REQUIRE(m != nullptr);
+    out[t->to] = std::move(*m);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Replies of one model version share one snapshot, and a held snapshot never changes", "[cores][snapshot]") {
+  const Eigen::Index dim = 1000;
+  auto now = std::chrono::steady_clock::time_point{};
+  psync::ServerCoreOptions so;
+  so.expected_workers = 2;
+  psync::ServerCore<Quadratic, psync::Bsp> server(Quadratic(dim), so, psync::Bsp{}, now);
+  for (psync::PeerId w : {0u, 1u}) server.on_message(w, psync::msg::Join{w, static_cast<std::uint64_t>(dim), "bsp"}, now);
+  auto joined = take_models(server);
+  REQUIRE(joined.size() == 2);
+  // Both join replies read one vector: the model was copied once, not once per reply.
+  REQUIRE(joined[0].shared);
+  CHECK(joined[0].parameters.size() == 0);
+  CHECK(joined[0].values().data() == joined[1].values().data());
+  CHECK(server.report().model_replies == 2);
+  CHECK(server.report().model_copies == 1);
+
+  // Worker 0 keeps its join reply (version 0) while both push round 0.
+  const psync::msg::Model old = std::move(joined[0]);
+  joined.clear();
+  const Eigen::VectorXf old_values = old.values();
+  for (psync::PeerId w : {0u, 1u}) {
+    server.on_message(w, psync::msg::Push{0, 0, 1, Eigen::VectorXf::Constant(dim, 0.5f * static_cast<float>(w + 1))}, now);
+  }
+  auto round0 = take_models(server);
+  REQUIRE(round0.size() == 2);
+  CHECK(round0[0].version == 1);
+  CHECK(round0[0].values().data() == round0[1].values().data());
+  CHECK(server.report().model_copies == 2);
+  // The server moved on (average of 0.5 and 1.0); the reply worker 0 still holds did not.
+  CHECK(round0[0].values() == old_values + Eigen::VectorXf::Constant(dim, 0.75f));
+  CHECK(old.version == 0);
+  CHECK(old.values() == old_values);
+  CHECK(old.values().data() != round0[0].values().data());
+  // The push vectors come back unread, for the workers' next pushes.
+  CHECK(round0[0].spare.size() == dim);
+
+  // Round 1 while worker 0 still holds versions 0 and 1: neither changes.
+  const psync::msg::Model held = std::move(round0[0]);
+  const Eigen::VectorXf held_values = held.values();
+  round0.clear();
+  for (psync::PeerId w : {0u, 1u}) server.on_message(w, psync::msg::Push{1, 1, 1, Eigen::VectorXf::Constant(dim, -2.0f)}, now);
+  auto round1 = take_models(server);
+  REQUIRE(round1.size() == 2);
+  CHECK(round1[1].values() == held_values - Eigen::VectorXf::Constant(dim, 2.0f));
+  CHECK(held.values() == held_values);
+  CHECK(old.values() == old_values);
+  CHECK(server.model().parameters() == round1[1].values());
+}
+
+TEMPLATE_TEST_CASE("Snapshot storage nobody holds is reused: steady state keeps a fixed set of vectors",
+                   "[cores][snapshot]", psync::Asp, psync::Bsp) {
+  const Eigen::Index dim = 100;
+  auto now = std::chrono::steady_clock::time_point{};
+  psync::ServerCoreOptions so;
+  psync::ServerCore<Quadratic, TestType> server(Quadratic(dim), so, TestType{}, now);
+  const std::string name = TestType{}.name();
+  server.on_message(0, psync::msg::Join{0, static_cast<std::uint64_t>(dim), name}, now);
+  auto m = take_models(server);
+  for (std::uint64_t clock = 0; clock < 100; ++clock) {
+    const Eigen::VectorXf before = m[0].values();
+    const std::uint64_t version = m[0].version;
+    m.clear();  // the worker installed it and let go
+    server.on_message(0, psync::msg::Push{clock, version, 1, Eigen::VectorXf::Ones(dim)}, now);
+    m = take_models(server);
+    REQUIRE(m[0].values() == before + Eigen::VectorXf::Ones(dim));
+  }
+  // One vector for the reply in hand, at most one more while a new one is made.
+  CHECK(server.snapshot_buffers() <= 2);
+  CHECK(server.report().model_copies == 101);
+}
+
+TEST_CASE("share_replies = false copies the model into every reply, as before snapshots", "[cores][snapshot]") {
+  const Eigen::Index dim = 10;
+  auto now = std::chrono::steady_clock::time_point{};
+  psync::ServerCoreOptions so;
+  so.expected_workers = 2;
+  so.share_replies = false;
+  psync::ServerCore<Quadratic, psync::Bsp> server(Quadratic(dim), so, psync::Bsp{}, now);
+  for (psync::PeerId w : {0u, 1u}) server.on_message(w, psync::msg::Join{w, static_cast<std::uint64_t>(dim), "bsp"}, now);
+  auto joined = take_models(server);
+  REQUIRE(joined.size() == 2);
+  CHECK_FALSE(joined[0].shared);
+  CHECK(joined[0].parameters.size() == dim);
+  CHECK(joined[0].values().data() != joined[1].values().data());
+  CHECK(joined[0].values() == joined[1].values());
+  CHECK(server.report().model_copies == 2);
 }

@@ -294,6 +294,31 @@ TEST_CASE("a 1M-float vector goes there and back exactly, in reused buffers", "[
   CHECK(expect<msg::Model>(worker, server_peer).parameters == original);
 }
 
+TEST_CASE("a shared snapshot is written from its own memory and kept until written; its storage is not reused before", "[tcp][snapshot]") {
+  constexpr Eigen::Index n = 2'000'000;  // more than a socket buffer: the write outlives send()
+  psync::TcpServer server;
+  psync::Tcp a = join(server, 0, n);
+  psync::Tcp b = join(server, 1, n);
+  psync::ModelSnapshotPool pool;
+  const Eigen::VectorXf first = ramp(n), second = ramp(n, 2.0f);
+  {
+    psync::ModelSnapshot s = pool.make(first);
+    for (psync::PeerId w : {0u, 1u}) {
+      msg::Model m{1, 0, 0, {}, w};
+      m.shared = s;  // both replies share one vector
+      server.send(w, std::move(m));
+    }
+  }
+  // Only the connections hold the snapshot now (the rest of a write that did not fit the
+  // socket buffer runs on the I/O thread): the next snapshot must not write over it.
+  psync::ModelSnapshot next = pool.make(second);
+  CHECK(next.values() == second);
+  CHECK(expect<msg::Model>(a, server_peer).parameters == first);
+  CHECK(expect<msg::Model>(b, server_peer).parameters == first);
+  // Reused only if both writes had finished by then (timing), never while one was running.
+  CHECK(pool.kept() <= 2);
+}
+
 TEST_CASE("garbage gets an error frame and a closed connection; others are unaffected", "[tcp]") {
   psync::TcpServer server;
   psync::Tcp good = join(server, 1);

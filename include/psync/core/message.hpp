@@ -6,6 +6,8 @@
 /// turns them into bytes. Large vectors travel by move: a worker's push buffer
 /// comes back to it filled with the model, so the hot path allocates nothing.
 
+#include "psync/core/model_snapshot.hpp"
+
 #include <Eigen/Core>
 
 #include <array>
@@ -82,6 +84,10 @@ struct Pull {
 };
 
 /// @brief Server -> worker: the global parameters.
+///
+/// The values are `values()`: the server core shares one immutable `ModelSnapshot`
+/// among every reply of a model version (`shared`), so a reply costs no copy of the
+/// model; a reply decoded from bytes, or built by hand, carries them in `parameters`.
 struct Model {
   std::uint64_t version = 0;    ///< updates (async) or rounds (barrier) applied so far
   /// @brief Slowest live worker's clock when this was sent. In the reply to a `Join`:
@@ -94,6 +100,15 @@ struct Model {
   /// parameters}` still reads as before). In the reply to a `Join` for `any_worker`: the
   /// id the server assigned, which the worker uses from then on (rejoins included).
   PeerId worker = 0;
+  /// @brief Not on the wire: when set, the model's values, shared with the other replies
+  /// of this version and never changed (`parameters` is then not read).
+  ModelSnapshot shared{};
+  /// @brief Not on the wire: a buffer handed back to the receiver for reuse (the vector
+  /// of the push this answers), contents unspecified; empty when there is none.
+  Eigen::VectorXf spare{};
+
+  /// @brief The parameters this model carries: `shared`'s values if set, else `parameters`.
+  const Eigen::VectorXf& values() const noexcept { return shared ? shared.values() : parameters; }
 };
 
 /// @brief Why a request was refused.

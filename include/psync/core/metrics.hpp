@@ -110,6 +110,10 @@ struct ServerReport {
   std::uint64_t version = 0;          ///< final model version
   std::uint64_t updates_applied = 0;  ///< pushes folded into the model
   std::uint64_t steps_applied = 0;    ///< local SGD steps those pushes covered
+  std::uint64_t model_replies = 0;    ///< replies carrying the model (to joins, pushes and pulls)
+  /// @brief Copies of the model made for them: one per model version a reply was sent
+  /// at (one per reply with `share_replies` off).
+  std::uint64_t model_copies = 0;
   std::vector<PeerReport> peers;
   std::vector<Snapshot> snapshots;
   std::vector<std::string> events;  ///< joins, departures, timeouts, errors

@@ -55,6 +55,9 @@ struct ServerOptions {
   std::chrono::milliseconds peer_timeout{60000};
   /// @brief Most distinct worker ids ever admitted; later joins are refused.
   std::uint32_t max_workers = 4096;
+  /// @brief Replies of one model version share one immutable snapshot (one copy of the
+  /// model per version); false copies the model into every reply, to measure the difference.
+  bool share_replies = true;
   /// @brief Copy the parameters this often (0: never) for a loss/accuracy series evaluated after the run.
   std::chrono::milliseconds snapshot_interval{0};
   /// @brief At most this many snapshots (each copies the parameters: keep the interval coarse).
@@ -129,6 +132,7 @@ class Server {
     co.join_timeout = options_.join_timeout;
     co.peer_timeout = options_.peer_timeout;
     co.max_workers = options_.max_workers;
+    co.share_replies = options_.share_replies;
     if (options_.log) {
       co.log = [log = options_.log](std::string_view line) { *log << "[psync server] " << line << '\n' << std::flush; };
     }

@@ -9,6 +9,7 @@
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
 #include "psync/core/metrics.hpp"
+#include "psync/core/model_snapshot.hpp"
 #include "psync/core/transmit.hpp"
 #include "psync/policies/rules.hpp"
 
@@ -44,6 +45,10 @@ struct ServerCoreOptions {
   std::uint32_t max_workers = 4096;
   /// @brief Receives one line per event (joins, departures, refusals); may be empty.
   std::function<void(std::string_view)> log;
+  /// @brief Replies share one immutable snapshot per model version (`msg::Model::shared`):
+  /// one copy of the model per version instead of one per reply. false restores the
+  /// copy into every reply (the server before snapshots), to measure what sharing saves.
+  bool share_replies = true;
 };
 
 /// @brief The server's decisions for model type `M` under policy `P`, with no I/O.
@@ -95,6 +100,8 @@ class ServerCore {
   bool done() const { return started_ && clocks_.live_count() == 0; }
   /// @brief Reads held back by the policy right now.
   std::size_t held_reads() const noexcept { return held_.size(); }
+  /// @brief Vectors the reply snapshots use (allocated once each; for tests and diagnostics).
+  std::size_t snapshot_buffers() const noexcept { return snapshots_.kept(); }
   /// @brief What the core measured so far (peers are filled in by `finish_report`).
   const ServerReport& report() const noexcept { return report_; }
   /// @brief Counts the changes a checkpoint would capture (joins, accepted pushes,
@@ -165,6 +172,7 @@ class ServerCore {
     model_.parameters() = s.parameters;
     version_ = s.version;
     started_ = s.started;
+    model_changed_ = true;
     report_.updates_applied = s.updates_applied;
     report_.steps_applied = s.steps_applied;
     for (const WorkerClock& w : s.workers) {
@@ -382,7 +390,8 @@ class ServerCore {
     ++changes_;
     peers_[from].id = from;
     // The join reply's min_clock is the clock the worker starts at (HeldRead::join).
-    held_.push_back(HeldRead{from, start_clock, now, Eigen::VectorXf(dimension()), true});
+    // A shared reply needs no buffer of the worker's; a copied one is written into this.
+    held_.push_back(HeldRead{from, start_clock, now, options_.share_replies ? Eigen::VectorXf() : Eigen::VectorXf(dimension()), true});
     // A worker that joined and died already counts as arrived: waiting for it would hang the rest.
     if (!started_ && clocks_.known_count() >= options_.expected_workers) {
       start(now);
@@ -456,12 +465,13 @@ class ServerCore {
 
   void on_pull(PeerId from, msg::Pull&& p, Clock::time_point now) {
     if (!admit_read(from, "pull", p.clock, dimension(), now)) return;
-    if (p.buffer.size() != dimension()) p.buffer.resize(dimension());
+    if (!options_.share_replies && p.buffer.size() != dimension()) p.buffer.resize(dimension());
     held_.push_back(HeldRead{from, p.clock, now, std::move(p.buffer), false});
     progress(now);
   }
 
   void account(const Applied& a) {
+    if (a.versions != 0 || a.updates != 0) model_changed_ = true;
     version_ += a.versions;
     report_.updates_applied += a.updates;
     report_.steps_applied += a.steps;
@@ -485,8 +495,15 @@ class ServerCore {
       reply.min_clock = h.join ? h.read_clock : min_clock;
       reply.held_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - h.since).count());
       reply.worker = h.worker;
-      reply.parameters = std::move(h.buffer);
-      reply.parameters = model_.parameters();
+      if (options_.share_replies) {
+        reply.shared = current_snapshot();
+        reply.spare = std::move(h.buffer);  // the push's vector goes back for reuse, unread
+      } else {
+        reply.parameters = std::move(h.buffer);
+        reply.parameters = model_.parameters();
+        ++report_.model_copies;
+      }
+      ++report_.model_replies;
       const PeerId to = h.worker;
       held_[i] = std::move(held_.back());
       held_.pop_back();
@@ -495,6 +512,18 @@ class ServerCore {
       last_heard_[to] = now;
       outbox_.push(to, std::move(reply));
     }
+  }
+
+  /// The snapshot of the model as it is now: the last one made, unless the model
+  /// changed since; then one copy into storage nobody holds any more (see ModelSnapshotPool).
+  const ModelSnapshot& current_snapshot() {
+    if (model_changed_ || !current_) {
+      current_.reset();  // not held by us any more: the pool may reuse it if nobody else does
+      current_ = snapshots_.make(model_.parameters());
+      model_changed_ = false;
+      ++report_.model_copies;
+    }
+    return current_;
   }
 
   void remove_worker(PeerId w, msg::LeaveReason reason, Clock::time_point now) {
@@ -527,6 +556,9 @@ class ServerCore {
   std::optional<Clock::time_point> started_at_;
   Clock::time_point join_deadline_{};
   ServerReport report_;
+  ModelSnapshotPool snapshots_;
+  ModelSnapshot current_;      // the model's values at the last reply, shared by the replies
+  bool model_changed_ = true;  // the model moved since current_ was made
 };
 
 }  // namespace psync

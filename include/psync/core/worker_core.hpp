@@ -138,7 +138,11 @@ class WorkerCore {
       // Nothing in flight, so nothing unsent either (a push would have left): the newest
       // global model we hold, kept to tell a server on another trajectory from one that moved on.
       held_version_ = inbox_ ? inbox_version_ : version_;
-      held_global_ = inbox_ ? *inbox_ : Eigen::VectorXf(model_.parameters());
+      if (inbox_) {
+        held_global_ = inbox_->values();
+      } else {
+        held_global_ = model_.parameters();
+      }
     }
     rejoining_ = true;
     // A Leave that may not have reached the server is queued again after the reply.
@@ -204,11 +208,24 @@ class WorkerCore {
  private:
   std::string who() const { return "worker " + std::to_string(id_); }
 
+  // A buffer the server handed back, or a received vector once read: the next push's.
+  void keep_spare(Eigen::VectorXf&& v) {
+    if (v.size() == grad_.size()) spare_.push_back(std::move(v));
+  }
+
+  // Done with a received model: its vectors become spares; a shared snapshot is let go.
+  void release(msg::Model& m) {
+    keep_spare(std::move(m.parameters));
+    keep_spare(std::move(m.spare));
+    m.shared.reset();
+  }
+
   void on_model(msg::Model&& m, Clock::time_point now) {
-    if (m.parameters.size() != grad_.size()) {
-      throw ProtocolError(who() + ": server sent " + std::to_string(m.parameters.size()) + " parameters, model has " +
+    if (m.values().size() != grad_.size()) {
+      throw ProtocolError(who() + ": server sent " + std::to_string(m.values().size()) + " parameters, model has " +
                           std::to_string(grad_.size()));
     }
+    keep_spare(std::move(m.spare));
     last_min_clock_ = m.min_clock;
     if (!joined_) {
       if (id_ == any_worker) {
@@ -220,11 +237,11 @@ class WorkerCore {
         report_.id = id_;
       }
       // The join reply: the initial model, and the clock this worker starts at (a late joiner's is not 0).
-      model_.parameters() = m.parameters;
+      model_.parameters() = m.values();
       version_ = m.version;
       clock_ = m.min_clock;
       joined_ = true;
-      spare_.push_back(std::move(m.parameters));
+      release(m);
       return;
     }
     if (rejoining_) {
@@ -241,13 +258,14 @@ class WorkerCore {
     report_.clock_staleness.add(clock_ > m.min_clock ? clock_ - m.min_clock : 0);
     if (inbox_) {
       // Not installed yet: the newer model supersedes it and covers both pushes' steps.
-      spare_.push_back(std::move(*inbox_));
+      release(*inbox_);
       inbox_steps_ += in_flight_;
     } else {
       inbox_steps_ = in_flight_;
     }
-    inbox_ = std::move(m.parameters);
     inbox_version_ = m.version;
+    // Kept as it came (a shared snapshot stays shared): installing reads it once.
+    inbox_ = std::move(m);
     in_flight_ = 0;
     in_flight_active_ = false;
     install_.on_reply(accumulated_);
@@ -264,14 +282,14 @@ class WorkerCore {
       // Nothing of ours was lost. Keep our model (a valid read at our clock) unless the
       // server is on another trajectory than the newest model we hold.
       const bool diverged =
-          m.version < held_version_ || (m.version == held_version_ && held_global_ != m.parameters);
+          m.version < held_version_ || (m.version == held_version_ && held_global_ != m.values());
       held_global_.resize(0);
       if (!diverged) {
-        spare_.push_back(std::move(m.parameters));
+        release(m);
       } else {
-        if (inbox_) spare_.push_back(std::move(*inbox_));
-        inbox_ = std::move(m.parameters);
+        if (inbox_) release(*inbox_);
         inbox_version_ = m.version;
+        inbox_ = std::move(m);
         inbox_steps_ = 0;
         install_.on_reply(accumulated_);
         if (unsent_ > 0) accumulated_base_ = std::min(accumulated_base_, m.version);
@@ -288,25 +306,26 @@ class WorkerCore {
     unsent_ = 0;
     accumulated_.setZero();
     if (inbox_) {
-      spare_.push_back(std::move(*inbox_));
+      release(*inbox_);
       inbox_.reset();
     }
     inbox_steps_ = 0;
     install_.on_reply(accumulated_);  // nothing is unreflected any more
-    model_.parameters() = m.parameters;
+    model_.parameters() = m.values();
     version_ = m.version;
     clock_ = kept;
     held_global_.resize(0);
-    spare_.push_back(std::move(m.parameters));
+    release(m);
     maybe_leave();
     return false;
   }
 
   void install_inbox() {
-    install_.install(model_.parameters(), *inbox_);
+    // The one copy of a received model: into the local model, on the worker's own thread.
+    install_.install(model_.parameters(), inbox_->values());
     version_ = inbox_version_;
     ++report_.installs;
-    spare_.push_back(std::move(*inbox_));
+    release(*inbox_);
     inbox_.reset();
     inbox_steps_ = 0;
   }
@@ -347,7 +366,7 @@ class WorkerCore {
   Eigen::VectorXf grad_;
   Eigen::VectorXf accumulated_;  // local updates not yet taken by a push
   std::vector<Eigen::VectorXf> spare_;
-  std::optional<Eigen::VectorXf> inbox_;  // newest global model not yet installed
+  std::optional<msg::Model> inbox_;       // newest global model not yet installed
   Eigen::VectorXf held_global_;           // at a rejoin with nothing in flight: the newest global held
   std::uint64_t held_version_ = 0;        // and its version
   std::uint64_t inbox_version_ = 0;

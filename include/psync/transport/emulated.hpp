@@ -89,7 +89,7 @@ inline std::size_t emulated_size(const Message& m) noexcept {
         if constexpr (std::is_same_v<M, msg::Push>) {
           return static_cast<std::size_t>(x.update.size()) * sizeof(float);
         } else if constexpr (std::is_same_v<M, msg::Model>) {
-          return static_cast<std::size_t>(x.parameters.size()) * sizeof(float);
+          return static_cast<std::size_t>(x.values().size()) * sizeof(float);
         } else if constexpr (std::is_same_v<M, msg::Join>) {
           return x.policy.size();
         } else if constexpr (std::is_same_v<M, msg::Error>) {

@@ -490,9 +490,10 @@ inline EncodedFrame encode(PeerId sender, const Message& m) {
           detail::put<std::uint64_t>(p + 8, v.min_clock);
           detail::put<std::uint64_t>(p + 16, v.held_ns);
           detail::put<std::uint32_t>(p + 24, v.worker);
-          detail::put<std::uint64_t>(p + 28, static_cast<std::uint64_t>(v.parameters.size()));
-          f.body = std::as_bytes(
-              std::span<const float>(v.parameters.data(), static_cast<std::size_t>(v.parameters.size())));
+          // A shared snapshot goes out as it is: the body points into it (scatter/gather).
+          const Eigen::VectorXf& values = v.values();
+          detail::put<std::uint64_t>(p + 28, static_cast<std::uint64_t>(values.size()));
+          f.body = std::as_bytes(std::span<const float>(values.data(), static_cast<std::size_t>(values.size())));
         } else if constexpr (std::is_same_v<T, msg::Error>) {
           const std::size_t length = std::min(v.text.size(), max_error_text_bytes);
           detail::put<std::uint8_t>(p, static_cast<std::uint8_t>(v.code));

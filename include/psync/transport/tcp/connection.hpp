@@ -681,6 +681,8 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
       pool_.recycle(std::move(p->update));
     } else if (auto* mo = std::get_if<msg::Model>(&m)) {
       pool_.recycle(std::move(mo->parameters));
+      pool_.recycle(std::move(mo->spare));
+      mo->shared.reset();  // written: the server may reuse the snapshot's storage
     } else if (auto* pu = std::get_if<msg::Pull>(&m)) {
       pool_.recycle(std::move(pu->buffer));
     }
