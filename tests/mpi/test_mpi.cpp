@@ -14,6 +14,7 @@
 #include <psync/transport/wire.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -181,5 +182,37 @@ TEST_CASE("a malformed frame is refused with an error naming the rank; a silent 
     const auto start = Clock::now();
     CHECK_THROWS_AS(w.run([&]() -> const Target& { return target; }), psync::TimeoutError);
     CHECK(Clock::now() - start < 5s);
+  }
+}
+
+// Hidden ([.]): run only by the mpi-dead-rank test (tests/mpi/dead_rank.cmake), because
+// under Open MPI's default the death of rank 2 ends the whole job.
+TEST_CASE("a worker rank dies mid-run", "[.][dead-rank]") {
+  psync::Mpi t = endpoint(1040);
+  if (t.self() == server_peer) {
+    psync::ServerOptions so;
+    so.expected_workers = t.workers();
+    so.join_timeout = 20s;
+    so.peer_timeout = 2s;
+    psync::Server<Quadratic, psync::Bsp> server(Quadratic(dimension), so);
+    const psync::ServerReport r = server.run(t);
+    // Reached only where the runtime lets the others live on (mpirun --enable-recovery).
+    REQUIRE(r.peers.size() == 2);
+    CHECK(r.peers[0].left == msg::LeaveReason::finished);
+    CHECK(r.peers[1].left == msg::LeaveReason::timed_out);
+  } else {
+    const bool dies = t.self() == 1;
+    psync::WorkerOptions wo;
+    wo.learning_rate = 0.2f;
+    wo.max_steps = steps;
+    wo.reply_timeout = 20s;
+    psync::Worker<Quadratic, psync::Mpi, psync::Bsp> w(Quadratic(dimension), std::move(t), wo);
+    const Target target{Eigen::VectorXf::Constant(dimension, 1.0f)};
+    int step = 0;
+    const psync::WorkerReport r = w.run([&]() -> const Target& {
+      if (dies && ++step == 5) std::_Exit(3);  // no MPI_Finalize: a crash, as far as MPI can tell
+      return target;
+    });
+    CHECK(r.steps == steps);
   }
 }
