@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(cmake make g++ pkg-config libboost-dev libeigen3-dev catch2 libbenchmark-dev zlib1g-dev libssl-dev
           dataset-fashion-mnist gnuplot-nox python3)
-# Extra packages a caller may ask for (e.g. iperf3 for the TCP bench, iproute2 for netns).
+# Extra packages a caller may ask for (e.g. iperf3 for the TCP bench, iproute2 for netns,
+# libopenmpi-dev openmpi-bin for the optional MPI transport, psync::mpi: scripts/test.sh).
 packages+=("$@")
 
 missing=()

@@ -12,6 +12,11 @@ if [ "${1:-}" = "--sanitize" ]; then
 fi
 
 extra=()
+if [ -z "$sanitize" ]; then
+  # Open MPI for the optional MPI transport (psync::mpi) and its test, run by the plain
+  # build only (tests/CMakeLists.txt: Open MPI is too noisy under the sanitizers).
+  extra=(libopenmpi-dev openmpi-bin)
+fi
 if [ -n "$sanitize" ] && [ "$sanitize" != thread ] && [ -z "${CXX:-}" ]; then
   # ASan+UBSan builds with clang unless CXX says otherwise: GCC 12 takes 3.7x the CPU
   # of clang 14 to compile a test with -fsanitize=address,undefined (test_wire: 65 s

@@ -21,6 +21,13 @@ void print_help(std::ostream& out) {
 
 usage: psync-train --role server --server HOST:PORT --workers N [options]
        psync-train --role worker --server HOST:PORT [--id I] --workers N [options]
+       mpirun -np 1+N psync-train --transport mpi [options]
+
+  --transport tcp|mpi       tcp (default): the flags below say each process's
+                            role and address. mpi: run under mpirun/srun; rank 0
+                            serves, rank r is worker r-1, --workers is the number
+                            of ranks - 1; no --role, --server, --id, TLS, secret
+                            or --reconnect-ms (exit 2 if this build has no MPI) PSYNC_TRANSPORT
 
   --role server|worker      which process this is                     PSYNC_ROLE
   --server HOST:PORT        server: address to listen on (port 0: any free port,
@@ -211,8 +218,10 @@ void parse_tls(const Get& get, bool is_server, Config& c) {
 
 // The accuracy series, the target, the time budget and the initial model's seed:
 // what a run is measured with (docs/processes.md#time-to-target).
+// `is_server` empty: the role is not known yet (--transport mpi, where every rank gets
+// the same flags and the rank picks the role), so each role's flags are accepted.
 template <class Get>
-void parse_measurement(const Get& get, bool is_server, Config& c) {
+void parse_measurement(const Get& get, std::optional<bool> is_server, Config& c) {
   const auto seconds_value = [](const auto* v, double max) {
     const std::string s = v->value;
     char* end = nullptr;
@@ -224,14 +233,14 @@ void parse_measurement(const Get& get, bool is_server, Config& c) {
   };
   const auto server_only = [&](const char* flag) {
     const auto* v = get(flag);
-    if (v && !is_server) throw UsageError(v->source + " is a server option (this is a worker)");
+    if (v && is_server == false) throw UsageError(v->source + " is a server option (this is a worker)");
     return v;
   };
   if (const auto* v = get("--init-seed")) {
     c.init_seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());
   }
   if (const auto* v = get("--seconds")) {
-    if (is_server) throw UsageError(v->source + " is a worker option (this is a server)");
+    if (is_server == true) throw UsageError(v->source + " is a worker option (this is a server)");
     c.seconds = seconds_value(v, 7 * 86400.0);
   }
   if (const auto* v = server_only("--series-ms")) {
@@ -259,6 +268,7 @@ struct OptionSpec {
 };
 
 constexpr OptionSpec option_specs[] = {
+    {"--transport", "PSYNC_TRANSPORT", true},
     {"--role", "PSYNC_ROLE", true},         {"--server", "PSYNC_SERVER", true},
     {"--id", "PSYNC_ID", true},             {"--workers", "PSYNC_WORKERS", true},
     {"--policy", "PSYNC_POLICY", true},     {"--model", "PSYNC_MODEL", true},
@@ -284,61 +294,13 @@ struct RawValue {
 };
 
 
-}  // namespace
-
-/// Environment first, then flags over it; returns nullopt after --help.
-std::optional<Config> parse(int argc, char** argv) {
-  std::map<std::string, RawValue> raw;  // keyed by flag
-  for (const auto& spec : option_specs) {
-    if (const char* v = std::getenv(spec.env)) {
-      raw[spec.flag] = RawValue{spec.takes_value ? v : (parse_bool(spec.env, v) ? "1" : "0"), spec.env};
-    }
+/// The flags both transports share (after the role and address are known).
+template <class Get>
+void parse_common(const Get& get, bool is_server, Config& c) {
+  if (const auto* v = get("--workers")) {
+    c.workers = parse_integer<std::uint32_t>(v->source, v->value, 1, 65535);
+    c.workers_given = true;
   }
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") return std::nullopt;
-    std::string_view name = arg;
-    std::optional<std::string_view> inline_value;
-    if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-      name = arg.substr(0, eq);
-      inline_value = arg.substr(eq + 1);
-    }
-    const OptionSpec* spec = nullptr;
-    for (const auto& s : option_specs) {
-      if (name == s.flag) spec = &s;
-    }
-    if (!spec) throw UsageError("unknown argument '" + std::string(arg) + "' (see --help)");
-    if (!spec->takes_value) {
-      raw[spec->flag] = RawValue{inline_value ? (parse_bool(spec->flag, *inline_value) ? "1" : "0") : "1", spec->flag};
-      continue;
-    }
-    if (inline_value) {
-      raw[spec->flag] = RawValue{std::string(*inline_value), spec->flag};
-    } else {
-      if (i + 1 >= argc) throw UsageError(std::string(spec->flag) + " needs a value (see --help)");
-      raw[spec->flag] = RawValue{argv[++i], spec->flag};
-    }
-  }
-
-  Config c;
-  const auto get = [&](const char* flag) -> const RawValue* {
-    auto it = raw.find(flag);
-    return it == raw.end() ? nullptr : &it->second;
-  };
-  const RawValue* role = get("--role");
-  if (!role) throw UsageError("missing --role (server or worker; or PSYNC_ROLE)");
-  if (role->value != "server" && role->value != "worker") {
-    throw UsageError(describe(role->source, role->value) + ": expected server or worker");
-  }
-  c.role = role->value;
-  const bool is_server = c.role == "server";
-  const RawValue* server = get("--server");
-  if (!server) {
-    throw UsageError(is_server ? "missing --server HOST:PORT (the address to listen on; or PSYNC_SERVER)"
-                               : "missing --server HOST:PORT (where the server listens; or PSYNC_SERVER)");
-  }
-  parse_address(server->source, server->value, is_server, c);
-  if (const auto* v = get("--workers")) c.workers = parse_integer<std::uint32_t>(v->source, v->value, 1, 65535);
   if (const auto* v = get("--id")) c.id = parse_integer<std::uint32_t>(v->source, v->value, 0, 65534);
   if (!is_server) {
     // Without --id the server assigns one at join (worker_role.cpp).
@@ -395,11 +357,103 @@ std::optional<Config> parse(int argc, char** argv) {
       throw UsageError(v->source + ": " + e.what());
     }
   }
+}
+
+/// --transport mpi: the rank picks the role (main.cpp, after MPI_Init), so the flags that
+/// name a role, an address or TCP's security and reconnection are refused here.
+template <class Get>
+std::optional<Config> parse_mpi(const Get& get, Config& c) {
+  for (const char* flag : {"--role", "--server", "--id", "--secret-file", "--tls-cert", "--tls-key", "--tls-ca",
+                           "--tls-server-name", "--reconnect-ms"}) {
+    if (const auto* v = get(flag)) {
+      throw UsageError(v->source + " does not apply to --transport mpi (rank 0 serves, rank r is worker r-1; "
+                       "MPI carries the messages)");
+    }
+  }
+  if (!mpi_available()) {
+    throw UsageError("--transport mpi: this psync-train was built without MPI (configure with MPI installed, "
+                     "e.g. Debian's libopenmpi-dev, or -DPSYNC_WITH_MPI=ON)");
+  }
+  c.server = "MPI rank 0";
+  parse_common(get, /*is_server=*/false, c);
+  parse_resilience(get, c);
+  parse_measurement(get, std::nullopt, c);
+  return c;
+}
+
+}  // namespace
+
+/// Environment first, then flags over it; returns nullopt after --help.
+std::optional<Config> parse(int argc, char** argv) {
+  std::map<std::string, RawValue> raw;  // keyed by flag
+  for (const auto& spec : option_specs) {
+    if (const char* v = std::getenv(spec.env)) {
+      raw[spec.flag] = RawValue{spec.takes_value ? v : (parse_bool(spec.env, v) ? "1" : "0"), spec.env};
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") return std::nullopt;
+    std::string_view name = arg;
+    std::optional<std::string_view> inline_value;
+    if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
+      name = arg.substr(0, eq);
+      inline_value = arg.substr(eq + 1);
+    }
+    const OptionSpec* spec = nullptr;
+    for (const auto& s : option_specs) {
+      if (name == s.flag) spec = &s;
+    }
+    if (!spec) throw UsageError("unknown argument '" + std::string(arg) + "' (see --help)");
+    if (!spec->takes_value) {
+      raw[spec->flag] = RawValue{inline_value ? (parse_bool(spec->flag, *inline_value) ? "1" : "0") : "1", spec->flag};
+      continue;
+    }
+    if (inline_value) {
+      raw[spec->flag] = RawValue{std::string(*inline_value), spec->flag};
+    } else {
+      if (i + 1 >= argc) throw UsageError(std::string(spec->flag) + " needs a value (see --help)");
+      raw[spec->flag] = RawValue{argv[++i], spec->flag};
+    }
+  }
+
+  Config c;
+  const auto get = [&](const char* flag) -> const RawValue* {
+    auto it = raw.find(flag);
+    return it == raw.end() ? nullptr : &it->second;
+  };
+  if (const auto* v = get("--transport")) {
+    if (v->value != "tcp" && v->value != "mpi") throw UsageError(describe(v->source, v->value) + ": expected tcp or mpi");
+    c.transport = v->value;
+  }
+  if (c.transport == "mpi") return parse_mpi(get, c);
+  const RawValue* role = get("--role");
+  if (!role) throw UsageError("missing --role (server or worker; or PSYNC_ROLE)");
+  if (role->value != "server" && role->value != "worker") {
+    throw UsageError(describe(role->source, role->value) + ": expected server or worker");
+  }
+  c.role = role->value;
+  const bool is_server = c.role == "server";
+  const RawValue* server = get("--server");
+  if (!server) {
+    throw UsageError(is_server ? "missing --server HOST:PORT (the address to listen on; or PSYNC_SERVER)"
+                               : "missing --server HOST:PORT (where the server listens; or PSYNC_SERVER)");
+  }
+  parse_address(server->source, server->value, is_server, c);
+  parse_common(get, is_server, c);
   parse_tls(get, is_server, c);
   parse_resilience(get, c);
   parse_measurement(get, is_server, c);
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;
+}
+
+bool mpi_available() {
+#ifdef PSYNC_TRAIN_WITH_MPI
+  return true;
+#else
+  return false;
+#endif
 }
 
 std::string host_port(const std::string& host, std::uint16_t port) {

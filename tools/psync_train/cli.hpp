@@ -33,12 +33,15 @@ class UsageError : public std::runtime_error {
 };
 
 struct Config {
+  /// "tcp" (default) or "mpi": under mpirun the rank picks the role (0 serves, rank r is worker r - 1).
+  std::string transport = "tcp";
   std::string role;
   std::string server;  // as given, for messages
   std::string host;
   std::uint16_t port = 0;
   std::optional<std::uint32_t> id;
   std::uint32_t workers = 1;
+  bool workers_given = false;  // --workers or PSYNC_WORKERS was set (checked against the MPI ranks)
   std::string policy = "bsp";
   std::string model = "softmax";
   std::vector<Eigen::Index> hidden;  // empty: softmax regression
@@ -76,6 +79,9 @@ void print_help(std::ostream& out);
 
 /// Environment first, then flags over it; returns nullopt after --help. Throws UsageError.
 std::optional<Config> parse(int argc, char** argv);
+
+/// True when this psync-train was built with the MPI transport (`--transport mpi`).
+bool mpi_available();
 
 /// "host:port", with brackets around an IPv6 host.
 std::string host_port(const std::string& host, std::uint16_t port);

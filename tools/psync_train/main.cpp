@@ -16,6 +16,10 @@
 
 #include <psync/core/error.hpp>
 
+#ifdef PSYNC_TRAIN_WITH_MPI
+#include "mpi_launch.hpp"
+#endif
+
 #include <csignal>
 #include <exception>
 #include <iostream>
@@ -40,8 +44,14 @@ int main(int argc, char** argv) {
       return exit_ok;
     }
     check_metrics_writable(config->metrics);
+#ifdef PSYNC_TRAIN_WITH_MPI
+    if (config->transport == "mpi") mpi_start(argc, argv, *config);
+#endif
   } catch (const UsageError& e) {
     std::cerr << program << ": usage error: " << e.what() << std::endl;
+#ifdef PSYNC_TRAIN_WITH_MPI
+    mpi_finish();  // every rank sees the same flags, so every rank ends here and finalises
+#endif
     return exit_usage;
   } catch (const std::exception& e) {
     std::cerr << program << ": usage error: " << e.what() << std::endl;
@@ -51,7 +61,11 @@ int main(int argc, char** argv) {
   std::string error;
   int code = exit_failure;
   try {
-    return run(c);
+    const int ok = run(c);
+#ifdef PSYNC_TRAIN_WITH_MPI
+    if (c.transport == "mpi") mpi_finish();
+#endif
+    return ok;
   } catch (const psync::ConfigError& e) {
     error = e.what();
     code = exit_usage;
@@ -81,5 +95,8 @@ int main(int argc, char** argv) {
       std::cerr << program << ": " << e.what() << std::endl;
     }
   }
+#ifdef PSYNC_TRAIN_WITH_MPI
+  if (c.transport == "mpi") mpi_abort(code);  // the other ranks must not wait for this one
+#endif
   return code;
 }

@@ -12,6 +12,9 @@
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/tcp.hpp>
+#ifdef PSYNC_TRAIN_WITH_MPI
+#include <psync/transport/mpi.hpp>
+#endif
 
 #include <unistd.h>
 
@@ -82,8 +85,10 @@ std::vector<psync::SeriesPoint> evaluate_series(const psync::ServerReport& repor
   return out;
 }
 
-template <class M, class P>
-int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) {
+/// Serves over the endpoint `open(dimension)` returns (a `psync::TcpServer` or a
+/// `psync::Mpi`); `where(transport)` is what the "listening on" line names.
+template <class M, class P, class Open, class Where>
+int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, Open open, Where where_of) {
   // Copies made before serving, so evaluation never allocates or first-touches memory mid-run.
   const psync::data::Batch probe = psync::data::whole(test, progress_samples);
   const psync::data::Batch full_test = psync::data::whole(test);
@@ -98,16 +103,8 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) 
     }
   }
 
-  psync::TcpServerOptions to;
-  to.address = c.host;
-  to.port = c.port;
-  to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
-  to.frame_timeout = c.timeout;
-  to.secret = c.secret;
-  to.tls.cert_file = c.tls_cert;
-  to.tls.key_file = c.tls_key;
-  psync::TcpServer transport(to);
-  const std::string where = host_port(c.host, transport.port());
+  auto transport = open(static_cast<std::uint64_t>(model.parameters().size()));
+  const std::string where = where_of(transport);
   std::cout << program << ": listening on " << where << std::endl;
   if (!c.quiet) {
     std::cout << program << ": server: policy " << policy.name() << ", model " << c.model << " ("
@@ -165,6 +162,9 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test) 
 
   psync::ServerReport report = server.run(transport);
   transport.close();  // flushes the last replies (bounded)
+  if constexpr (requires { transport.failures(); }) {
+    for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
+  }
 
   eval_model.parameters() = server.model().parameters();
   const double final_loss = eval_model.loss(full_test);
@@ -224,8 +224,31 @@ int run_server(const Config& c) {
   const Eigen::Index inputs = data.test.dimension();
   const int classes = data.test.num_classes;
   return psync::with_policy(c.policy, [&](auto policy) {
-    return with_model(c, inputs, classes,
-                      [&](auto model) { return serve(c, std::move(model), policy, data.test); });
+    return with_model(c, inputs, classes, [&](auto model) {
+#ifdef PSYNC_TRAIN_WITH_MPI
+      if (c.transport == "mpi") {
+        const auto open = [](std::uint64_t) { return psync::Mpi(); };  // Server::run tells it the dimension
+        const auto where = [](const psync::Mpi& t) {
+          return "MPI rank " + std::to_string(t.rank()) + " of " + std::to_string(t.size()) + " (" +
+                 std::to_string(t.workers()) + " worker ranks)";
+        };
+        return serve(c, std::move(model), policy, data.test, open, where);
+      }
+#endif
+      const auto open = [&c](std::uint64_t dimension) {
+        psync::TcpServerOptions to;
+        to.address = c.host;
+        to.port = c.port;
+        to.limits.expected_dimension = dimension;
+        to.frame_timeout = c.timeout;
+        to.secret = c.secret;
+        to.tls.cert_file = c.tls_cert;
+        to.tls.key_file = c.tls_key;
+        return psync::TcpServer(to);
+      };
+      const auto where = [&c](const psync::TcpServer& t) { return host_port(c.host, t.port()); };
+      return serve(c, std::move(model), policy, data.test, open, where);
+    });
   });
 }
 

@@ -12,6 +12,9 @@
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/tcp.hpp>
+#ifdef PSYNC_TRAIN_WITH_MPI
+#include <psync/transport/mpi.hpp>
+#endif
 
 #include <chrono>
 #include <cstdint>
@@ -39,8 +42,10 @@ void check_shard(const Config& c, std::uint32_t id) {
   }
 }
 
-template <class M, class P>
-int train_worker(const Config& c, M model, P policy, psync::data::Dataset train) {
+/// Trains over the endpoint `open(id, within)` returns: a `psync::Tcp` (connected, with
+/// retries, within the deadline) or a `psync::Mpi` (the rank's endpoint; id is the rank's).
+template <class M, class P, class Open>
+int train_worker(const Config& c, M model, P policy, psync::data::Dataset train, Open open) {
   // Without --id the shard is picked once the join reply has told us our id.
   g_worker_id = c.id;
   psync::data::Dataset mine;
@@ -55,19 +60,10 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train)
   };
   if (c.id) take_shard(*c.id);
 
-  psync::TcpOptions to;
-  to.connect_timeout = c.timeout;
-  to.frame_timeout = c.timeout;
-  to.limits.expected_dimension = static_cast<std::uint64_t>(model.parameters().size());
-  to.secret = c.secret;
-  to.tls.ca_file = c.tls_ca;
-  to.tls.server_name = c.tls_server_name;
-  const auto connect = [&c, to](std::uint32_t id, std::chrono::milliseconds within) {
-    psync::TcpOptions o = to;
-    o.connect_timeout = within;
-    return psync::Tcp(c.host, c.port, id, o);
-  };
-  psync::Tcp transport = connect(c.id.value_or(psync::any_worker), c.timeout);
+  const auto connect = [&open, dimension = static_cast<std::uint64_t>(model.parameters().size())](
+                           std::uint32_t id, std::chrono::milliseconds within) { return open(id, within, dimension); };
+  using T = decltype(connect(0u, c.timeout));
+  T transport = connect(c.id.value_or(psync::any_worker), c.timeout);
   g_worker_connected = true;
 
   psync::WorkerOptions wo;  // the worker's id is its transport's (--id, or the server's choice at join)
@@ -78,7 +74,7 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train)
   // answered once the server has dropped that peer, before its own deadline.
   wo.reply_timeout = 2 * c.timeout;
   wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
-  psync::Worker<M, psync::Tcp, P> worker(std::move(model), std::move(transport), wo, policy);
+  psync::Worker<M, T, P> worker(std::move(model), std::move(transport), wo, policy);
   // A reconnection keeps the id: an assigned one is what the worker rejoins under.
   if (c.reconnect.count() > 0) {
     worker.reconnect_with([&] { return connect(worker.core().id(), std::chrono::milliseconds(500)); });
@@ -134,8 +130,29 @@ int run_worker(const Config& c) {
   const Eigen::Index inputs = data.train.dimension();
   const int classes = data.train.num_classes;
   return psync::with_policy(c.policy, [&](auto policy) {
-    return with_model(c, inputs, classes,
-                      [&](auto model) { return train_worker(c, std::move(model), policy, std::move(data.train)); });
+    return with_model(c, inputs, classes, [&](auto model) {
+#ifdef PSYNC_TRAIN_WITH_MPI
+      if (c.transport == "mpi") {
+        const auto open = [](std::uint32_t, std::chrono::milliseconds, std::uint64_t dimension) {
+          psync::MpiOptions o;
+          o.limits.expected_dimension = dimension;
+          return psync::Mpi(o);
+        };
+        return train_worker(c, std::move(model), policy, std::move(data.train), open);
+      }
+#endif
+      const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
+        psync::TcpOptions o;
+        o.connect_timeout = within;
+        o.frame_timeout = c.timeout;
+        o.limits.expected_dimension = dimension;
+        o.secret = c.secret;
+        o.tls.ca_file = c.tls_ca;
+        o.tls.server_name = c.tls_server_name;
+        return psync::Tcp(c.host, c.port, id, o);
+      };
+      return train_worker(c, std::move(model), policy, std::move(data.train), open);
+    });
   });
 }
 
