@@ -4,7 +4,9 @@
 //
 //   cnn_sequential [--epochs E] [--lr X] [--batch N] [--decay-at E] [--seed N]
 //
-// Defaults: 12 epochs, lr 0.05, batch 64, the rate divided by 10 from epoch 9 on, seed 1.
+// Defaults: 16 epochs, lr 0.1, batch 64, the rate divided by 10 from epoch 12 on, seed 1:
+// 0.9071 test accuracy after epoch 16 (docs/results/cnn-sequential.txt; 0.8966 after 12
+// epochs at lr 0.05 decayed at 9).
 // Issue 11's goal is >= 0.90 test accuracy under sequential SGD (published LeNet-class
 // results on Fashion-MNIST are about 0.90-0.91).
 
@@ -62,8 +64,8 @@ double step_seconds(M model, psync::data::BatchSampler& sampler, int steps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int epochs = 12, decay_at = 9;
-  double lr = 0.05;
+  int epochs = 16, decay_at = 12;
+  double lr = 0.1;
   Eigen::Index batch = 64;
   std::uint64_t seed = 1;
   for (int i = 1; i < argc; ++i) {

@@ -271,7 +271,9 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
          "(sample efficiency). Final accuracy is the last model's on the full 10k test set; runs stop at different "
          "virtual times (run column), so compare time to target, not final accuracy. Real s: real seconds the "
          "simulations (and their evaluations) of this row took. `sequential@osp-samples` / `@losp-samples`: "
-         "sequential SGD on as many samples as OSP / LOSP processed.\n\n";
+         "sequential SGD on as many samples as OSP / LOSP processed. `LABEL@K-steps` / `sequential@K-steps` "
+         "(--accuracy-steps K): the policy run for K gradient steps in all, without a time limit, and sequential "
+         "SGD for as many samples; the accuracy goals then compare these.\n\n";
     if (const auto c = sim_cost_text(rows, costs, workers); !c.empty()) f << c << "\n\n";
     f << "Build: `" << PSYNC_BUILD_FLAGS << "`. Date: " << now_utc() << ".\nCommand: `" << o.command_line << "`.\n"
       << "Plots: `" << (fs::path(o.out) / (s.name + "-accuracy.png")).string() << "` (test accuracy vs virtual time), `"
