@@ -256,6 +256,23 @@ void expect_trained(const TempDir& dir, ServerProcess& server, std::vector<std::
 
 using psync_test::synthetic;
 
+/// Runs psync-train with each case's arguments: every one must exit 2 within 5 s with
+/// its message on stderr.
+void expect_usage_errors(const TempDir& dir,
+                         const std::vector<std::pair<std::vector<std::string>, std::string>>& cases) {
+  int i = 0;
+  for (const auto& [args, message] : cases) {
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string name = "usage-" + std::to_string(i++);
+    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
+    const int code = p.wait(5s, name);
+    INFO(name << ": " << p.err());
+    CHECK(code == 2);
+    CHECK(p.err().find(message) != std::string::npos);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("launch_local.sh trains over TCP processes under every policy, as well as in-process",
@@ -893,17 +910,7 @@ TEST_CASE("Checkpoint and reconnect flags: usage errors name the flag", "[proces
        "--checkpoint-keep '0'"},
       {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--reconnect-ms", "soon"}, "--reconnect-ms 'soon'"},
   };
-  int i = 0;
-  for (const auto& [args, message] : cases) {
-    std::vector<std::string> argv{exe};
-    argv.insert(argv.end(), args.begin(), args.end());
-    const std::string name = "usage-" + std::to_string(i++);
-    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
-    const int code = p.wait(5s, name);
-    INFO(name << ": " << p.err());
-    CHECK(code == 2);
-    CHECK(p.err().find(message) != std::string::npos);
-  }
+  expect_usage_errors(dir, cases);
 }
 
 TEST_CASE("--series-ms and --target: the server reports its accuracy series and the time to target from the start "
@@ -974,15 +981,5 @@ TEST_CASE("Series and budget flags: usage errors name the flag", "[processes][se
       {{"--role", "worker", "--server", "127.0.0.1:7000", "--series-ms", "100"}, "--series-ms is a server option"},
       {{"--role", "worker", "--server", "127.0.0.1:7000", "--seconds", "-1"}, "--seconds '-1'"},
   };
-  int i = 0;
-  for (const auto& [args, message] : cases) {
-    std::vector<std::string> argv{exe};
-    argv.insert(argv.end(), args.begin(), args.end());
-    const std::string name = "usage-" + std::to_string(i++);
-    Process p(argv, dir.path / (name + ".out"), dir.path / (name + ".err"));
-    const int code = p.wait(5s, name);
-    INFO(name << ": " << p.err());
-    CHECK(code == 2);
-    CHECK(p.err().find(message) != std::string::npos);
-  }
+  expect_usage_errors(dir, cases);
 }
