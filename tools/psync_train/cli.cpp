@@ -121,6 +121,19 @@ float parse_positive_float(std::string_view source, std::string_view text) {
   return value;
 }
 
+/// A duration in seconds, decimals allowed, from 0 to `max`, as milliseconds; the error
+/// says what was `expected`.
+std::chrono::milliseconds parse_seconds(std::string_view source, std::string_view text, double max,
+                                        const std::string& expected) {
+  const std::string s(text);
+  char* end = nullptr;
+  const double seconds = std::strtod(s.c_str(), &end);
+  if (s.empty() || end != s.c_str() + s.size() || !(seconds >= 0) || seconds > max) {
+    throw UsageError(describe(source, text) + ": expected " + expected);
+  }
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+}
+
 /// "host:port" or "[v6]:port"; `allow_zero` for the server's listening port.
 void parse_address(std::string_view source, std::string_view text, bool allow_zero, Config& c) {
   const auto colon = text.rfind(':');
@@ -167,13 +180,7 @@ void parse_resilience(const Get& get, Config& c) {
     c.checkpoint = v->value;
   }
   if (const auto* v = get("--checkpoint-every")) {
-    const std::string s = v->value;
-    char* end = nullptr;
-    const double seconds = std::strtod(s.c_str(), &end);
-    if (s.empty() || end != s.c_str() + s.size() || !(seconds >= 0) || seconds > 30 * 86400.0) {
-      throw UsageError(describe(v->source, v->value) + ": expected seconds, 0 or more (e.g. 0.5)");
-    }
-    c.checkpoint_every = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+    c.checkpoint_every = parse_seconds(v->source, v->value, 30 * 86400.0, "seconds, 0 or more (e.g. 0.5)");
   }
   if (const auto* v = get("--checkpoint-keep")) c.checkpoint_keep = parse_integer<std::size_t>(v->source, v->value, 1, 1000);
   if (const auto* v = get("--resume")) c.resume = v->value == "1";
@@ -222,15 +229,6 @@ void parse_tls(const Get& get, bool is_server, Config& c) {
 // the same flags and the rank picks the role), so each role's flags are accepted.
 template <class Get>
 void parse_measurement(const Get& get, std::optional<bool> is_server, Config& c) {
-  const auto seconds_value = [](const auto* v, double max) {
-    const std::string s = v->value;
-    char* end = nullptr;
-    const double x = std::strtod(s.c_str(), &end);
-    if (s.empty() || end != s.c_str() + s.size() || !(x >= 0) || x > max) {
-      throw UsageError(describe(v->source, v->value) + ": expected seconds from 0 to " + std::to_string(max));
-    }
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(x * 1000)));
-  };
   const auto server_only = [&](const char* flag) {
     const auto* v = get(flag);
     if (v && is_server == false) throw UsageError(v->source + " is a server option (this is a worker)");
@@ -241,7 +239,7 @@ void parse_measurement(const Get& get, std::optional<bool> is_server, Config& c)
   }
   if (const auto* v = get("--seconds")) {
     if (is_server == true) throw UsageError(v->source + " is a worker option (this is a server)");
-    c.seconds = seconds_value(v, 7 * 86400.0);
+    c.seconds = parse_seconds(v->source, v->value, 7 * 86400.0, "seconds from 0 to " + std::to_string(7 * 86400.0));
   }
   if (const auto* v = server_only("--series-ms")) {
     c.series_every = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 0, 3600 * 1000));
