@@ -169,6 +169,16 @@ inline void write_capped_trace(const psync::Trace& t, const fs::path& path, std:
   if (!out) throw std::runtime_error("cannot write " + path.string());
 }
 
+// Worker w's batch source over shards[w], seeded as psync::run_local and psync-train
+// seed it (seed * 7919 + w + 1): every call makes a fresh sampler, so two runs over the
+// same shards see worker w's batches in the same order. `shards` must outlive the sources.
+inline auto shard_sources(const std::vector<psync::data::Dataset>& shards, Eigen::Index batch, std::uint64_t seed) {
+  return [&shards, batch, seed](psync::PeerId w) {
+    return [smp = psync::data::BatchSampler(shards[w], batch, seed * 7919 + w + 1)]() mutable
+               -> const psync::data::Batch& { return smp.next(); };
+  };
+}
+
 class Harness {
  public:
   Harness(const Options& o, const Data& d, const Progress& p)
@@ -418,10 +428,7 @@ class Harness {
   psync::RunReport run_virtual(const Scenario& s, const PolicyId& p, std::uint64_t seed, double target,
                                psync::sim::SimStats& stats) const {
     const auto shards = psync::data::shard(data_.train, static_cast<int>(workers(s)), seed);
-    const auto sources = [&](psync::PeerId w) {
-      return [smp = psync::data::BatchSampler(shards[w], s.batch, seed * 7919 + w + 1)]() mutable
-                 -> const psync::data::Batch& { return smp.next(); };
-    };
+    const auto sources = shard_sources(shards, s.batch, seed);
     psync::harness::TargetRun run;
     run.cap_s = virtual_cap(s);
     run.snapshot_s = s.snapshot_s;
@@ -559,10 +566,7 @@ class Harness {
     const std::uint64_t k = opt_.accuracy_steps;
     const std::string suffix = "@" + std::to_string(k) + "-steps";
     const auto shards = psync::data::shard(data_.train, static_cast<int>(workers(s)), opt_.seed);
-    const auto sources = [&](psync::PeerId w) {
-      return [smp = psync::data::BatchSampler(shards[w], s.batch, opt_.seed * 7919 + w + 1)]() mutable
-                 -> const psync::data::Batch& { return smp.next(); };
-    };
+    const auto sources = shard_sources(shards, s.batch, opt_.seed);
     auto o = sim_options(s, p, opt_.seed);
     o.learning_rate = rate;
     o.steps_per_worker = std::max<std::uint64_t>(1, k / workers(s));

@@ -81,13 +81,6 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
                 fmt(costs.step_s * 1e3, 3) + " ms (" + (costs.step_given ? "--step-ms" : "calibrated") +
                 "), real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));
   const unsigned seeds = std::max(1u, o.seeds);
-  // Worker w's batches, in the same order on both clocks: fresh samplers per run.
-  const auto sources_for = [&](const std::vector<psync::data::Dataset>& shards, std::uint64_t sd) {
-    return [&shards, &s, sd](psync::PeerId w) {
-      return [smp = psync::data::BatchSampler(shards[w], s.batch, sd * 7919 + w + 1)]() mutable
-                 -> const psync::data::Batch& { return smp.next(); };
-    };
-  };
   const auto evaluate = [&h](const psync::models::Mlp& m) { return h.evaluate_subset(m); };
   const auto local = [&](const PolicyId& p, double budget_s, std::uint64_t steps, std::uint64_t sd) {
     auto lo = h.local(s, budget_s);
@@ -115,7 +108,7 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   progress.line("validate: BSP, " + std::to_string(steps) + " steps per worker, real and virtual");
   const PolicyId bsp{"bsp"};
   const auto shards = psync::data::shard(h.data().train, 2, seed);
-  const auto sources = sources_for(shards, seed);
+  const auto sources = shard_sources(shards, s.batch, seed);
   const auto real_bsp = psync::run_local(h.model(), sources, local(bsp, 0, steps, seed), psync::Bsp{},
                                          [](const psync::models::Mlp&) { return psync::Evaluation{}; });
   auto bo = virtual_options(bsp, seed);
@@ -145,7 +138,7 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
     for (unsigned k = 0; k < seeds; ++k) {
       const std::uint64_t sd = seed + k;
       const auto seed_shards = psync::data::shard(h.data().train, 2, sd);
-      const auto seed_sources = sources_for(seed_shards, sd);
+      const auto seed_sources = shard_sources(seed_shards, s.batch, sd);
       ValidationRun v;
       progress.line("validate: " + p.label + " seed " + std::to_string(sd) + " real (up to " + fmt(budget, 0) +
                     " s of wall clock)");
