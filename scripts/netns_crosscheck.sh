@@ -25,7 +25,13 @@
 #        [--lr 0.1] [--seed 1] [--rate BYTES_PER_S] [--delay-ms 1] [--burst BYTES]
 #        [--repeats N] [--build] [--train-bin PATH] [--ref-bin PATH]
 #        [--out FILE] [--json-dir DIR] [--run-timeout S]
-#        [--validate ACC [--seconds S] [--compare-bin PATH]]
+#        [--validate ACC [--seconds S] [--compare-bin PATH] [--virtual-step MS]
+#                        [--reuse]]
+#
+# --validate --reuse --json-dir DIR reruns only the virtual side against the process
+# runs a previous --validate kept in DIR (same options), e.g. after a change to the
+# simulator; --virtual-step MS gives the virtual step instead of calibrating it (a
+# busy machine calibrates a slow step).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,11 +60,13 @@ run_timeout=300     # seconds, per process of a run
 validate=""         # --validate ACC: time to ACC, processes against virtual time
 seconds=30          # --validate: each worker trains this long (wall clock)
 compare_bin=""
+virtual_step=""     # --validate --virtual-step MS: compare_policies --step-ms MS for the calibrated column
+reuse=0             # --validate --reuse: the process runs are already in --json-dir
 init_seed=42        # --validate: compare_policies' initial model
 prefix="psx"
 subnet="10.77.0"
 
-usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "netns_crosscheck: $*" >&2; exit 1; }
 
 given=" $* "
@@ -85,6 +93,8 @@ while [ $# -gt 0 ]; do
     --validate) validate="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --compare-bin) compare_bin="$2"; shift 2 ;;
+    --virtual-step) virtual_step="$2"; shift 2 ;;
+    --reuse) reuse=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
   esac
@@ -105,6 +115,16 @@ if [ -n "$validate" ]; then
     die "--validate runs compare_policies' model and data: drop --model and --data"
   [ "$run_timeout" -gt $(( seconds + 60 )) ] || run_timeout=$(( seconds + 120 ))
   steps=100000000   # the --seconds budget ends the run
+  if [ -n "$virtual_step" ]; then
+    "${py:-python3}" -c "import sys; t=float(sys.argv[1]); sys.exit(0 if 0 < t <= 10000 else 1)" "$virtual_step" 2>/dev/null ||
+      die "--virtual-step needs a step in milliseconds in (0, 10000], got '$virtual_step'"
+  fi
+  if [ "$reuse" -eq 1 ]; then
+    [ -n "$json_dir" ] && [ -f "$json_dir/commands.txt" ] ||
+      die "--reuse needs --json-dir DIR holding a previous --validate run (DIR/commands.txt not found)"
+  fi
+elif [ "$reuse" -eq 1 ] || [ -n "$virtual_step" ]; then
+  die "--reuse and --virtual-step go with --validate"
 fi
 [[ "$workers" =~ ^[0-9]+$ ]] && [ "$workers" -ge 1 ] && [ "$workers" -le 200 ] || die "--workers must be 1..200"
 [[ "$rate" =~ ^[0-9]+$ ]] && [ "$rate" -gt 0 ] || die "--rate must be a positive integer (bytes/s)"
@@ -288,7 +308,13 @@ extra=()   # --validate: the series, the target, the budget, the initial model
 common_args() { common=(--workers "$workers" --model "$model" --data "$data" --steps "$cur_steps" --batch "$batch" --lr "$cur_lr" --seed "$cur_seed"); }
 port=17700
 commands_file="$work/commands.txt"
-: > "$commands_file"
+if [ "$reuse" -eq 1 ]; then
+  # Keep the process runs' commands; the virtual runs are redone below.
+  grep -v -- "--time virtual" "$commands_file" > "$commands_file.tmp" || true
+  mv "$commands_file.tmp" "$commands_file"
+else
+  : > "$commands_file"
+fi
 
 run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
   local policy="$1" tag="$2" spid wpids=() w pid rc=0 deadline addr=""
@@ -356,13 +382,21 @@ virtual_run() {  # virtual_run DIR [compare_policies options] -> DIR/paper-like.
 }
 
 validate_runs() {
+  processes_when=""
+  if [ "$reuse" -eq 1 ]; then
+    processes_when="$(date -u -r "$work/kernel-${policy_list[0]//:/}-s$seed-server.json" '+%Y-%m-%d %H:%M:%S UTC')"
+  fi
   latency_ms="$("$py" -c "print(int('$latency_us') / 1000)")"
   gbps="$("$py" -c "print(int('$rate') * 8 / 1e9)")"
-  log "validate: virtual time at the calibrated step ($policies, seeds $seed..$(( seed + repeats - 1 )))"
-  virtual_run "$work/virtual-calibrated" --policies "$policies"
-  log "warm-up (not measured)"
-  cur_steps=10
-  run_kernel bsp warmup
+  local vstep=()
+  [ -z "$virtual_step" ] || vstep=(--step-ms "$virtual_step")
+  log "validate: virtual time at the ${virtual_step:+given }${virtual_step:-calibrated} step ($policies, seeds $seed..$(( seed + repeats - 1 )))"
+  virtual_run "$work/virtual-calibrated" --policies "$policies" "${vstep[@]+"${vstep[@]}"}"
+  if [ "$reuse" -eq 0 ]; then
+    log "warm-up (not measured)"
+    cur_steps=10
+    run_kernel bsp warmup
+  fi
   cur_steps="$steps"
   local p k tag step
   for p in "${policy_list[@]}"; do
@@ -377,6 +411,10 @@ PY
       tag="${p//:/}-s$cur_seed"
       extra=(--series-ms 250 --series-samples 2000 --target "$validate" --init-seed "$init_seed")
       wextra=(--seconds "$seconds" --init-seed "$init_seed")
+      if [ "$reuse" -eq 1 ]; then
+        [ -f "$work/kernel-$tag-server.json" ] || die "--reuse: $work/kernel-$tag-server.json not found"
+        continue
+      fi
       log "validate: $p, seed $cur_seed, lr $cur_lr: processes over kernel-shaped TCP for $seconds s"
       run_kernel "$p" "$tag"
     done
@@ -408,7 +446,7 @@ validate_table() {
   mkdir -p "$(dirname "$out")"
   "$py" "$here/netns_validation_table.py" "$work" "$out" "$policies" "$seed" "$repeats" "$workers" "$validate" \
     "$seconds" "$rate" "$qdisc_desc" "$(uname -sr)" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$(nproc)" \
-    "$commands_file" "$init_seed"
+    "$commands_file" "$init_seed" ${processes_when:+"$processes_when"}
 }
 
 IFS=',' read -r -a policy_list <<< "$policies"

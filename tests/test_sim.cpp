@@ -365,3 +365,37 @@ TEST_CASE("Median time to target counts a miss as infinitely late", "[sim][harne
   REQUIRE(psync::harness::median_time({1.0, 3.0}) == 2.0);
   REQUIRE(psync::harness::median_time({}) < 0);
 }
+
+TEST_CASE("Steps vary lognormally by step_cv around the median step, seeded", "[sim][spread]") {
+  psync::sim::SimOptions o;
+  o.workers = 1;
+  o.steps_per_worker = 4000;
+  o.compute.step_s = 1e-3;
+  const auto fixed = run<psync::Asp>(o);
+  REQUIRE(fixed.workers[0].compute_s == Approx(4.0).epsilon(1e-9));
+  o.compute.step_cv = 0.2;
+  const auto spread = run<psync::Asp>(o);
+  // A lognormal with median 1 and cv 0.2 has mean sqrt(1.04) = 1.0198; over 4,000
+  // steps the mean's standard error is 0.3%.
+  REQUIRE(spread.workers[0].compute_s / 4000 == Approx(1e-3 * std::sqrt(1.04)).epsilon(0.006));
+  REQUIRE(run<psync::Asp>(o).parameters == spread.parameters);
+  REQUIRE(run<psync::Asp>(o).wall_s == spread.wall_s);
+  o.compute.step_cv = -0.1;
+  REQUIRE_THROWS_AS(run<psync::Asp>(o), psync::ConfigError);
+}
+
+TEST_CASE("Steps that vary break the lockstep of identical workers on a shared NIC", "[sim][spread]") {
+  // Two identical ASP workers whose pushes take longer than a step on the server NIC:
+  // without variation they push at the same instant forever and each transfer takes
+  // twice as long as alone; real workers drift apart.
+  psync::sim::SimOptions o;
+  o.workers = 2;
+  o.steps_per_worker = 2000;
+  o.compute.step_s = 1e-3;
+  o.network.server_nic_bytes_per_s = 2e4;
+  const auto lockstep = run<psync::Asp>(o);
+  o.compute.step_cv = 0.05;
+  const auto drifting = run<psync::Asp>(o);
+  INFO("samples/s in lockstep " << lockstep.throughput() << ", with 5% spread " << drifting.throughput());
+  REQUIRE(drifting.throughput() > 1.1 * lockstep.throughput());
+}

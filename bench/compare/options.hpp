@@ -88,6 +88,7 @@ struct Options {
   // gradient steps each (K x batch samples; virtual time), not at OSP's time to target.
   std::uint64_t accuracy_steps = 0;
   std::optional<double> step_ms;   // --step-ms: virtual step cost instead of calibrating
+  std::optional<double> step_cv;   // --step-cv: spread of a step's cost (default: calibrated, or 0.05 with --step-ms)
   bool quick = false;              // --quick: small budgets, no sequential@osp-samples
   std::optional<double> server_ns;  // --server-ns: server cost per float instead of calibrating
   std::optional<double> gbps;       // --gbps: links and server NIC
@@ -135,6 +136,9 @@ inline void usage(std::ostream& o) {
        "                        all (K / workers each, no time cap) and sequential SGD for K steps,\n"
        "                        and compare their final accuracy (default: at the time runs' samples)\n"
        "  --step-ms X           virtual time: a step costs X ms (default: calibrated on this machine)\n"
+       "  --step-cv X           virtual time: steps vary lognormally around that median with this\n"
+       "                        coefficient of variation (default: calibrated with the step, or\n"
+       "                        0.05 with --step-ms; 0: every step costs the same)\n"
        "  --quick               virtual time: target 0.80 (unless --target), 60 s cap, no\n"
        "                        sequential@osp-samples (the demo)\n"
        "  --target ACC          target test accuracy in (0,1) (default 0.85)\n"
@@ -256,6 +260,9 @@ inline Options parse(int argc, char** argv) {
     } else if (a == "--step-ms") {
       o.step_ms = parse_double(a, value());
       if (!(*o.step_ms > 0) || *o.step_ms > 10000) bad("--step-ms must be in (0, 10000]");
+    } else if (a == "--step-cv") {
+      o.step_cv = parse_double(a, value());
+      if (!(*o.step_cv >= 0) || *o.step_cv > 1) bad("--step-cv must be in [0, 1]");
     } else if (a == "--quick") {
       o.quick = true;
     } else if (a == "--budget") {

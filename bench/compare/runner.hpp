@@ -350,25 +350,45 @@ class Harness {
 
   struct VirtualCosts {
     double step_s = 0;
+    double step_cv = 0;
     double server_s_per_float = 0;
     bool step_given = false;
+    bool cv_given = false;
+    // The mean step: a lognormal with median step_s and coefficient of variation cv
+    // has mean step_s * sqrt(1 + cv^2). Sequential SGD's virtual time is steps x this.
+    double mean_step_s() const { return step_s * std::sqrt(1 + step_cv * step_cv); }
     std::size_t data_bytes = 0;   // the training and test features in memory
     std::size_t shard_bytes = 0;  // each run's shards: a copy of the training features
     std::size_t model_floats = 0;
   };
 
-  // The step cost (median of calibrate_step, data touched first) and the server's
-  // cost per float (psync::harness::calibrate_server_cost: median of `model += update`
-  // plus a copy, model-sized).
+  // The step cost (median and spread of calibrate_step_spread, data touched first)
+  // and the server's cost per float (psync::harness::calibrate_server_cost: median of
+  // `model += update` plus a copy, model-sized). A given --step-ms without --step-cv
+  // varies by 5%, what calibrate_step_spread measured for the MLP on a quiet 2-core
+  // machine (4.5-7%), so identical workers do not stay in an artificial lockstep.
+  static std::string cv_source(const VirtualCosts& c) {
+    if (c.cv_given) return "--step-cv";
+    return c.step_given ? "default with --step-ms" : "calibrated";
+  }
+
   VirtualCosts calibrate() const {
     VirtualCosts c;
     const auto m = model();
     if (opt_.step_ms) {
       c.step_s = *opt_.step_ms * 1e-3;
+      c.step_cv = 0.05;
       c.step_given = true;
     } else {
       psync::data::BatchSampler sampler(data_.train, 64, 12345);
-      c.step_s = psync::sim::calibrate_step(m, [&]() -> const psync::data::Batch& { return sampler.next(); }, 200, 20);
+      const auto cal =
+          psync::sim::calibrate_step_spread(m, [&]() -> const psync::data::Batch& { return sampler.next(); }, 200, 20);
+      c.step_s = cal.median_s;
+      c.step_cv = cal.cv;
+    }
+    if (opt_.step_cv) {
+      c.step_cv = *opt_.step_cv;
+      c.cv_given = true;
     }
     c.server_s_per_float = opt_.server_ns ? *opt_.server_ns * 1e-9 : psync::harness::calibrate_server_cost(m);
     c.data_bytes = static_cast<std::size_t>(data_.train.features.size() + data_.test.features.size()) * sizeof(float);
@@ -390,6 +410,7 @@ class Harness {
     o.learning_rate = lr(s, p);
     o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
     o.compute.step_s = costs_.step_s;
+    o.compute.step_cv = costs_.step_cv;
     o.compute.slowdown = {s.slow_worker};
     // The simulator draws random slow steps for every worker (run_local: workers 1..P-1 only).
     o.compute.random_probability = s.random_p;
@@ -418,7 +439,7 @@ class Harness {
                                       std::uint64_t every, double target, bool stop_at_target) const {
     psync::data::BatchSampler sampler(data_.train, s.batch, seed);
     return psync::harness::sequential_virtual(
-        model(), [&]() -> const psync::data::Batch& { return sampler.next(); }, base_lr(s), costs_.step_s, max_steps,
+        model(), [&]() -> const psync::data::Batch& { return sampler.next(); }, base_lr(s), costs_.mean_step_s(), max_steps,
         every, [this](const psync::models::Mlp& m) { return evaluate_subset(m); }, target, stop_at_target);
   }
 
@@ -448,7 +469,8 @@ class Harness {
     if (!costs_.step_s) {
       costs_ = calibrate();
       progress_.line("compare: virtual step " + fmt(costs_.step_s * 1e3, 3) + " ms (" +
-                     (costs_.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), server " +
+                     (costs_.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), spread " +
+                     fmt(100 * costs_.step_cv, 1) + "% (" + cv_source(costs_) + "), server " +
                      fmt(costs_.server_s_per_float * 1e9, 3) + " ns per float (" +
                      (opt_.server_ns ? "--server-ns" : "median of += and copy") + ")");
     }
@@ -471,8 +493,8 @@ class Harness {
         const std::uint64_t seed = opt_.seed + k;
         psync::RunReport rep;
         if (p.sequential()) {
-          const auto max_steps = static_cast<std::uint64_t>(cap / costs_.step_s);
-          const auto every = static_cast<std::uint64_t>(std::max(1.0, std::round(s.snapshot_s / costs_.step_s)));
+          const auto max_steps = static_cast<std::uint64_t>(cap / costs_.mean_step_s());
+          const auto every = static_cast<std::uint64_t>(std::max(1.0, std::round(s.snapshot_s / costs_.mean_step_s())));
           rep = sequential_virtual(s, seed, max_steps, every, target, true);
         } else {
           psync::sim::SimStats st;

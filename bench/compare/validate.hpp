@@ -79,7 +79,7 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   const auto& costs = h.ensure_costs();
   progress.line("validate: 2 workers, " + s.name + " network and straggler; virtual step " +
                 fmt(costs.step_s * 1e3, 3) + " ms (" + (costs.step_given ? "--step-ms" : "calibrated") +
-                "), real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));
+                "), spread " + fmt(100 * costs.step_cv, 1) + "%, real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));
   const unsigned seeds = std::max(1u, o.seeds);
   const auto evaluate = [&h](const psync::models::Mlp& m) { return h.evaluate_subset(m); };
   const auto local = [&](const PolicyId& p, double budget_s, std::uint64_t steps, std::uint64_t sd) {
@@ -167,7 +167,8 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
       // The same run at the step cost the real run measured: what is left is the
       // model of the network, the server and the policies.
       auto mo = virtual_options(p, sd);
-      if (v.real_step_ms > 0) mo.compute.step_s = v.real_step_ms * 1e-3;
+      // (The real step is a mean; the simulator's step_s is the median of its lognormal.)
+      if (v.real_step_ms > 0) mo.compute.step_s = v.real_step_ms * 1e-3 / std::sqrt(1 + mo.compute.step_cv * mo.compute.step_cv);
       v.measured_tta = virtual_tta(mo);
       mo.sharing = psync::sim::Sharing::fifo;
       v.fifo_tta = virtual_tta(mo);
@@ -214,7 +215,8 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
       "x slower), wall clock. Virtual: `psync::sim` with the step cost calibrated single-threaded. Same data, "
       "seeds and evaluation (2,000 test samples every " + fmt(s.snapshot_s, 2) +
       " s; time to target is the first time the mean of the last 3 evaluations reached it). Calibrated step: " +
-      fmt(costs.step_s * 1e3, 3) + " ms, the median of `calibrate_step` before the runs (single-threaded). Real "
+      fmt(costs.step_s * 1e3, 3) + " ms, the median of `calibrate_step` before the runs (single-threaded), varying lognormally by " +
+      fmt(100 * costs.step_cv, 1) + "% from step to step. Real "
       "step: the speed-1 worker's mean compute per step in the real run, where it shares 2 cores with the other "
       "worker, the server and the emulator; the virtual run at that step isolates the model of the network, the "
       "server and the policies from the calibration; the FIFO column also shares the server NIC as `Emulated` "

@@ -193,6 +193,7 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
     if (o.virtual_time)
       f << ",\n  \"step_s\": " << json_number(costs.step_s) << ",\n  \"step_cost\": "
         << json_string(costs.step_given ? "given (--step-ms)" : "calibrated (calibrate_step median)")
+        << ",\n  \"step_cv\": " << json_number(costs.step_cv)
         << ",\n  \"server_s_per_float\": " << json_number(costs.server_s_per_float) << ",\n  \"quick\": "
         << (o.quick ? "true" : "false");
     f << ",\n  \"goals\": [";
@@ -262,11 +263,14 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
          "data, one thread, with time modelled: a local step costs "
       << fmt(costs.step_s * 1e3, 3) << " ms ("
       << (costs.step_given ? "given with --step-ms" : "the median measured on this machine by `calibrate_step`")
-      << ") times the worker's slowdown; the server spends " << fmt(costs.server_s_per_float * 1e9, 3)
+      << "), varies lognormally from step to step by " << fmt(100 * costs.step_cv, 1) << "% ("
+      << (costs.cv_given ? "given with --step-cv"
+                         : costs.step_given ? "the default with --step-ms" : "measured with the step")
+      << ", seeded) and is multiplied by the worker's slowdown; the server spends " << fmt(costs.server_s_per_float * 1e9, 3)
       << " ns per float of a push ("
       << (o.server_ns ? "given with --server-ns" : "measured: `model += update` plus a copy")
       << "); links, latency and the fair-shared "
-         "server NIC are the scenario's. Sequential SGD's virtual time is steps x step cost. Local steps to target: "
+         "server NIC are the scenario's. Sequential SGD's virtual time is steps x the mean step cost. Local steps to target: "
          "the SGD steps folded into the global model when the target was met, and that count over sequential SGD's "
          "(sample efficiency). Final accuracy is the last model's on the full 10k test set; runs stop at different "
          "virtual times (run column), so compare time to target, not final accuracy. Real s: real seconds the "

@@ -37,8 +37,16 @@ namespace psync::sim {
 
 /// @brief What a local step costs in virtual time.
 struct ComputeCost {
-  /// @brief Seconds per local step of a worker at speed 1 (measure it with `calibrate_step`, or give it).
+  /// @brief Median seconds per local step of a worker at speed 1 (measure it with
+  /// `calibrate_step`, or give it).
   double step_s = 1e-3;
+  /// @brief Spread of a step's cost: each step costs `step_s` times a lognormal factor
+  /// with median 1 and this coefficient of variation (seeded per worker; 0: every
+  /// step costs exactly `step_s`). Real steps vary (a quiet 2-core machine measured
+  /// 4.5-7% for the MLP, see `calibrate_step_spread`), and the variation matters: with
+  /// none, identical workers stay in lockstep and push at the same instant on a shared
+  /// NIC, which real workers do not.
+  double step_cv = 0;
   /// @brief Per-worker slowdown factors (>= 1), by worker index; missing entries are 1.
   std::vector<double> slowdown;
   /// @brief With this probability a step takes `random_factor` times as long (seeded).
@@ -106,11 +114,26 @@ struct SimStats {
   double overhead() const { return gradient_s > 0 ? (real_s - evaluate_s) / gradient_s : 0; }
 };
 
-/// @brief Median seconds of one gradient step of `model` on batches from `next`,
-/// over `repetitions` steps after `warmup` untimed ones (which also touch the data).
+/// @brief What `calibrate_step_spread` measured: the median step and how much steps vary.
+struct StepCalibration {
+  /// @brief Median seconds of one gradient step (`ComputeCost::step_s`).
+  double median_s = 0;
+  /// @brief Coefficient of variation of a lognormal fitted to the middle half of the
+  /// times (`ComputeCost::step_cv`): sigma = (ln q75 - ln q25) / 1.349, cv =
+  /// sqrt(exp(sigma^2) - 1). The interquartile fit ignores the rare long step a
+  /// preempted thread takes, which is the machine's noise, not the step's.
+  double cv = 0;
+};
+
+/// @brief Times `repetitions` gradient steps of `model` on batches from `next` after
+/// `warmup` untimed ones (which also touch the data): their median and spread.
 template <Model M, class NextBatch>
   requires BatchSource<NextBatch, typename M::Batch>
-double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, int warmup = 5) {
+StepCalibration calibrate_step_spread(const M& model, NextBatch&& next, int repetitions = 30, int warmup = 5) {
+  if (repetitions < 1 || warmup < 0) {
+    throw ConfigError("calibrate_step: repetitions must be at least 1 and warmup at least 0, got " +
+                      std::to_string(repetitions) + " and " + std::to_string(warmup));
+  }
   Eigen::VectorXf g = Eigen::VectorXf::Zero(model.parameters().size());
   std::vector<double> times;
   times.reserve(static_cast<std::size_t>(repetitions));
@@ -121,8 +144,24 @@ double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, in
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= warmup) times.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
-  std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2), times.end());
-  return times[times.size() / 2];
+  std::sort(times.begin(), times.end());
+  const auto at = [&](double q) { return times[static_cast<std::size_t>(q * static_cast<double>(times.size() - 1))]; };
+  StepCalibration c;
+  c.median_s = at(0.5);
+  const double q25 = at(0.25), q75 = at(0.75);
+  if (q25 > 0 && q75 > q25) {
+    const double sigma = (std::log(q75) - std::log(q25)) / 1.349;
+    c.cv = std::sqrt(std::expm1(sigma * sigma));
+  }
+  return c;
+}
+
+/// @brief Median seconds of one gradient step of `model` on batches from `next`,
+/// over `repetitions` steps after `warmup` untimed ones (see `calibrate_step_spread`).
+template <Model M, class NextBatch>
+  requires BatchSource<NextBatch, typename M::Batch>
+double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, int warmup = 5) {
+  return calibrate_step_spread(model, std::forward<NextBatch>(next), repetitions, warmup).median_s;
 }
 
 /// @brief Runs `options.workers` workers and one server under policy `P` in
@@ -146,6 +185,9 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   SimStats st;
   if (options.workers == 0) throw ConfigError("simulate: workers must be at least 1");
   if (!(options.compute.step_s > 0)) throw ConfigError("simulate: compute.step_s must be positive");
+  if (!(options.compute.step_cv >= 0 && options.compute.step_cv <= 10)) {
+    throw ConfigError("simulate: compute.step_cv must be in [0, 10], got " + std::to_string(options.compute.step_cv));
+  }
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
 
   using Batches = std::decay_t<std::invoke_result_t<BatchesFor&, PeerId>>;
@@ -184,6 +226,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     double wait_s = 0;
     Nanos finished_at = 0;
     std::mt19937_64 rng;
+    std::mt19937_64 spread_rng;  // step_cv's draws: their own stream, so step_cv = 0 leaves `rng`'s draws as they were
   };
   std::vector<WorkerState> workers(options.workers);
   for (PeerId w = 0; w < options.workers; ++w) {
@@ -191,7 +234,10 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     ws.core = std::make_unique<WorkerCore<M, P>>(model, w, options.learning_rate, policy);
     ws.batches.emplace(batches_for(w));
     ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
+    ws.spread_rng.seed(options.seed * 0xD1B54A32D192ED03ull + w + 1);
   }
+  // The lognormal's sigma for a coefficient of variation cv: cv^2 = exp(sigma^2) - 1.
+  const double spread_sigma = std::sqrt(std::log1p(options.compute.step_cv * options.compute.step_cv));
 
   // Messages in flight, by handle.
   struct InFlight {
@@ -271,6 +317,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         std::uniform_real_distribution<double>(0.0, 1.0)(ws.rng) < options.compute.random_probability) {
       factor *= options.compute.random_factor;
     }
+    if (spread_sigma > 0) factor *= std::exp(spread_sigma * std::normal_distribution<double>(0.0, 1.0)(ws.spread_rng));
     return options.compute.step_s * factor;
   };
   // A worker at a step boundary: start the next step, block, or finish.
