@@ -2,8 +2,13 @@
 # Runs a whole psync cluster on this machine as separate processes over TCP
 # (loopback): one psync-train server on 127.0.0.1 (a free port) and N workers.
 #
-#   scripts/launch_local.sh N POLICY [extra psync-train args...]
+#   scripts/launch_local.sh [--shards K] N POLICY [extra psync-train args...]
 #   e.g. scripts/launch_local.sh 4 osp:20 --data fashion-mnist --model mlp:128 --steps 500
+#        scripts/launch_local.sh --shards 2 4 bsp --data synthetic --steps 200
+#
+# --shards K (or PSYNC_SHARDS=K; default 1) starts K shard servers (psync-train
+# --shard i/K, files server-i.*), each owning a slice of the model; every worker
+# gets all K addresses (--server HOST:PORT,HOST:PORT,...). See docs/processes.md.
 #
 # The extra arguments go to the server and to every worker. Each process's stdout,
 # stderr and metrics JSON are kept in a run directory (printed at the start and
@@ -20,11 +25,18 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
+SHARDS=${PSYNC_SHARDS:-1}
+if [[ ${1:-} == --shards ]]; then
+  [[ $# -ge 2 ]] || usage
+  SHARDS=$2
+  shift 2
+fi
 [[ $# -ge 2 ]] || usage
+[[ $SHARDS =~ ^[1-9][0-9]*$ ]] || { echo "launch_local.sh: the shard count must be a positive integer, got '$SHARDS'" >&2; exit 2; }
 N=$1
 POLICY=$2
 shift 2
@@ -58,7 +70,7 @@ if [[ -n ${PSYNC_RUN_DIR:-} ]]; then
 else
   RUN=$(mktemp -d "${TMPDIR:-/tmp}/psync-run.XXXXXX")
 fi
-echo "launch_local.sh: $N worker(s), policy $POLICY, run directory $RUN"
+echo "launch_local.sh: $N worker(s), $SHARDS server shard(s), policy $POLICY, run directory $RUN"
 
 # ---- processes we started, and cleanup of exactly those ----
 declare -a PIDS=() NAMES=()
@@ -113,31 +125,49 @@ reap() {
   return 0
 }
 
-# ---- server ----
-start server --role server --server 127.0.0.1:0 --workers "$N" --policy "$POLICY" "$@" --metrics "$RUN/server.json"
-SERVER_PID=${PIDS[0]}
-PORT=
-deadline=$((SECONDS + START_TIMEOUT))
-while [[ -z $PORT ]]; do
-  # `|| true`: under set -e and pipefail a failed read must not end the script.
-  PORT=$(sed -n 's/^psync-train: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$RUN/server.out" 2>/dev/null | head -n1) || true
-  [[ -n $PORT ]] && break
-  if reap "$SERVER_PID"; then
-    echo "launch_local.sh: the server exited with code ${CODE[$SERVER_PID]} before listening:" >&2
-    cat "$RUN/server.err" >&2
-    exit 1
-  fi
-  if ((SECONDS >= deadline)); then
-    echo "launch_local.sh: the server did not print its port within ${START_TIMEOUT} s (see $RUN/server.err)" >&2
-    exit 1
-  fi
-  sleep 0.05
-done
-echo "launch_local.sh: server pid $SERVER_PID listening on 127.0.0.1:$PORT"
+# ---- server(s) ----
+# Starts server NAME with its extra args; waits for its port (in PORT).
+start_server() {
+  local name=$1 pid
+  shift
+  start "$name" --role server --server 127.0.0.1:0 --workers "$N" --policy "$POLICY" "$@"
+  pid=${PIDS[$((${#PIDS[@]} - 1))]}
+  PORT=
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while [[ -z $PORT ]]; do
+    # `|| true`: under set -e and pipefail a failed read must not end the script.
+    PORT=$(sed -n 's/^psync-train: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$RUN/$name.out" 2>/dev/null | head -n1) || true
+    [[ -n $PORT ]] && break
+    if reap "$pid"; then
+      echo "launch_local.sh: $name exited with code ${CODE[$pid]} before listening:" >&2
+      cat "$RUN/$name.err" >&2
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "launch_local.sh: $name did not print its port within ${START_TIMEOUT} s (see $RUN/$name.err)" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  echo "launch_local.sh: $name pid $pid listening on 127.0.0.1:$PORT"
+}
+ADDRESSES=
+SERVER_JSONS=
+if [[ $SHARDS -eq 1 ]]; then
+  start_server server "$@" --metrics "$RUN/server.json"
+  ADDRESSES=127.0.0.1:$PORT
+  SERVER_JSONS=" $RUN/server.json"
+else
+  for ((k = 0; k < SHARDS; k++)); do
+    start_server "server-$k" --shard "$k/$SHARDS" "$@" --metrics "$RUN/server-$k.json"
+    ADDRESSES=${ADDRESSES:+$ADDRESSES,}127.0.0.1:$PORT
+    SERVER_JSONS="$SERVER_JSONS $RUN/server-$k.json"
+  done
+fi
 
 # ---- workers ----
 for ((i = 0; i < N; i++)); do
-  start "worker-$i" --role worker --server "127.0.0.1:$PORT" --id "$i" --workers "$N" --policy "$POLICY" "$@" \
+  start "worker-$i" --role worker --server "$ADDRESSES" --id "$i" --workers "$N" --policy "$POLICY" "$@" \
     --metrics "$RUN/worker-$i.json"
 done
 
@@ -183,6 +213,7 @@ for idx in "${!PIDS[@]}"; do
     tail -n 3 "$RUN/$name.err" | sed 's/^/      /'
   fi
 done
-grep -h '^psync-train: server done' "$RUN/server.out" | sed 's/^/  /' || true
-echo "  metrics: $RUN/server.json $(for ((i = 0; i < N; i++)); do printf '%s ' "$RUN/worker-$i.json"; done)"
+grep -h '^psync-train: \(server\|shard .*\) done' "$RUN"/server*.out | sed 's/^/  /' || true
+grep -h '^psync-train: worker .*: final test accuracy' "$RUN"/worker-*.out | sed 's/^/  /' || true
+echo "  metrics:$SERVER_JSONS $(for ((i = 0; i < N; i++)); do printf '%s ' "$RUN/worker-$i.json"; done)"
 exit $failed

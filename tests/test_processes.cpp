@@ -983,3 +983,148 @@ TEST_CASE("Series and budget flags: usage errors name the flag", "[processes][se
   };
   expect_usage_errors(dir, cases);
 }
+
+// Sharded servers (docs/processes.md#sharded-servers): two psync-train --shard i/2
+// processes and two workers naming both. Under BSP with two workers the run is
+// deterministic, so the workers' final model (each evaluates the model it
+// reassembled from the shards) must score exactly what the unsharded server scores.
+TEST_CASE("Two shard servers and two workers under BSP end with the unsharded run's model", "[processes][sharding]") {
+  const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
+                                        "--batch", "32", "--lr", "0.1", "--seed", "3", "--timeout-ms", "10000",
+                                        "--quiet"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  // The reference: one server.
+  TempDir ref;
+  ServerProcess server(ref, with({"--metrics", (ref.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> ref_workers;
+  for (int w = 0; w < 2; ++w) ref_workers.push_back(start_worker(ref, server, w, common));
+  expect_trained(ref, server, ref_workers, 200);
+  const std::string reference = read_file(ref.path / "server.json");
+
+  // Two shards, each in its own directory (ServerProcess names its files server.*).
+  TempDir d0, d1, dw;
+  ServerProcess shard0(d0, with({"--shard", "0/2", "--metrics", (d0.path / "server.json").string()}));
+  ServerProcess shard1(d1, with({"--shard", "1/2", "--metrics", (d1.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    const std::string name = "worker-" + std::to_string(w);
+    std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
+                                  "--id", std::to_string(w), "--metrics", (dw.path / (name + ".json")).string()};
+    argv.insert(argv.end(), common.begin(), common.end());
+    workers.push_back(std::make_unique<Process>(argv, dw.path / (name + ".out"), dw.path / (name + ".err")));
+  }
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "sharded worker " + std::to_string(w)) == 0);
+  }
+  for (auto* s : {&shard0, &shard1}) {
+    INFO("shard stderr:\n" << s->process->err());
+    REQUIRE(s->process->wait(20s, "shard server") == 0);
+  }
+  for (const auto* d : {&d0, &d1}) {
+    const std::string report = read_file(d->path / "server.json");
+    INFO(report);
+    CHECK(json_number(report, "steps_applied") == 200);
+    CHECK(json_number(report, "version") == 100);
+    CHECK(json_number(report, "workers_lost") == 0);
+    CHECK(json_number(report, "shards") == 2);
+    CHECK(report.find("\"final_test_accuracy\": null") != std::string::npos);  // a slice is not evaluated
+  }
+  CHECK(read_file(d1.path / "server.json").find("\"shard\": \"1/2\"") != std::string::npos);
+  const auto value_of = [](const std::string& json, const std::string& key) {
+    const std::string tag = "\"" + key + "\": ";
+    const auto at = json.find(tag);
+    return at == std::string::npos ? std::string("(absent)") : json.substr(at + tag.size(), json.find(',', at) - at - tag.size());
+  };
+  for (int w = 0; w < 2; ++w) {
+    const std::string report = read_file(dw.path / ("worker-" + std::to_string(w) + ".json"));
+    INFO(report << "\nreference:\n" << reference);
+    CHECK(json_number(report, "steps_done") == 100);
+    // Printed with 9 significant digits: equal text is the same double from the same parameters.
+    CHECK(value_of(report, "final_test_accuracy") == value_of(reference, "final_test_accuracy"));
+    CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+    CHECK(json_number(report, "final_test_accuracy") > 0.85);
+  }
+
+  // The launch script's --shards: the same cluster, started by it.
+  TempDir launched;
+  const fs::path run = launched.path / "run";
+  Process launch({"/bin/bash", PSYNC_LAUNCH_SCRIPT, "--shards", "2", "2", "bsp", "--data", "synthetic", "--steps", "100",
+                  "--batch", "32", "--lr", "0.1", "--seed", "3", "--timeout-ms", "10000", "--quiet"},
+                 launched.path / "launch.out", launched.path / "launch.err",
+                 {"PSYNC_TRAIN=" + exe, "PSYNC_RUN_DIR=" + run.string(), "PSYNC_LAUNCH_TIMEOUT=20"});
+  const int code = launch.wait(25s, "launch_local.sh --shards 2 2 bsp");
+  INFO("launch output:\n" << launch.out() << launch.err());
+  REQUIRE(code == 0);
+  for (int k = 0; k < 2; ++k) CHECK(json_number(read_file(run / ("server-" + std::to_string(k) + ".json")), "steps_applied") == 200);
+  for (int w = 0; w < 2; ++w) {
+    const std::string report = read_file(run / ("worker-" + std::to_string(w) + ".json"));
+    INFO(report);
+    CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+  }
+}
+
+TEST_CASE("A shard server killed mid-run: every worker fails within its deadline, naming the shard",
+          "[processes][sharding][faults]") {
+  const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--timeout-ms",
+                                        "3000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  TempDir d0, d1, dw;
+  ServerProcess shard0(d0, with({"--shard", "0/2"}));
+  ServerProcess shard1(d1, with({"--shard", "1/2"}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    const std::string name = "worker-" + std::to_string(w);
+    std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
+                                  "--id", std::to_string(w), "--steps", "3000", "--step-delay-ms", "5"};
+    argv.insert(argv.end(), common.begin(), common.end());
+    workers.push_back(std::make_unique<Process>(argv, dw.path / (name + ".out"), dw.path / (name + ".err")));
+  }
+  REQUIRE(wait_until([&] { return count(shard1.process->err(), " joined at clock") == 2; }, 10s));
+  shard1.process->signal(SIGKILL);
+  REQUIRE(shard1.process->wait(5s, "killed shard 1") == 128 + SIGKILL);
+  const auto killed = Steady::now();
+  for (int w = 0; w < 2; ++w) {
+    const int code = workers[w]->wait(8s, "worker " + std::to_string(w));  // 2 x timeout + slack
+    const double seconds = std::chrono::duration<double>(Steady::now() - killed).count();
+    const std::string err = workers[w]->err();
+    INFO("worker " << w << " exit " << code << " after " << seconds << " s, stderr:\n" << err);
+    CHECK(code == 1);
+    CHECK(seconds < 6.0);  // the worker's reply deadline (2 x --timeout-ms)
+    CHECK(err.find("shard 1 of 2 (" + shard1.address() + ")") != std::string::npos);
+  }
+  // The surviving shard sees both workers go and ends.
+  CHECK(shard0.process->wait(10s, "shard 0") == 0);
+}
+
+TEST_CASE("Shard flags: usage errors name what was wrong", "[processes][sharding][usage]") {
+  TempDir dir;
+  const std::vector<std::string> server{"--role", "server", "--server", "127.0.0.1:0", "--shard"};
+  auto shard = [&](const std::string& value) {
+    auto a = server;
+    a.push_back(value);
+    return a;
+  };
+  expect_usage_errors(
+      dir, {
+               {shard("3/2"), "--shard shard index '3': expected an integer from 0 to 1"},
+               {shard("0/0"), "--shard shard count '0': expected an integer from 1 to 1024"},
+               {shard("x"), "--shard 'x': expected I/K"},
+               {shard("1/x"), "--shard shard count 'x'"},
+               {shard("/2"), "--shard shard index ''"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--shard", "0/2"},
+                "--shard is a server option"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000,127.0.0.1:7001"}, "needs --id"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000,", "--id", "0"}, "expected HOST:PORT"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000,127.0.0.1:7001", "--id", "0", "--reconnect-ms", "100"},
+                "--reconnect-ms is not supported with sharded servers"},
+               {{"--role", "server", "--server", "127.0.0.1:0", "--shard", "0/2", "--checkpoint", "/tmp/x"},
+                "--checkpoint does not apply to a shard server"},
+           });
+}

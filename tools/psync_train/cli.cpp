@@ -21,6 +21,8 @@ void print_help(std::ostream& out) {
 
 usage: psync-train --role server --server HOST:PORT --workers N [options]
        psync-train --role worker --server HOST:PORT [--id I] --workers N [options]
+       psync-train --role server --server HOST:PORT --shard I/K --workers N [options]
+       psync-train --role worker --server HOST:PORT,HOST:PORT,... --id I --workers N [options]
        mpirun -np 1+N psync-train --transport mpi [options]
 
   --transport tcp|mpi       tcp (default): the flags below say each process's
@@ -32,7 +34,12 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
   --role server|worker      which process this is                     PSYNC_ROLE
   --server HOST:PORT        server: address to listen on (port 0: any free port,
                             printed as "psync-train: listening on HOST:PORT");
-                            worker: where the server is               PSYNC_SERVER
+                            worker: where the server is (K shards: K
+                            addresses, comma-separated)               PSYNC_SERVER
+  --shard I/K               server: serve slice I (0 <= I < K) of the model, split
+                            over K shard servers (no --series-ms, --target or
+                            --checkpoint); each worker names all K, in shard order,
+                            as --server HOST:PORT,HOST:PORT,... with --id  PSYNC_SHARD
   --id N                    worker id, 0 <= N < workers (worker only; picks the
                             data shard). Omitted: the server assigns the lowest
                             id not yet taken, and the worker keeps it  PSYNC_ID
@@ -147,6 +154,36 @@ void parse_address(std::string_view source, std::string_view text, bool allow_ze
   c.port = parse_integer<std::uint16_t>(std::string(source) + " port", text.substr(colon + 1),
                                         allow_zero ? 0 : 1, 65535);
   c.server = std::string(text);
+}
+
+/// --shard I/K: 0 <= I < K, K from 1 to 1024.
+void parse_shard(std::string_view source, std::string_view text, Config& c) {
+  const auto slash = text.find('/');
+  if (slash == std::string_view::npos) {
+    throw UsageError(describe(source, text) + ": expected I/K, this server's shard index and the shard count (e.g. 0/2)");
+  }
+  const auto count = parse_integer<std::uint32_t>(std::string(source) + " shard count", text.substr(slash + 1), 1, 1024);
+  const auto index = parse_integer<std::uint32_t>(std::string(source) + " shard index", text.substr(0, slash), 0,
+                                                  count - 1);
+  c.shard_index = index;
+  c.shard_count = count;
+}
+
+/// A worker's --server: one HOST:PORT, or a comma list of them (one per shard, in shard order).
+void parse_worker_servers(std::string_view source, std::string_view text, Config& c) {
+  std::string_view rest = text;
+  while (true) {
+    const auto comma = rest.find(',');
+    Config one;
+    parse_address(source, rest.substr(0, comma), /*allow_zero=*/false, one);
+    c.shard_servers.emplace_back(one.host, one.port);
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  c.host = c.shard_servers.front().first;
+  c.port = c.shard_servers.front().second;
+  c.server = std::string(text);
+  if (c.shard_servers.size() > 1024) throw UsageError(describe(source, text) + ": more than 1024 shard servers");
 }
 
 std::vector<Eigen::Index> parse_model(std::string_view source, std::string_view text) {
@@ -268,6 +305,7 @@ struct OptionSpec {
 constexpr OptionSpec option_specs[] = {
     {"--transport", "PSYNC_TRANSPORT", true},
     {"--role", "PSYNC_ROLE", true},         {"--server", "PSYNC_SERVER", true},
+    {"--shard", "PSYNC_SHARD", true},
     {"--id", "PSYNC_ID", true},             {"--workers", "PSYNC_WORKERS", true},
     {"--policy", "PSYNC_POLICY", true},     {"--model", "PSYNC_MODEL", true},
     {"--data", "PSYNC_DATA", true},         {"--data-dir", "PSYNC_DATA_DIR", true},
@@ -361,7 +399,7 @@ void parse_common(const Get& get, bool is_server, Config& c) {
 /// name a role, an address or TCP's security and reconnection are refused here.
 template <class Get>
 std::optional<Config> parse_mpi(const Get& get, Config& c) {
-  for (const char* flag : {"--role", "--server", "--id", "--secret-file", "--tls-cert", "--tls-key", "--tls-ca",
+  for (const char* flag : {"--role", "--server", "--shard", "--id", "--secret-file", "--tls-cert", "--tls-key", "--tls-ca",
                            "--tls-server-name", "--reconnect-ms"}) {
     if (const auto* v = get(flag)) {
       throw UsageError(v->source + " does not apply to --transport mpi (rank 0 serves, rank r is worker r-1; "
@@ -437,11 +475,33 @@ std::optional<Config> parse(int argc, char** argv) {
     throw UsageError(is_server ? "missing --server HOST:PORT (the address to listen on; or PSYNC_SERVER)"
                                : "missing --server HOST:PORT (where the server listens; or PSYNC_SERVER)");
   }
-  parse_address(server->source, server->value, is_server, c);
+  if (is_server) {
+    parse_address(server->source, server->value, is_server, c);
+  } else {
+    parse_worker_servers(server->source, server->value, c);
+  }
   parse_common(get, is_server, c);
   parse_tls(get, is_server, c);
   parse_resilience(get, c);
   parse_measurement(get, is_server, c);
+  if (const auto* v = get("--shard")) {
+    if (!is_server) {
+      throw UsageError(v->source + " is a server option (a worker names every shard in --server HOST:PORT,HOST:PORT,...)");
+    }
+    parse_shard(v->source, v->value, c);
+    // A shard holds a slice: it cannot evaluate the model, and resuming needs workers that reconnect.
+    const std::pair<const char*, bool> refused[] = {{"--series-ms", c.series_every.count() > 0},
+                                                    {"--target", c.target.has_value()},
+                                                    {"--checkpoint", !c.checkpoint.empty()},
+                                                    {"--resume", c.resume}};
+    for (const auto& [flag, set] : refused) {
+      if (set) throw UsageError(get(flag)->source + " does not apply to a shard server (--shard)");
+    }
+  }
+  if (c.shard_servers.size() > 1) {
+    if (!c.id) throw UsageError("a worker of sharded servers needs --id (each shard would assign its own)");
+    if (c.reconnect.count() > 0) throw UsageError("--reconnect-ms is not supported with sharded servers");
+  }
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address
   return c;
 }

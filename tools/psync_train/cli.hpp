@@ -40,6 +40,12 @@ struct Config {
   std::string host;
   std::uint16_t port = 0;
   std::optional<std::uint32_t> id;
+  /// Server: --shard I/K, this process serves slice I of K (docs/processes.md#sharded-servers).
+  std::optional<std::uint32_t> shard_index;
+  std::uint32_t shard_count = 1;
+  /// Worker: --server HOST:PORT,HOST:PORT,...: one address per shard, in shard order
+  /// (a single address: an unsharded server, also in `host`/`port`).
+  std::vector<std::pair<std::string, std::uint16_t>> shard_servers;
   std::uint32_t workers = 1;
   bool workers_given = false;  // --workers or PSYNC_WORKERS was set (checked against the MPI ranks)
   std::string policy = "bsp";
@@ -72,6 +78,8 @@ struct Config {
   std::optional<double> target;
   std::chrono::milliseconds seconds{0};  // worker: stop after this long (0: only --steps)
   std::uint64_t model_seed() const { return init_seed.value_or(seed); }
+  /// True for a shard server (--shard I/K) or a worker of K > 1 shards.
+  bool sharded() const { return shard_index.has_value() || shard_servers.size() > 1; }
 };
 
 /// Prints --help.

@@ -5,6 +5,7 @@
 #include <psync/core/message.hpp>
 #include <psync/detail/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -62,7 +63,11 @@ std::string config_json(const Config& c) {
     << ",\n  \"model\": " << json_string(c.model) << ",\n  \"data\": " << json_string(c.data)
     << ",\n  \"steps\": " << c.steps << ",\n  \"lr\": " << float_text(c.lr) << ",\n  \"batch\": " << c.batch
     << ",\n  \"seed\": " << c.seed << ",\n  \"init_seed\": " << c.model_seed()
-    << ",\n  \"timeout_ms\": " << c.timeout.count() << ",\n  \"seconds\": " << json_number(c.seconds.count() / 1e3);
+    << ",\n  \"timeout_ms\": " << c.timeout.count() << ",\n  \"seconds\": " << json_number(c.seconds.count() / 1e3)
+    << ",\n  \"shard\": "
+    << (c.shard_index ? json_string(std::to_string(*c.shard_index) + "/" + std::to_string(c.shard_count))
+                      : std::string("null"))
+    << ",\n  \"shards\": " << (c.shard_index ? c.shard_count : std::max<std::size_t>(1, c.shard_servers.size()));
   return o.str();
 }
 
@@ -125,7 +130,7 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
 }
 
 void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
-                          const std::string& error) {
+                          const std::string& error, const FinalEvaluation* final_model) {
   if (c.metrics.empty()) return;
   std::ostringstream o;
   o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
@@ -142,6 +147,11 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
       << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent
       << ",\n  \"rejoins\": " << r->rejoins << ",\n  \"pushes_lost\": " << r->pushes_lost
       << ",\n  \"steps_discarded\": " << r->steps_discarded << ",\n  \"reconnect_s\": " << json_number(r->reconnect_s);
+  }
+  if (final_model) {
+    o << ",\n  \"final_test_accuracy\": " << json_number(final_model->test_accuracy)
+      << ",\n  \"final_test_loss\": " << json_number(final_model->test_loss)
+      << ",\n  \"test_samples\": " << final_model->test_samples;
   }
   o << "\n}\n";
   write_file_atomically(c.metrics, o.str());

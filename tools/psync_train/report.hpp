@@ -38,9 +38,18 @@ struct ServerSummary {
 /// The server's --metrics file, if one was asked for.
 void write_server_metrics(const Config& c, const ServerSummary& s, const psync::ServerReport& report);
 
+/// A worker's evaluation of the last global model it installed (a worker of sharded
+/// servers, which is the only process that holds the whole model).
+struct FinalEvaluation {
+  double test_accuracy = 0;
+  double test_loss = 0;
+  Eigen::Index test_samples = 0;
+};
+
 /// A worker's --metrics file, if one was asked for: `id` is null if the worker never
-/// learnt it (no --id, no join reply), `r` is null after a failure, `error` says why.
+/// learnt it (no --id, no join reply), `r` is null after a failure, `error` says why;
+/// `final_model`, when given, adds final_test_accuracy, final_test_loss and test_samples.
 void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
-                          const std::string& error);
+                          const std::string& error, const FinalEvaluation* final_model = nullptr);
 
 }  // namespace psync_train

@@ -9,6 +9,7 @@
 #include "task.hpp"
 
 #include <psync/core/server.hpp>
+#include <psync/core/sharding.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/tcp.hpp>
@@ -217,6 +218,90 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
   return exit_ok;
 }
 
+/// The TCP listener of a (shard) server holding `dimension` floats.
+psync::TcpServer open_tcp(const Config& c, std::uint64_t dimension) {
+  psync::TcpServerOptions to;
+  to.address = c.host;
+  to.port = c.port;
+  to.limits.expected_dimension = dimension;
+  to.frame_timeout = c.timeout;
+  to.secret = c.secret;
+  to.tls.cert_file = c.tls_cert;
+  to.tls.key_file = c.tls_key;
+  return psync::TcpServer(to);
+}
+
+/// --shard I/K: serves slice I of the model (the same initial model as an unsharded
+/// server, cut by `psync::ShardLayout`). A slice cannot be evaluated: the shard reports
+/// versions and steps, the workers report the assembled model (worker_role.cpp).
+template <class P>
+int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P policy) {
+  const psync::ShardLayout layout(full.size(), c.shard_count);
+  const std::uint32_t i = *c.shard_index;
+  psync::ParameterSlice slice = psync::ParameterSlice::of(full, layout, i);
+  const std::string shard = std::to_string(i) + "/" + std::to_string(c.shard_count);
+
+  psync::TcpServer transport = open_tcp(c, static_cast<std::uint64_t>(layout.size(i)));
+  const std::string where = host_port(c.host, transport.port());
+  std::cout << program << ": listening on " << where << std::endl;
+  if (!c.quiet) {
+    std::cout << program << ": shard " << shard << ": parameters " << layout.offset(i) << " to "
+              << layout.offset(i) + layout.size(i) << " of " << layout.dimension() << " (model " << c.model
+              << "), policy " << policy.name() << ", waiting for " << c.workers << " worker(s)" << std::endl;
+  }
+  psync::ServerOptions so;
+  so.expected_workers = c.workers;
+  so.join_timeout = c.timeout;
+  so.peer_timeout = c.timeout;
+  so.log = c.quiet ? nullptr : &std::cerr;
+  if (!c.quiet) {
+    so.on_progress = [&](const psync::ServerProgress& p) {
+      char line[200];
+      std::snprintf(line, sizeof line, "%s: shard %s [%7.1fs] version %llu, steps %llu, live workers %zu", program,
+                    shard.c_str(), p.seconds, static_cast<unsigned long long>(p.version),
+                    static_cast<unsigned long long>(p.steps_applied), p.live_workers);
+      std::cout << line << std::endl;
+    };
+  }
+  psync::Server<psync::ParameterSlice, P> server(std::move(slice), so, policy);
+  g_stop_target.store(&server);
+  g_stop_fn.store([](void* s) { static_cast<psync::Server<psync::ParameterSlice, P>*>(s)->stop(); });
+  install_stop_handlers();
+  struct ResetStop {
+    ~ResetStop() {
+      g_stop_fn.store(nullptr);
+      g_stop_target.store(nullptr);
+    }
+  } reset_stop;
+  const psync::ServerReport report = server.run(transport);
+  transport.close();  // flushes the last replies (bounded)
+
+  std::size_t lost = 0;
+  for (const auto& p : report.peers) {
+    if (p.left_known && p.left != psync::msg::LeaveReason::finished) ++lost;
+  }
+  char line[320];
+  std::snprintf(line, sizeof line,
+                "%s: shard %s done in %.2f s: version %llu, %llu updates covering %llu steps from %zu worker(s) "
+                "(%zu lost)",
+                program, shard.c_str(), report.wall_s, static_cast<unsigned long long>(report.version),
+                static_cast<unsigned long long>(report.updates_applied),
+                static_cast<unsigned long long>(report.steps_applied), report.peers.size(), lost);
+  std::cout << line << std::endl;
+  ServerSummary summary;
+  summary.listening = where;
+  summary.interrupted = g_signal != 0;
+  summary.final_test_accuracy = std::nan("");  // a slice has no accuracy: null in the JSON
+  summary.final_test_loss = std::nan("");
+  summary.workers_lost = lost;
+  write_server_metrics(c, summary, report);
+  if (g_signal != 0) {
+    std::cerr << program << ": shard " << shard << " interrupted by signal " << g_signal << std::endl;
+    return exit_failure;
+  }
+  return exit_ok;
+}
+
 }  // namespace
 
 int run_server(const Config& c) {
@@ -235,17 +320,8 @@ int run_server(const Config& c) {
         return serve(c, std::move(model), policy, data.test, open, where);
       }
 #endif
-      const auto open = [&c](std::uint64_t dimension) {
-        psync::TcpServerOptions to;
-        to.address = c.host;
-        to.port = c.port;
-        to.limits.expected_dimension = dimension;
-        to.frame_timeout = c.timeout;
-        to.secret = c.secret;
-        to.tls.cert_file = c.tls_cert;
-        to.tls.key_file = c.tls_key;
-        return psync::TcpServer(to);
-      };
+      if (c.shard_index) return serve_shard(c, model.parameters(), policy);
+      const auto open = [&c](std::uint64_t dimension) { return open_tcp(c, dimension); };
       const auto where = [&c](const psync::TcpServer& t) { return host_port(c.host, t.port()); };
       return serve(c, std::move(model), policy, data.test, open, where);
     });

@@ -11,6 +11,7 @@
 #include <psync/core/worker.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
+#include <psync/transport/sharded.hpp>
 #include <psync/transport/tcp.hpp>
 #ifdef PSYNC_TRAIN_WITH_MPI
 #include <psync/transport/mpi.hpp>
@@ -24,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace psync_train {
 
@@ -44,8 +46,11 @@ void check_shard(const Config& c, std::uint32_t id) {
 
 /// Trains over the endpoint `open(id, within)` returns: a `psync::Tcp` (connected, with
 /// retries, within the deadline) or a `psync::Mpi` (the rank's endpoint; id is the rank's).
+/// `test`: when given (a worker of sharded servers), the last global model is evaluated
+/// on it and reported, since no shard holds the whole model.
 template <class M, class P, class Open>
-int train_worker(const Config& c, M model, P policy, psync::data::Dataset train, Open open) {
+int train_worker(const Config& c, M model, P policy, psync::data::Dataset train, Open open,
+                 const psync::data::Dataset* test = nullptr) {
   // Without --id the shard is picked once the join reply has told us our id.
   g_worker_id = c.id;
   psync::data::Dataset mine;
@@ -114,6 +119,19 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
                 << " unsent or in-flight steps dropped)" << std::endl;
     }
   }
+  if (test) {
+    // The worker's model is the last global model, reassembled from every shard.
+    const psync::data::Batch all = psync::data::whole(*test);
+    FinalEvaluation e{worker.model().accuracy(all), worker.model().loss(all), all.size()};
+    if (!c.quiet) {
+      char line[200];
+      std::snprintf(line, sizeof line, "%s: worker %u: final test accuracy %.4f, loss %.4f on %lld samples", program,
+                    id, e.test_accuracy, e.test_loss, static_cast<long long>(e.test_samples));
+      std::cout << line << std::endl;
+    }
+    write_worker_metrics(c, id, &r, "", &e);
+    return exit_ok;
+  }
   write_worker_metrics(c, id, &r, "");
   return exit_ok;
 }
@@ -141,6 +159,37 @@ int run_worker(const Config& c) {
         return train_worker(c, std::move(model), policy, std::move(data.train), open);
       }
 #endif
+      if (c.shard_servers.size() > 1) {
+        // One connection per shard, each expecting its slice's size; the policy decides
+        // whether the shards' versions must agree.
+        const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
+          const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension),
+                                          static_cast<std::uint32_t>(c.shard_servers.size()));
+          std::vector<psync::Tcp> shards;
+          std::vector<std::string> names;
+          for (std::uint32_t i = 0; i < layout.shards(); ++i) {
+            const auto& [host, port] = c.shard_servers[i];
+            psync::TcpOptions o;
+            o.connect_timeout = within;
+            o.frame_timeout = c.timeout;
+            o.limits.expected_dimension = static_cast<std::uint64_t>(layout.size(i));
+            o.secret = c.secret;
+            o.tls.ca_file = c.tls_ca;
+            o.tls.server_name = c.tls_server_name;
+            names.push_back(host_port(host, port));
+            try {
+              shards.emplace_back(host, port, id, o);
+            } catch (const psync::TransportError& e) {
+              throw psync::TransportError("shard " + std::to_string(i) + " of " + std::to_string(layout.shards()) +
+                                          " (" + names.back() + "): " + e.what());
+            }
+          }
+          psync::ShardedOptions so;
+          so.equal_versions = psync::shard_versions_agree<decltype(policy)>;
+          return psync::Sharded<psync::Tcp>(std::move(shards), std::move(names), layout.dimension(), so);
+        };
+        return train_worker(c, std::move(model), policy, std::move(data.train), open, &data.test);
+      }
       const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
         psync::TcpOptions o;
         o.connect_timeout = within;
