@@ -12,6 +12,7 @@
 #   scripts/compare.sh --sweep-bandwidth 0.1,0.3,1,3,10 --policies bsp,osp:20,losp:20
 #                                              time to target vs bandwidth (plot: docs/results/paper-like-sweep-bandwidth.png)
 #   scripts/compare.sh --sweep-workers 2,4,8,16,32 --policies bsp,osp:20,losp:20   ... vs worker count
+#   scripts/compare.sh --scenario paper-like-p32 --sweep-shards 1,4 --policies bsp,osp:20,losp:20   ... vs server shards
 #   scripts/compare.sh --sweep-staleness 5,10,20,40/1,3,8   ... vs OSP's and LOSP's S and SSP's s, BSP and ASP
 #                                              as references (plot: docs/results/paper-like-sweep-staleness.png)
 #   scripts/compare.sh --validate              real threads vs virtual time at 2 workers (docs/results/validation.md)
@@ -43,6 +44,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --time) time_mode="${args[$((i + 1))]:-$time_mode}" ;;
     --sweep-bandwidth) sweeps+=(bandwidth) ;;
     --sweep-workers) sweeps+=(workers) ;;
+    --sweep-shards) sweeps+=(shards) ;;
     --sweep-staleness) sweeps+=(staleness) ;;
     --validate) validate=1 ;;
     --help|-h|--list) ;;

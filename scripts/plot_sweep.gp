@@ -1,8 +1,8 @@
-# Plots one sweep written by bench/compare_policies --sweep-bandwidth / --sweep-workers /
+# Plots one sweep written by bench/compare_policies --sweep-bandwidth / --sweep-workers / --sweep-shards /
 # --sweep-staleness:
 #   gnuplot -e "dat='docs/results/paper-like-sweep-bandwidth.dat'; param='bandwidth'" scripts/plot_sweep.gp
 # Reads DAT and writes DAT with .png for .dat. DAT holds one block per x axis
-# (bandwidth and workers: one; staleness: OSP/LOSP's S, then SSP's s), each headed
+# (bandwidth, workers and shards: one; staleness: OSP/LOSP's S, then SSP's s), each headed
 # "# KEY COLUMN...": first column the swept value, then one column per policy
 # (virtual seconds to the target, NaN if never reached), then "ref:LABEL" columns,
 # policies the axis does not change, drawn as dashed reference lines. Several
@@ -60,6 +60,11 @@ do for [b=1:blocks] {
     set logscale x 2
     set xlabel "workers (log2)"
     set title "Time to target vs worker count"
+  }
+  if (key eq "shards") {
+    set logscale x 2
+    set xlabel "server shards, each with its own NIC (log2)"
+    set title "Time to target vs server shards"
   }
   if (key eq "S") {
     set logscale x 2

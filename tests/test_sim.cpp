@@ -399,3 +399,96 @@ TEST_CASE("Steps that vary break the lockstep of identical workers on a shared N
   INFO("samples/s in lockstep " << lockstep.throughput() << ", with 5% spread " << drifting.throughput());
   REQUIRE(drifting.throughput() > 1.1 * lockstep.throughput());
 }
+
+namespace {
+
+// Worker w pulls towards a vector of `n` floats, each its own (w + 1 + i / n).
+struct WideSources {
+  std::vector<Target> targets;
+  WideSources(std::uint32_t workers, Eigen::Index n) {
+    for (std::uint32_t w = 0; w < workers; ++w) {
+      targets.push_back(Target{Eigen::VectorXf::LinSpaced(n, float(w + 1), float(w + 2))});
+    }
+  }
+  auto operator()(psync::PeerId w) const {
+    const Target* t = &targets[w];
+    return [t]() -> const Target& { return *t; };
+  }
+};
+
+template <class P>
+psync::RunReport run_wide(const psync::sim::SimOptions& o, Eigen::Index n, P policy = {}) {
+  const auto none = [](const Quadratic&) { return psync::Evaluation{-1, -1}; };
+  return psync::sim::simulate(Quadratic(n), WideSources(o.workers, n), o, policy, none);
+}
+
+}  // namespace
+
+TEST_CASE("Sharded servers in virtual time: BSP computes the same model for any K", "[sim][shards]") {
+  psync::sim::SimOptions o;
+  o.workers = 3;
+  o.steps_per_worker = 40;
+  o.learning_rate = 0.1f;
+  o.compute.step_s = 1e-3;
+  o.compute.step_cv = 0.1;
+  o.network.worker_link.latency = 1ms;
+  o.network.server_nic_bytes_per_s = 1e6;
+  const auto one = run_wide<psync::Bsp>(o, 101);
+  for (std::uint32_t k : {2u, 3u, 4u}) {
+    o.shards = k;
+    const auto sharded = run_wide<psync::Bsp>(o, 101);
+    INFO("K = " << k);
+    REQUIRE(sharded.parameters == one.parameters);  // bit for bit: each shard averages the same rounds
+    REQUIRE(sharded.server.steps_applied == one.server.steps_applied);
+    REQUIRE(sharded.server.version == one.server.version);
+  }
+  o.shards = 102;  // more shards than parameters
+  REQUIRE_THROWS_AS(run_wide<psync::Bsp>(o, 101), psync::ConfigError);
+}
+
+TEST_CASE("Sharded servers in virtual time: K NICs carry a round K times faster", "[sim][shards]") {
+  // Communication-bound BSP: 4 workers push and pull 100,000 floats (400 kB) through
+  // a 100 MB/s server NIC; worker links are 1 GB/s. One shard: a round moves 1.6 MB
+  // each way through one NIC, 16 ms each way; four shards move 400 kB each, 4 ms.
+  psync::sim::SimOptions o;
+  o.workers = 4;
+  o.steps_per_worker = 20;
+  o.compute.step_s = 1e-4;
+  o.network.server_nic_bytes_per_s = 1e8;
+  o.network.worker_link.bandwidth_bytes_per_s = 1e9;
+  const auto one = run_wide<psync::Bsp>(o, 100000);
+  o.shards = 4;
+  const auto four = run_wide<psync::Bsp>(o, 100000);
+  INFO("K=1 " << one.wall_s << " s, K=4 " << four.wall_s << " s");
+  REQUIRE(one.wall_s == Approx(20 * (1e-4 + 2 * 0.016)).epsilon(0.05));
+  REQUIRE(four.wall_s == Approx(20 * (1e-4 + 2 * 0.004)).epsilon(0.1));
+  REQUIRE(four.parameters == one.parameters);
+  // When each worker's own link is the bottleneck, more shards do not help: its K
+  // slices share it. 10 MB/s links: 40 ms a push, whatever K.
+  o.network.worker_link.bandwidth_bytes_per_s = 1e7;
+  o.shards = 1;
+  const auto slow_links = run_wide<psync::Bsp>(o, 100000);
+  o.shards = 4;
+  const auto slow_links4 = run_wide<psync::Bsp>(o, 100000);
+  REQUIRE(slow_links4.wall_s == Approx(slow_links.wall_s).epsilon(0.05));
+}
+
+TEMPLATE_TEST_CASE("Sharded servers in virtual time: every policy runs and keeps its bound", "[sim][shards]", psync::Asp,
+                   psync::Ssp<2>, psync::Osp<6>) {
+  psync::sim::SimOptions o;
+  o.workers = 4;
+  o.steps_per_worker = 60;
+  o.compute.step_s = 1e-3;
+  o.compute.slowdown = {3.0};
+  o.compute.step_cv = 0.2;
+  o.network.worker_link = {1e7, 1ms, 500us};
+  o.network.server_nic_bytes_per_s = 2e7;
+  o.shards = 3;
+  const auto r = run_wide<TestType>(o, 50);
+  REQUIRE(r.server.steps_applied == 4 * 60);
+  if constexpr (std::is_same_v<TestType, psync::Ssp<2>>) REQUIRE(r.clock_staleness().max <= 2);
+  // Every worker pulls towards its own target; the model ends between them.
+  REQUIRE(r.parameters.allFinite());
+  const auto again = run_wide<TestType>(o, 50);
+  REQUIRE(again.parameters == r.parameters);
+}

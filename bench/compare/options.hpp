@@ -97,6 +97,8 @@ struct Options {
   std::vector<float> lr_grid;       // --lr-grid: base rates to try; each policy keeps its best
   std::vector<double> sweep_gbps;   // --sweep-bandwidth: Gbit/s values
   std::vector<unsigned> sweep_workers;  // --sweep-workers: worker counts
+  std::vector<unsigned> sweep_shards;   // --sweep-shards: server shard counts
+  std::optional<unsigned> shards;       // --shards: server shards (virtual time)
   std::vector<unsigned> sweep_osp;      // --sweep-staleness S-LIST/s-LIST: OSP's and LOSP's S values
   std::vector<unsigned> sweep_ssp;      // ... and SSP's s values
   bool validate = false;            // --validate: real threads vs virtual time, P = 2
@@ -107,6 +109,7 @@ struct Options {
     std::vector<std::string> v;
     if (!sweep_gbps.empty()) v.push_back("bandwidth");
     if (!sweep_workers.empty()) v.push_back("workers");
+    if (!sweep_shards.empty()) v.push_back("shards");
     if (!sweep_osp.empty() || !sweep_ssp.empty()) v.push_back("staleness");
     return v;
   }
@@ -164,6 +167,10 @@ inline void usage(std::ostream& o) {
        "                        writes SCENARIO-sweep-bandwidth.{csv,dat,md} (and a plot via compare.sh)\n"
        "  --sweep-workers LIST  virtual time: rerun with each worker count (e.g. 2,4,8,16,32);\n"
        "                        writes SCENARIO-sweep-workers.{csv,dat,md}\n"
+       "  --shards K            virtual time: K server shards, each owning a slice of the model\n"
+       "                        and its own NIC (default 1)\n"
+       "  --sweep-shards LIST   virtual time: rerun with each shard count (e.g. 1,2,4);\n"
+       "                        writes SCENARIO-sweep-shards.{csv,dat,md}\n"
        "  --sweep-staleness S-LIST/s-LIST  virtual time: each OSP/LOSP policy at every S of S-LIST and\n"
        "                        each SSP policy at every s of s-LIST (e.g. 5,10,20,40/1,3,8; either list\n"
        "                        may be empty), the other policies once as references; writes\n"
@@ -329,6 +336,14 @@ inline Options parse(int argc, char** argv) {
         if (v < 1 || v > 1024 || v != std::floor(v)) bad("--sweep-workers values must be integers in [1, 1024]");
         o.sweep_workers.push_back(static_cast<unsigned>(v));
       }
+    } else if (a == "--shards") {
+      o.shards = parse_unsigned(a, value());
+      if (*o.shards < 1 || *o.shards > 64) bad("--shards must be in [1, 64]");
+    } else if (a == "--sweep-shards") {
+      for (double v : parse_list(a, value())) {
+        if (v < 1 || v > 64 || v != std::floor(v)) bad("--sweep-shards values must be integers in [1, 64]");
+        o.sweep_shards.push_back(static_cast<unsigned>(v));
+      }
     } else if (a == "--sweep-staleness") {
       const std::string v = value();
       const auto slash = v.find('/');
@@ -364,6 +379,9 @@ inline Options parse(int argc, char** argv) {
   if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweeps().empty()))
     bad("--lr-grid and the sweeps run in virtual time");
   if (!o.sweep_workers.empty() && o.workers) bad("--sweep-workers sets the worker count: drop --workers");
+  if (!o.sweep_shards.empty() && o.shards) bad("--sweep-shards sets the shard count: drop --shards");
+  if ((!o.virtual_time || o.validate) && o.shards && *o.shards > 1)
+    bad("--shards runs in virtual time (real-time runs and --validate use one server)");
   if (o.validate && o.workers) bad("--validate runs 2 workers: drop --workers");
   // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.
   if (o.quick && o.virtual_time && !o.target) o.target = 0.80;
@@ -378,6 +396,7 @@ inline Scenario with_overrides(Scenario s, const Options& o) {
   if (o.latency_ms) s.latency_ms = *o.latency_ms;
   if (o.straggler) s.slow_worker = *o.straggler;
   if (o.workers) s.workers = *o.workers;
+  if (o.shards) s.shards = *o.shards;
   s.summary += describe_overrides(base, s);
   return s;
 }

@@ -407,6 +407,7 @@ class Harness {
   psync::sim::SimOptions sim_options(const Scenario& s, const PolicyId& p, std::uint64_t seed) const {
     psync::sim::SimOptions o;
     o.workers = workers(s);
+    o.shards = s.shards;
     o.learning_rate = lr(s, p);
     o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
     o.compute.step_s = costs_.step_s;

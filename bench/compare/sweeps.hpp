@@ -1,7 +1,7 @@
-// compare_policies --sweep-bandwidth / --sweep-workers / --sweep-staleness: every
+// compare_policies --sweep-bandwidth / --sweep-workers / --sweep-shards / --sweep-staleness: every
 // policy's time to target against one parameter (virtual time).
 //
-// bandwidth and workers rerun the whole scenario at each value; staleness runs the
+// bandwidth, workers and shards rerun the whole scenario at each value; staleness runs the
 // scenario once, with each OSP/LOSP policy at every S and each SSP policy at every
 // s, and the policies without such a bound (sequential SGD, BSP, ASP, DSSP) once, as
 // references. A sweep has one x axis per parameter (staleness two: S and s) and
@@ -110,6 +110,9 @@ inline Sweep run_rerun_sweep(Harness& h, const Scenario& base, const std::string
     sw.csv_key = axis.key = "gbit_s";
     sw.title = "bandwidth (links and server NIC, Gbit/s)";
     axis.heading = "Gbit/s";
+  } else if (param == "shards") {
+    sw.csv_key = axis.key = axis.heading = "shards";
+    sw.title = "server shards (each owns a slice of the model and its own NIC)";
   } else {
     sw.csv_key = axis.key = axis.heading = "workers";
     sw.title = "worker count";
@@ -119,6 +122,8 @@ inline Sweep run_rerun_sweep(Harness& h, const Scenario& base, const std::string
     if (param == "bandwidth") {
       s.gbps = v;
       s.emulate = true;
+    } else if (param == "shards") {
+      s.shards = static_cast<std::uint32_t>(v);
     } else {
       s.workers = static_cast<std::uint32_t>(v);
     }
@@ -194,6 +199,8 @@ inline Sweep run_sweep(Harness& h, const Scenario& s, const std::string& param, 
   if (param == "bandwidth") return run_rerun_sweep(h, s, param, o.sweep_gbps, progress);
   if (param == "workers")
     return run_rerun_sweep(h, s, param, std::vector<double>(o.sweep_workers.begin(), o.sweep_workers.end()), progress);
+  if (param == "shards")
+    return run_rerun_sweep(h, s, param, std::vector<double>(o.sweep_shards.begin(), o.sweep_shards.end()), progress);
   return run_staleness_sweep(h, s, o.sweep_osp, o.sweep_ssp, progress);
 }
 

@@ -11,10 +11,12 @@
 #include "psync/core/error.hpp"
 #include "psync/core/metrics.hpp"
 #include "psync/core/server_core.hpp"
+#include "psync/core/sharding.hpp"
 #include "psync/core/worker_core.hpp"
 #include "psync/harness/local_cluster.hpp"
 #include "psync/sim/network.hpp"
 #include "psync/transport/emulated.hpp"
+#include "psync/transport/sharded.hpp"
 
 #include <Eigen/Core>
 
@@ -22,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <map>
@@ -72,6 +75,13 @@ struct SimOptions {
   Sharing sharing = Sharing::fair;
   /// @brief Server seconds per float of a push (apply and copy into the reply; calibrate or give it).
   double server_s_per_float = 0;
+  /// @brief Server shards (K): shard i owns a contiguous slice of the parameters
+  /// (`ShardLayout`), runs its own `ServerCore` on its own thread and NIC (each
+  /// direction at `network.server_nic_bytes_per_s`, shared as `sharing` says), and
+  /// spends `server_s_per_float` per float of its slice. Each worker talks to them
+  /// through the same `Sharded` adapter a real sharded worker uses; its K slices in
+  /// flight share its own link equally (each is capped at the link's bandwidth / K).
+  std::uint32_t shards = 1;
   /// @brief Virtual seconds between two snapshots of the global model for the series.
   double snapshot_interval_s = 0.5;
   /// @brief Seeds the compute slowdowns (the network has `network.seed`).
@@ -164,7 +174,32 @@ double calibrate_step(const M& model, NextBatch&& next, int repetitions = 30, in
   return calibrate_step_spread(model, std::forward<NextBatch>(next), repetitions, warmup).median_s;
 }
 
-/// @brief Runs `options.workers` workers and one server under policy `P` in
+namespace detail {
+
+/// @brief A worker's endpoint to one server shard inside the simulator: `send`
+/// queues the message for the event loop, `receive` never blocks (the loop delivers
+/// each answer into `inbox` when the network says it arrived).
+struct SimShardEndpoint {
+  PeerId id = 0;
+  std::uint32_t shard = 0;
+  std::vector<std::pair<std::uint32_t, Message>>* outbox = nullptr;  // the worker's sends, with their shard
+  std::deque<Message> inbox;
+
+  PeerId self() const noexcept { return id; }
+  void send(PeerId, Message&& m) { outbox->emplace_back(shard, std::move(m)); }
+  std::optional<Envelope> receive(Clock::time_point) { return try_receive(); }
+  std::optional<Envelope> try_receive() {
+    if (inbox.empty()) return std::nullopt;
+    Envelope e{server_peer, std::move(inbox.front())};
+    inbox.pop_front();
+    return e;
+  }
+};
+static_assert(Transport<SimShardEndpoint>);
+
+}  // namespace detail
+
+/// @brief Runs `options.workers` workers and `options.shards` server shards under policy `P` in
 /// virtual time and returns the same report as `run_local` (times in virtual
 /// seconds). `batches_for(w)` gives worker w's batch source; `evaluate(model)` turns
 /// each snapshot of the server's model into a point of the series.
@@ -189,6 +224,9 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     throw ConfigError("simulate: compute.step_cv must be in [0, 10], got " + std::to_string(options.compute.step_cv));
   }
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
+  if (options.shards == 0) throw ConfigError("simulate: shards must be at least 1");
+  const std::uint32_t K = options.shards;
+  const ShardLayout layout(model.parameters().size(), K);  // ConfigError if K > the model's size
 
   using Batches = std::decay_t<std::invoke_result_t<BatchesFor&, PeerId>>;
   const auto to_ns = [](double s) { return static_cast<Nanos>(std::llround(s * 1e9)); };
@@ -199,22 +237,40 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     Nanos time;
     std::uint64_t seq;
     Kind kind;
-    std::uint64_t a;  // worker, message handle or generation
+    std::uint64_t a;    // worker, message handle or generation
+    std::uint32_t b;    // the shard of a net_up, net_down or server_free
     bool operator>(const Event& o) const { return time != o.time ? time > o.time : seq > o.seq; }
   };
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
   std::uint64_t seq = 0;
   std::uint64_t pending = 0;  // events other than snapshots: none left means nothing can happen any more
-  const auto schedule = [&](Nanos t, Kind k, std::uint64_t a) {
+  const auto schedule = [&](Nanos t, Kind k, std::uint64_t a, std::uint32_t b = 0) {
     if (k != Kind::snapshot) ++pending;
-    events.push(Event{t, seq++, k, a});
+    events.push(Event{t, seq++, k, a, b});
   };
 
   ServerCoreOptions so;
   so.expected_workers = options.workers;
   so.join_timeout = std::chrono::hours(24 * 365);
   so.peer_timeout = std::chrono::hours(24 * 365);
-  ServerCore<M, P> server(model, so, policy, at(0));
+  // One server core per shard, each holding its slice (K = 1: the whole model).
+  std::vector<std::unique_ptr<ServerCore<ParameterSlice, P>>> servers;
+  for (std::uint32_t k = 0; k < K; ++k) {
+    servers.push_back(std::make_unique<ServerCore<ParameterSlice, P>>(ParameterSlice::of(model.parameters(), layout, k),
+                                                                      so, policy, at(0)));
+  }
+  const auto servers_done = [&] {
+    return std::all_of(servers.begin(), servers.end(), [](const auto& sv) { return sv->done(); });
+  };
+  // The global model as a reader would see it now: every shard's slice, each at its own version.
+  const auto global_version = [&] {
+    std::uint64_t v = servers[0]->version();
+    for (const auto& sv : servers) v = std::min(v, sv->version());
+    return v;
+  };
+  const auto assemble = [&](Eigen::Ref<Eigen::VectorXf> out) {
+    for (std::uint32_t k = 0; k < K; ++k) out.segment(layout.offset(k), layout.size(k)) = servers[k]->model().parameters();
+  };
 
   struct WorkerState {
     std::unique_ptr<WorkerCore<M, P>> core;
@@ -227,6 +283,9 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     Nanos finished_at = 0;
     std::mt19937_64 rng;
     std::mt19937_64 spread_rng;  // step_cv's draws: their own stream, so step_cv = 0 leaves `rng`'s draws as they were
+    // The worker's side of the shards: splits its messages, reassembles the answers.
+    std::unique_ptr<std::vector<std::pair<std::uint32_t, Message>>> outbox;
+    std::unique_ptr<Sharded<detail::SimShardEndpoint>> shards;
   };
   std::vector<WorkerState> workers(options.workers);
   for (PeerId w = 0; w < options.workers; ++w) {
@@ -235,6 +294,17 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     ws.batches.emplace(batches_for(w));
     ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
     ws.spread_rng.seed(options.seed * 0xD1B54A32D192ED03ull + w + 1);
+    ws.outbox = std::make_unique<std::vector<std::pair<std::uint32_t, Message>>>();
+    std::vector<detail::SimShardEndpoint> ends(K);
+    for (std::uint32_t k = 0; k < K; ++k) {
+      ends[k].id = w;
+      ends[k].shard = k;
+      ends[k].outbox = ws.outbox.get();
+    }
+    ShardedOptions sho;
+    sho.equal_versions = shard_versions_agree<P>;
+    ws.shards = std::make_unique<Sharded<detail::SimShardEndpoint>>(std::move(ends), std::vector<std::string>{},
+                                                                    layout.dimension(), sho);
   }
   // The lognormal's sigma for a coefficient of variation cv: cv^2 = exp(sigma^2) - 1.
   const double spread_sigma = std::sqrt(std::log1p(options.compute.step_cv * options.compute.step_cv));
@@ -242,35 +312,41 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   // Messages in flight, by handle.
   struct InFlight {
     PeerId worker;
+    std::uint32_t shard;
     bool to_server;
     Message message;
   };
   std::map<std::uint64_t, InFlight> flying;
   std::uint64_t next_handle = 0;
-  SharedLink up(options.network.server_nic_bytes_per_s, options.sharing),
-      down(options.network.server_nic_bytes_per_s, options.sharing);
-  std::uint64_t up_gen = 0, down_gen = 0;
+  // Each shard's NIC, one link per direction.
+  std::vector<SharedLink> up, down;
+  for (std::uint32_t k = 0; k < K; ++k) {
+    up.emplace_back(options.network.server_nic_bytes_per_s, options.sharing);
+    down.emplace_back(options.network.server_nic_bytes_per_s, options.sharing);
+  }
+  std::vector<std::uint64_t> up_gen(K, 0), down_gen(K, 0);
   std::vector<std::mt19937_64> jitter_rng;
   for (PeerId w = 0; w <= options.workers; ++w) jitter_rng.emplace_back(options.network.seed ^ (w + 1));
 
-  const auto reschedule_net = [&](bool to_server, Nanos now) {
-    SharedLink& link = to_server ? up : down;
-    std::uint64_t& gen = to_server ? up_gen : down_gen;
+  const auto reschedule_net = [&](std::uint32_t k, bool to_server, Nanos now) {
+    SharedLink& link = to_server ? up[k] : down[k];
+    std::uint64_t& gen = to_server ? up_gen[k] : down_gen[k];
     ++gen;
     const Nanos t = link.next_finish();
-    if (t != std::numeric_limits<Nanos>::max()) schedule(std::max(t, now), to_server ? Kind::net_up : Kind::net_down, gen);
+    if (t != std::numeric_limits<Nanos>::max()) schedule(std::max(t, now), to_server ? Kind::net_up : Kind::net_down, gen, k);
   };
-  const auto send = [&](PeerId worker, bool to_server, Message&& m, Nanos now) {
+  const auto send = [&](PeerId worker, std::uint32_t k, bool to_server, Message&& m, Nanos now) {
     const std::uint64_t h = next_handle++;
     const double bytes = static_cast<double>(emulated_size(m));
-    flying.emplace(h, InFlight{worker, to_server, std::move(m)});
+    flying.emplace(h, InFlight{worker, k, to_server, std::move(m)});
     st.peak_in_flight = std::max(st.peak_in_flight, flying.size());
-    (to_server ? up : down).add(h, bytes, options.network.link(worker).bandwidth_bytes_per_s, now);
-    reschedule_net(to_server, now);
+    const double link_bw = options.network.link(worker).bandwidth_bytes_per_s;
+    (to_server ? up[k] : down[k]).add(h, bytes, link_bw > 0 ? link_bw / K : link_bw, now);
+    reschedule_net(k, to_server, now);
   };
-  const auto delivered = [&](bool to_server, Nanos now) {
+  const auto delivered = [&](std::uint32_t k, bool to_server, Nanos now) {
     std::vector<std::uint64_t> done;
-    (to_server ? up : down).finish_until(now, done);
+    (to_server ? up[k] : down[k]).finish_until(now, done);
     for (std::uint64_t h : done) {
       const InFlight& f = flying.at(h);
       const LinkSpec& link = options.network.link(f.worker);
@@ -282,28 +358,35 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
       }
       schedule(now + delay, to_server ? Kind::arrive_server : Kind::arrive_worker, h);
     }
-    reschedule_net(to_server, now);
+    reschedule_net(k, to_server, now);
   };
 
-  // The server is one thread: messages queue and each costs its processing time.
-  std::vector<std::uint64_t> server_queue;
-  std::size_t server_head = 0;
-  bool server_busy = false;
+  // Each shard's server is one thread: messages queue and each costs its processing time.
+  struct ShardQueue {
+    std::vector<std::uint64_t> queue;
+    std::size_t head = 0;
+    bool busy = false;
+  };
+  std::vector<ShardQueue> shard_queues(K);
   const auto server_cost = [&](const Message& m) {
     if (const auto* p = std::get_if<msg::Push>(&m)) return to_ns(options.server_s_per_float * static_cast<double>(p->update.size()));
     return Nanos{0};
   };
-  const auto drain_server = [&](Nanos now) {
-    while (auto t = server.poll_transmit()) send(t->to, false, std::move(t->message), now);
+  const auto drain_server = [&](std::uint32_t k, Nanos now) {
+    while (auto t = servers[k]->poll_transmit()) send(t->to, k, false, std::move(t->message), now);
   };
-  const auto start_server = [&](Nanos now) {
-    if (server_busy || server_head == server_queue.size()) return;
-    server_busy = true;
-    schedule(now + server_cost(flying.at(server_queue[server_head]).message), Kind::server_free, 0);
+  const auto start_server = [&](std::uint32_t k, Nanos now) {
+    ShardQueue& q = shard_queues[k];
+    if (q.busy || q.head == q.queue.size()) return;
+    q.busy = true;
+    schedule(now + server_cost(flying.at(q.queue[q.head]).message), Kind::server_free, 0, k);
   };
 
   const auto drain_worker = [&](PeerId w, Nanos now) {
-    while (auto t = workers[w].core->poll_transmit()) send(w, true, std::move(t->message), now);
+    auto& ws = workers[w];
+    while (auto t = ws.core->poll_transmit()) ws.shards->send(t->to, std::move(t->message));
+    for (auto& [k, m] : *ws.outbox) send(w, k, true, std::move(m), now);
+    ws.outbox->clear();
   };
   Nanos stop_at = options.budget_s > 0 ? to_ns(options.budget_s) : std::numeric_limits<Nanos>::max();
   const auto out_of_budget = [&](const WorkerState& ws, Nanos now) {
@@ -354,15 +437,24 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   }
   // Evaluated as they are taken: no model copy per snapshot is kept.
   std::vector<SeriesPoint> series;
+  M global = model;  // the evaluated model: the shards' slices assembled
+  std::vector<std::uint64_t> last_versions(K, std::numeric_limits<std::uint64_t>::max());
   const auto snapshot = [&](Nanos now) {
-    if (!series.empty() && series.back().version == server.version()) return;
+    bool changed = series.empty();
+    for (std::uint32_t k = 0; k < K; ++k) {
+      changed = changed || servers[k]->version() != last_versions[k];
+      last_versions[k] = servers[k]->version();
+    }
+    if (!changed) return;
+    assemble(global.parameters());
     const auto t0 = RealClock::now();
-    const Evaluation e = std::invoke(evaluate, server.model());
+    const Evaluation e = std::invoke(evaluate, std::as_const(global));
     st.evaluate_s += real_since(t0);
     SeriesPoint p;
     p.seconds = static_cast<double>(now) * 1e-9;
-    p.version = server.version();
-    p.steps = server.report().steps_applied;
+    p.version = global_version();
+    p.steps = servers[0]->report().steps_applied;
+    for (const auto& sv : servers) p.steps = std::min(p.steps, sv->report().steps_applied);
     p.train_loss = e.train_loss;
     p.test_accuracy = e.test_accuracy;
     series.push_back(p);
@@ -371,7 +463,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   schedule(to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
 
   Nanos now = 0;
-  while (pending > 0 && !server.done()) {
+  while (pending > 0 && !servers_done()) {
     const Event e = events.top();
     events.pop();
     ++st.events;
@@ -385,46 +477,53 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         const auto& batch = (*ws.batches)();
         double loss = std::numeric_limits<double>::quiet_NaN();
         const auto t0 = RealClock::now();
-        if constexpr (detail::GradientReturnsLoss<M>) {
+        if constexpr (psync::detail::GradientReturnsLoss<M>) {
           loss = static_cast<double>(core.model().gradient(batch, core.gradient()));
         } else {
           core.model().gradient(batch, core.gradient());
         }
         st.gradient_s += real_since(t0);
         ++st.steps;
-        core.end_step(detail::samples_in(batch), loss, at(now));
+        core.end_step(psync::detail::samples_in(batch), loss, at(now));
         ws.computing = false;
         drain_worker(w, now);
         advance_worker(w, now);
         break;
       }
       case Kind::net_up:
-        if (e.a == up_gen) delivered(true, now);
+        if (e.a == up_gen[e.b]) delivered(e.b, true, now);
         break;
       case Kind::net_down:
-        if (e.a == down_gen) delivered(false, now);
+        if (e.a == down_gen[e.b]) delivered(e.b, false, now);
         break;
-      case Kind::arrive_server:
-        server_queue.push_back(e.a);
-        start_server(now);
+      case Kind::arrive_server: {
+        const std::uint32_t k = flying.at(e.a).shard;
+        shard_queues[k].queue.push_back(e.a);
+        start_server(k, now);
         break;
+      }
       case Kind::server_free: {
-        const std::uint64_t h = server_queue[server_head++];
+        const std::uint32_t k = e.b;
+        ShardQueue& q = shard_queues[k];
+        const std::uint64_t h = q.queue[q.head++];
         auto node = flying.extract(h);
-        server.on_message(node.mapped().worker, std::move(node.mapped().message), at(now));
-        drain_server(now);
-        server_busy = false;
-        if (server_head == server_queue.size()) {
-          server_queue.clear();
-          server_head = 0;
+        servers[k]->on_message(node.mapped().worker, std::move(node.mapped().message), at(now));
+        drain_server(k, now);
+        q.busy = false;
+        if (q.head == q.queue.size()) {
+          q.queue.clear();
+          q.head = 0;
         }
-        start_server(now);
+        start_server(k, now);
         break;
       }
       case Kind::arrive_worker: {
         auto node = flying.extract(e.a);
         const PeerId w = node.mapped().worker;
-        workers[w].core->on_message(std::move(node.mapped().message), at(now));
+        auto& ws = workers[w];
+        // The adapter hands the core a whole answer once every shard has sent its part.
+        ws.shards->shard(node.mapped().shard).inbox.push_back(std::move(node.mapped().message));
+        while (auto env = ws.shards->try_receive()) ws.core->on_message(std::move(env->message), at(now));
         drain_worker(w, now);
         if (workers[w].core->finished() && workers[w].finished_at == 0) workers[w].finished_at = now;
         advance_worker(w, now);
@@ -441,7 +540,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         break;
     }
   }
-  if (!server.done()) throw Error("simulate: the run stopped with workers still live (a policy deadlocked)");
+  if (!servers_done()) throw Error("simulate: the run stopped with workers still live (a policy deadlocked)");
   snapshot(now);
 
   RunReport report;
@@ -454,9 +553,18 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     r.wall_s = static_cast<double>(ws.finished_at) * 1e-9;
     report.workers.push_back(r);
   }
-  report.server = server.finish_report();
+  // Shard 0's report (every shard sees the same joins, pushes and leaves), with the
+  // replies and copies of every shard.
+  report.server = servers[0]->finish_report();
+  for (std::uint32_t k = 1; k < K; ++k) {
+    const ServerReport r = servers[k]->finish_report();
+    report.server.version = std::min(report.server.version, r.version);
+    report.server.model_replies += r.model_replies;
+    report.server.model_copies += r.model_copies;
+  }
   report.server.wall_s = report.wall_s;
-  report.parameters = server.model().parameters();
+  report.parameters.resize(layout.dimension());
+  assemble(report.parameters);
   report.series = std::move(series);
   st.real_s = real_since(real_start);
   if (stats) *stats = st;
