@@ -28,6 +28,8 @@
 #include "psync/models/linear.hpp"
 #include "psync/models/mlp.hpp"
 #include "psync/models/softmax.hpp"
+#include "psync/optim/optimizer.hpp"
+#include "psync/optim/schedule.hpp"
 #include "psync/policies/asp.hpp"
 #include "psync/policies/bsp.hpp"
 #include "psync/policies/dssp.hpp"

@@ -33,7 +33,8 @@
 /// - DSSP's learned push intervals: they are `steady_clock` time points, meaningless
 ///   in another process; DSSP relearns them within two pushes per worker (its bound
 ///   is Lo meanwhile). `policy_state` carries state that does survive, for a policy
-///   or optimizer that defines its own encoding (none of the bundled ones needs to).
+///   or optimizer that defines its own encoding (a server-side optimizer's state:
+///   `ServerCore<M, P, O>`, docs/optimizers.md; no bundled policy needs it).
 /// - Worker-side state (local models, LOSP compensation, unsent steps): workers
 ///   keep it; a worker that restarts starts from the server's model.
 ///

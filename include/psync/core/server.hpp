@@ -11,6 +11,8 @@
 #include "psync/core/metrics.hpp"
 #include "psync/core/server_core.hpp"
 #include "psync/core/trace.hpp"
+#include "psync/optim/optimizer.hpp"
+#include "psync/optim/schedule.hpp"
 
 #include <Eigen/Core>
 
@@ -58,6 +60,9 @@ struct ServerOptions {
   /// @brief Replies of one model version share one immutable snapshot (one copy of the
   /// model per version); false copies the model into every reply, to measure the difference.
   bool share_replies = true;
+  /// @brief The learning rate of the server-side optimizer by optimizer step (see
+  /// `ServerCoreOptions::optimizer_schedule`); required with one, ignored without.
+  optim::Schedule optimizer_schedule;
   /// @brief Copy the parameters this often (0: never) for a loss/accuracy series evaluated after the run.
   std::chrono::milliseconds snapshot_interval{0};
   /// @brief At most this many snapshots (each copies the parameters: keep the interval coarse).
@@ -101,12 +106,17 @@ struct ServerOptions {
 /// every `checkpoint_every` while training and once more when `run` returns; with
 /// `resume` it starts from the newest valid checkpoint and takes the workers back
 /// as they reconnect. The report counts the checkpoints and the time they took.
-template <ParameterSet M, SyncPolicy P>
+///
+/// `O` is an optional server-side optimizer (`optim::None` by default: pushes are
+/// updates). With one, the workers push gradients (`optim::OnServer`) and the server
+/// applies `O` to the combined gradient at `ServerOptions::optimizer_schedule`'s rate.
+template <ParameterSet M, SyncPolicy P, class O = optim::None>
+  requires std::same_as<O, optim::None> || optim::Optimizer<O>
 class Server {
  public:
-  /// @brief A server whose initial global model is `model`.
-  explicit Server(M model, ServerOptions options = {}, P policy = {})
-      : initial_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)) {
+  /// @brief A server whose initial global model is `model`, with server-side optimizer `optimizer` if `O` is one.
+  explicit Server(M model, ServerOptions options = {}, P policy = {}, O optimizer = {})
+      : initial_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)), optimizer_(std::move(optimizer)) {
     if (options_.expected_workers == 0) throw ConfigError("server: expected_workers must be at least 1");
     if (options_.resume && options_.checkpoint_dir.empty()) throw ConfigError("server: resume needs a checkpoint_dir");
     if (options_.checkpoint_keep == 0) throw ConfigError("server: checkpoint_keep must be at least 1");
@@ -133,10 +143,11 @@ class Server {
     co.peer_timeout = options_.peer_timeout;
     co.max_workers = options_.max_workers;
     co.share_replies = options_.share_replies;
+    co.optimizer_schedule = options_.optimizer_schedule;
     if (options_.log) {
       co.log = [log = options_.log](std::string_view line) { *log << "[psync server] " << line << '\n' << std::flush; };
     }
-    core_.emplace(std::move(*initial_), std::move(co), policy_, start_);
+    core_.emplace(std::move(*initial_), std::move(co), policy_, start_, optimizer_);
     initial_.reset();
     if (!options_.checkpoint_dir.empty()) open_checkpoints(start_);
     // A transport that assigns worker ids must not give away one the core holds (restored from a checkpoint).
@@ -347,9 +358,10 @@ class Server {
   }
 
   std::optional<M> initial_;
-  std::optional<ServerCore<M, P>> core_;
+  std::optional<ServerCore<M, P, O>> core_;
   ServerOptions options_;
   [[no_unique_address]] P policy_;
+  [[no_unique_address]] O optimizer_;
   std::vector<PeerId> lost_;
   std::vector<Snapshot> snapshots_;
   std::atomic<bool> stop_{false};

@@ -11,6 +11,8 @@
 #include "psync/core/metrics.hpp"
 #include "psync/core/model_snapshot.hpp"
 #include "psync/core/transmit.hpp"
+#include "psync/optim/optimizer.hpp"
+#include "psync/optim/schedule.hpp"
 #include "psync/policies/rules.hpp"
 
 #include <Eigen/Core>
@@ -25,6 +27,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -49,6 +52,10 @@ struct ServerCoreOptions {
   /// one copy of the model per version instead of one per reply. false restores the
   /// copy into every reply (the server before snapshots), to measure what sharing saves.
   bool share_replies = true;
+  /// @brief The learning rate of a server-side optimizer by optimizer step (0-based:
+  /// rounds under `RoundAverage`, pushes under `Sum`). Required when the core has an
+  /// optimizer (`ServerCore<M, P, O>`), ignored otherwise.
+  optim::Schedule optimizer_schedule;
 };
 
 /// @brief The server's decisions for model type `M` under policy `P`, with no I/O.
@@ -67,13 +74,39 @@ struct ServerCoreOptions {
 /// back: its `Join` is its return at its saved clock (not a `duplicate_worker`), the
 /// join reply's `min_clock` carries that clock, and it is removed after
 /// `peer_timeout` (counted from the restore) if it never returns.
-template <ParameterSet M, SyncPolicy P>
+///
+/// **Server-side optimizer.** With `O` an `optim::Optimizer` (not the default
+/// `optim::None`) the workers push gradients (`optim::OnServer`; their `Join` names the
+/// policy with `optim::gradient_suffix`, and a worker without it is refused) and the
+/// core applies `O` to the combined gradient at `ServerCoreOptions::optimizer_schedule`'s
+/// rate: under `RoundAverage` once per closed round, on the round's mean gradient; under
+/// `Sum` once per push, on that push's gradient sum. The optimizer's state is saved in
+/// checkpoints (`CheckpointState::policy_state`); an optimizer without `save`/`restore`
+/// makes `checkpoint_state` throw `ConfigError`.
+template <ParameterSet M, SyncPolicy P, class O = optim::None>
+  requires std::same_as<O, optim::None> || optim::Optimizer<O>
 class ServerCore {
+  static constexpr bool has_optimizer = !std::is_same_v<O, optim::None>;
+  static constexpr const char* state_magic = "psync-server-optimizer-1";
+
  public:
-  /// @brief A core whose initial global model is `model`, starting at `now`.
-  ServerCore(M model, ServerCoreOptions options, P policy, Clock::time_point now)
-      : model_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)) {
+  /// @brief A core whose initial global model is `model`, starting at `now`; `optimizer`
+  /// is the server-side optimizer when `O` is one.
+  ServerCore(M model, ServerCoreOptions options, P policy, Clock::time_point now, O optimizer = {})
+      : model_(std::move(model)), options_(std::move(options)), policy_(std::move(policy)), optimizer_(std::move(optimizer)) {
     if (options_.expected_workers == 0) throw ConfigError("server: expected_workers must be at least 1");
+    if constexpr (has_optimizer) {
+      if (!options_.optimizer_schedule) {
+        throw ConfigError("server: the server-side optimizer '" + optimizer_.name() +
+                          "' needs a learning rate (ServerCoreOptions::optimizer_schedule is empty)");
+      }
+      if constexpr (!std::is_same_v<typename P::Install, install::Global>) {
+        throw ConfigError("server: policy '" + policy_.name() + "' installs '" + P::Install::name +
+                          "' models (LOSP's local compensation), which a server-side optimizer ('" + optimizer_.name() +
+                          "') cannot support: run the optimizer on the workers");
+      }
+      optimizer_.reset(dimension());
+    }
     combiner_.reset(dimension());
     join_deadline_ = now + options_.join_timeout;
     outbox_.reserve(16);
@@ -85,6 +118,10 @@ class ServerCore {
   const M& model() const noexcept { return model_; }
   /// @brief The policy (stateful policies learn from the pushes).
   const P& policy() const noexcept { return policy_; }
+  /// @brief The server-side optimizer (`optim::None` without one).
+  const O& optimizer() const noexcept { return optimizer_; }
+  /// @brief Server-side optimizer steps taken (the schedule's next argument).
+  std::uint64_t optimizer_steps() const noexcept { return optimizer_steps_; }
   /// @brief Model versions made so far.
   std::uint64_t version() const noexcept { return version_; }
   /// @brief True once the expected workers joined (or the join timeout passed with some).
@@ -136,6 +173,17 @@ class ServerCore {
     out.updates_applied = report_.updates_applied;
     out.steps_applied = report_.steps_applied;
     out.policy_state.clear();
+    if constexpr (has_optimizer) {
+      if constexpr (requires(std::vector<std::byte>& b) { optimizer_.save(b); }) {
+        optim::put_string(out.policy_state, state_magic);
+        optim::put_string(out.policy_state, optimizer_.name());
+        optim::put_u64(out.policy_state, optimizer_steps_);
+        optimizer_.save(out.policy_state);
+      } else {
+        throw ConfigError("server: the server-side optimizer '" + optimizer_.name() +
+                          "' has no save()/restore(), so its state cannot be checkpointed");
+      }
+    }
   }
 
   /// @brief The state a checkpoint stores, in a new object.
@@ -167,7 +215,31 @@ class ServerCore {
     typename P::Combiner combiner;
     combiner.reset(dimension());
     combiner.restore(s.round, dimension());
+    std::uint64_t optimizer_steps = 0;
+    O optimizer = optimizer_;
+    if constexpr (has_optimizer) {
+      if (s.policy_state.empty()) {
+        throw ConfigError("server: the checkpoint holds no server-side optimizer state, this server runs '" +
+                          optimizer_.name() + "' (it was written without a server-side optimizer)");
+      }
+      optim::StateReader in(s.policy_state);
+      if (in.string() != state_magic) throw ConfigError("server: the checkpoint's policy state is not a server optimizer's");
+      if (const std::string name = in.string(); name != optimizer_.name()) {
+        throw ConfigError("server: the checkpoint's server-side optimizer is '" + name + "', this server runs '" +
+                          optimizer_.name() + "'");
+      }
+      optimizer_steps = in.u64();
+      if constexpr (requires(optim::StateReader& r) { optimizer.restore(r); }) optimizer.restore(in);
+      if (in.left() != 0) {
+        throw ConfigError("server: " + std::to_string(in.left()) + " bytes left over after the server-side optimizer's state");
+      }
+    } else if (!s.policy_state.empty()) {
+      throw ConfigError("server: the checkpoint holds " + std::to_string(s.policy_state.size()) +
+                        " bytes of policy or optimizer state (a server-side optimizer's?), which this server has none of");
+    }
     clocks_ = std::move(clocks);
+    optimizer_ = std::move(optimizer);
+    optimizer_steps_ = optimizer_steps;
     combiner_ = std::move(combiner);
     model_.parameters() = s.parameters;
     version_ = s.version;
@@ -270,7 +342,11 @@ class ServerCore {
   /// @brief Stops serving: a round still open is applied (accepted pushes are never
   /// lost) and every held read is answered with `shutting_down`.
   void shutdown(Clock::time_point) {
-    account(combiner_.flush(model_.parameters()));
+    if constexpr (has_optimizer) {
+      account(combiner_.flush(model_.parameters(), apply_optimizer()));
+    } else {
+      account(combiner_.flush(model_.parameters()));
+    }
     for (auto& h : held_) outbox_.push(h.worker, msg::Error{msg::ErrorCode::shutting_down, "server: stopping"});
     held_.clear();
   }
@@ -298,6 +374,35 @@ class ServerCore {
   }
 
   static std::string who(PeerId w) { return "worker " + std::to_string(w); }
+
+  /// The policy string a worker's Join must carry.
+  std::string join_policy() const {
+    if constexpr (has_optimizer) {
+      return policy_.name() + optim::gradient_suffix;
+    } else {
+      return policy_.name();
+    }
+  }
+
+  std::string optimizer_name() const {
+    if constexpr (has_optimizer) {
+      return optimizer_.name();
+    } else {
+      return "none";
+    }
+  }
+
+  /// What the combiner calls with a combined gradient: one optimizer step, added to the model.
+  auto apply_optimizer() {
+    return [this](Eigen::Ref<Eigen::VectorXf> model, Eigen::VectorXf& gradient) {
+      if constexpr (has_optimizer) {
+        const float lr = optim::rate_at(options_.optimizer_schedule, 0.0f, optimizer_steps_, [] { return "server optimizer"; });
+        optimizer_.apply(gradient, lr);
+        ++optimizer_steps_;
+        model += gradient;
+      }
+    };
+  }
 
   static std::string leave_name(msg::LeaveReason r) {
     switch (r) {
@@ -354,8 +459,14 @@ class ServerCore {
              "worker model has " + std::to_string(j.dimension) + " parameters, server model has " + std::to_string(dimension()));
       return;
     }
-    if (j.policy != policy_.name()) {
-      refuse(from, msg::ErrorCode::policy_mismatch, "worker runs policy '" + j.policy + "', server runs '" + policy_.name() + "'");
+    if (j.policy != join_policy()) {
+      std::string hint;
+      if (has_optimizer) hint = " (the server runs optimizer '" + optimizer_name() + "': workers must push gradients, optim::OnServer)";
+      if (!has_optimizer && j.policy.ends_with(optim::gradient_suffix)) {
+        hint = " (the worker pushes gradients for a server-side optimizer, and this server has none)";
+      }
+      refuse(from, msg::ErrorCode::policy_mismatch,
+             "worker runs policy '" + j.policy + "', server runs '" + join_policy() + "'" + hint);
       return;
     }
     if (!peers_.contains(from) && peers_.size() >= options_.max_workers) {
@@ -455,7 +566,11 @@ class ServerCore {
     auto& peer = peers_[from];
     ++peer.pushes;
     peer.version_staleness.add(version_ - p.base_version);
-    account(combiner_.add(model_.parameters(), p.update, p.steps));
+    if constexpr (has_optimizer) {
+      account(combiner_.add(model_.parameters(), p.update, p.steps, apply_optimizer()));
+    } else {
+      account(combiner_.add(model_.parameters(), p.update, p.steps));
+    }
     const std::uint64_t clock = clocks_.tick(from);
     detail::observe_push(policy_, from, clock, now);
     ++changes_;
@@ -481,7 +596,13 @@ class ServerCore {
   void progress(Clock::time_point now) {
     if (!started_) return;
     const std::uint64_t min_clock = clocks_.min_clock();
-    if (clocks_.live_count() > 0) account(combiner_.advance(model_.parameters(), min_clock));
+    if (clocks_.live_count() > 0) {
+      if constexpr (has_optimizer) {
+        account(combiner_.advance(model_.parameters(), min_clock, apply_optimizer()));
+      } else {
+        account(combiner_.advance(model_.parameters(), min_clock));
+      }
+    }
     for (std::size_t i = 0; i < held_.size();) {
       HeldRead& h = held_[i];
       if (!policy_.read_ready(ReadQuery{h.worker, h.read_clock, min_clock, now})) {
@@ -542,6 +663,8 @@ class ServerCore {
   M model_;
   ServerCoreOptions options_;
   [[no_unique_address]] P policy_;
+  [[no_unique_address]] O optimizer_;
+  std::uint64_t optimizer_steps_ = 0;  // server-side optimizer steps taken (the schedule's argument)
   typename P::Combiner combiner_;
   ClockTable clocks_;
   std::map<PeerId, PeerReport> peers_;

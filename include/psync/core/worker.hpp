@@ -11,6 +11,8 @@
 #include "psync/core/server.hpp"
 #include "psync/core/trace.hpp"
 #include "psync/core/worker_core.hpp"
+#include "psync/optim/optimizer.hpp"
+#include "psync/optim/schedule.hpp"
 
 #include <Eigen/Core>
 
@@ -39,12 +41,30 @@ struct Straggler {
   std::uint64_t seed = 0;
 };
 
+/// @brief What `WorkerOptions::on_step` is told after each local step.
+struct StepInfo {
+  std::uint64_t step = 0;           ///< this worker's step just taken, 0-based (the schedule's argument)
+  double loss = 0;                  ///< the batch's loss, NaN if the model's `gradient` does not return it
+  float learning_rate = 0;          ///< the rate this step used
+  std::uint64_t clock = 0;          ///< this worker's clock (pushes sent, from its join clock on)
+  std::uint64_t min_clock = 0;      ///< the slowest live clock the server reported with the last model
+  std::uint64_t version = 0;        ///< version of the installed global model
+};
+
 /// @brief How a worker runs. Its id is its transport's `self()`.
 struct WorkerOptions {
   /// @brief SGD learning rate; an update is -learning_rate * gradient. Under
   /// `combine::Sum` (ASP, SSP) every push moves the model by its full update, under
   /// `combine::RoundAverage` (BSP, OSP) by 1/P of it: tune the rate per policy.
   float learning_rate = 0.05f;
+  /// @brief Learning rate by step (0-based, this worker's steps), e.g.
+  /// `optim::Warmup(100, optim::Cosine(0.1f, 900))`; empty: the constant `learning_rate`.
+  /// Called on the worker's thread, once per step.
+  optim::Schedule learning_rate_schedule;
+  /// @brief Called on the worker's thread after each local step (after its push, if
+  /// one left), with the step, loss, rate and clocks; empty: nothing is called. Keep it
+  /// short: it runs on the compute path. What it throws ends `run`.
+  std::function<void(const StepInfo&)> on_step;
   /// @brief Stop after this many local steps.
   std::uint64_t max_steps = 1000;
   /// @brief Also stop once this much time has passed since the first step (0: no budget).
@@ -82,7 +102,11 @@ struct WorkerOptions {
 /// worker instead reconnects with exponential backoff, rejoins under its id
 /// (`WorkerCore::rejoin`) and goes on from the clock the server kept for it: a server
 /// restarted from a checkpoint takes it back, and steps the server lost are not redone.
-template <Model M, Transport T, SyncPolicy P>
+///
+/// `O` is the optimizer that turns gradients into updates (`optim::Sgd` by default;
+/// `optim::Momentum`, `optim::Adam`, or `optim::OnServer` to push gradients to a server
+/// that runs the optimizer), at `WorkerOptions::learning_rate_schedule`'s rate.
+template <Model M, Transport T, SyncPolicy P, optim::WorkerRule O = optim::Sgd>
 class Worker {
  public:
   /// @brief The batch type `run`'s batch source must return.
@@ -90,10 +114,11 @@ class Worker {
 
   /// @brief A worker starting from `model` (the server's model replaces its parameters
   /// at join), identified by `transport.self()`.
-  Worker(M model, T transport, WorkerOptions options, P policy = {})
+  Worker(M model, T transport, WorkerOptions options, P policy = {}, O optimizer = {})
       : transport_(std::move(transport)),
-        options_(options),
-        core_(std::move(model), transport_.self(), options.learning_rate, std::move(policy)) {
+        options_(std::move(options)),
+        core_(std::move(model), transport_.self(), options_.learning_rate, std::move(policy), std::move(optimizer),
+              options_.learning_rate_schedule) {
     if (options_.max_steps == 0) throw ConfigError(who() + ": max_steps is 0");
     if (!(options_.straggler.slowdown >= 1.0) || !(options_.straggler.random_factor >= 1.0)) {
       throw ConfigError(who() + ": straggler factors must be >= 1");
@@ -106,7 +131,7 @@ class Worker {
   /// @brief The transport endpoint.
   T& transport() noexcept { return transport_; }
   /// @brief The protocol state (clock, step counts, last min clock).
-  const WorkerCore<M, P>& core() const noexcept { return core_; }
+  const WorkerCore<M, P, O>& core() const noexcept { return core_; }
 
   /// @brief How to open a new connection when the current one is lost: returns a
   /// connected transport with the same `self()`, or throws `TransportError` (the
@@ -152,6 +177,10 @@ class Worker {
       const double loss = compute_gradient(batch);
       core_.end_step(static_cast<std::uint64_t>(batch_size(batch)), loss, Clock::now());
       exchange([&] { flush(); });
+      if (options_.on_step) {
+        options_.on_step(StepInfo{core_.report().steps - 1, loss, core_.learning_rate(), core_.clock(),
+                                  core_.last_min_clock(), core_.version()});
+      }
     }
     core_.finish(Clock::now());
     exchange([&] { flush(); });
@@ -330,7 +359,7 @@ class Worker {
 
   T transport_;
   WorkerOptions options_;
-  WorkerCore<M, P> core_;
+  WorkerCore<M, P, O> core_;
   std::function<T()> connect_;
   Clock::time_point reconnected_at_{};
   std::optional<Clock::time_point> id_in_use_since_;  // first join refused as duplicate_worker, until one succeeds

@@ -9,6 +9,9 @@
 #include "psync/core/message.hpp"
 #include "psync/core/metrics.hpp"
 #include "psync/core/transmit.hpp"
+#include "psync/optim/optimizer.hpp"
+#include "psync/optim/schedule.hpp"
+#include "psync/policies/rules.hpp"
 
 #include <Eigen/Core>
 
@@ -18,6 +21,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -56,17 +60,44 @@ namespace psync {
 /// Until the reply arrives nothing is pushed, and a pending rejoin counts as one
 /// uninstalled step, so the synchronous gates (BSP, ASP, SSP) wait for it while
 /// OSP's unsent gate lets compute go on.
-template <ParameterSet M, SyncPolicy P>
+///
+/// **Optimizer.** `O` turns each step's gradient into its update (`optim::Sgd` by
+/// default: u = -lr * g, bit for bit what this core always did); the learning rate of
+/// step k (0-based, counted over this worker's steps) is `schedule(k)`, or the
+/// constant `learning_rate` without a schedule. With `O = optim::OnServer` the worker
+/// pushes the sum of its gradients instead and the server's optimizer makes the update
+/// (its local model takes plain SGD steps at the rate meanwhile); the `Join` then names
+/// the policy with `optim::gradient_suffix`. The policy's combination rule is unchanged.
+template <ParameterSet M, SyncPolicy P, optim::WorkerRule O = optim::Sgd>
 class WorkerCore {
+  static constexpr bool pushes_gradients = std::is_same_v<O, optim::OnServer>;
+
  public:
-  /// @brief Worker `id` starting from `model` (replaced by the server's at join), taking
-  /// SGD steps u = -learning_rate * gradient.
-  WorkerCore(M model, PeerId id, float learning_rate, P policy)
-      : model_(std::move(model)), policy_(std::move(policy)), id_(id), learning_rate_(learning_rate) {
+  /// @brief Worker `id` starting from `model` (replaced by the server's at join), turning
+  /// gradients into updates with `optimizer` at `schedule`'s rate (empty: the constant
+  /// `learning_rate`, which must be positive and finite either way).
+  WorkerCore(M model, PeerId id, float learning_rate, P policy, O optimizer = {}, optim::Schedule schedule = {})
+      : model_(std::move(model)),
+        policy_(std::move(policy)),
+        id_(id),
+        learning_rate_(learning_rate),
+        optimizer_(std::move(optimizer)),
+        schedule_(std::move(schedule)) {
     if (!(learning_rate_ > 0) || !std::isfinite(learning_rate_)) {
-      throw ConfigError(who() + ": learning rate must be positive and finite");
+      throw ConfigError(who() + ": learning rate must be positive and finite, got " + std::to_string(learning_rate_));
+    }
+    if constexpr (pushes_gradients) {
+      if constexpr (!std::is_same_v<typename P::Install, install::Global>) {
+        // Compensation adds the worker's own unreflected *updates* to the global model;
+        // with the server's optimizer making the updates, the worker does not know them.
+        throw ConfigError(who() + ": policy '" + policy_.name() + "' installs '" + P::Install::name +
+                          "' models (LOSP's local compensation), which a server-side optimizer (optim::OnServer) "
+                          "cannot support: run the optimizer on the workers, or use a policy that installs the "
+                          "global model");
+      }
     }
     const auto n = model_.parameters().size();
+    if constexpr (!pushes_gradients) optimizer_.reset(n);
     grad_ = Eigen::VectorXf::Zero(n);
     accumulated_ = Eigen::VectorXf::Zero(n);
     spare_.reserve(4);
@@ -107,6 +138,12 @@ class WorkerCore {
     const std::uint32_t pending = rejoining_ && !in_flight_active_ ? 1 : 0;
     return {unsent_, in_flight_, unsent_ + in_flight_ + inbox_steps_ + pending};
   }
+  /// @brief The optimizer (`optim::OnServer` when the server runs it).
+  const O& optimizer() const noexcept { return optimizer_; }
+  /// @brief The learning rate of the last step taken (of the next one before any step).
+  float learning_rate() const noexcept { return last_lr_; }
+  /// @brief The learning rate step `step` (0-based) takes: the schedule's, or the constant one.
+  float learning_rate_at(std::uint64_t step) const { return optim::rate_at(schedule_, learning_rate_, step, [this] { return who(); }); }
   /// @brief What the core measured (steps, pushes, installs, round trips, staleness).
   const WorkerReport& report() const noexcept { return report_; }
 
@@ -118,7 +155,7 @@ class WorkerCore {
     msg::Join j;
     j.worker = id_;
     j.dimension = static_cast<std::uint64_t>(grad_.size());
-    j.policy = policy_.name();
+    j.policy = join_policy();
     outbox_.push(server_peer, std::move(j));
     sent_at_ = now;
   }
@@ -150,7 +187,7 @@ class WorkerCore {
     msg::Join j;
     j.worker = id_;
     j.dimension = static_cast<std::uint64_t>(grad_.size());
-    j.policy = policy_.name();
+    j.policy = join_policy();
     outbox_.push(server_peer, std::move(j));
   }
 
@@ -182,14 +219,23 @@ class WorkerCore {
   }
 
   /// @brief The driver wrote the gradient of one step on `samples` samples into
-  /// `gradient()`: applies u = -lr * g locally, accumulates it for the next push,
-  /// and pushes if nothing is in flight. `loss` is the batch's loss (NaN if unknown).
+  /// `gradient()`: turns it into the update u (the optimizer's, at this step's rate),
+  /// applies u locally, accumulates it for the next push, and pushes if nothing is in
+  /// flight. With `optim::OnServer` the gradient itself is accumulated and the local
+  /// model takes u = -lr * g. `loss` is the batch's loss (NaN if unknown).
   void end_step(std::uint64_t samples, double loss, Clock::time_point now) {
-    grad_ *= -learning_rate_;
-    model_.parameters() += grad_;
+    const float lr = learning_rate_at(report_.steps);
+    last_lr_ = lr;
     if (unsent_ == 0) accumulated_base_ = version_;
-    accumulated_ += grad_;
-    install_.on_local_update(grad_);
+    if constexpr (pushes_gradients) {
+      accumulated_ += grad_;
+      model_.parameters() -= lr * grad_;
+    } else {
+      optimizer_.apply(grad_, lr);
+      model_.parameters() += grad_;
+      accumulated_ += grad_;
+      install_.on_local_update(grad_);
+    }
     ++unsent_;
     ++report_.steps;
     report_.samples += samples;
@@ -207,6 +253,14 @@ class WorkerCore {
 
  private:
   std::string who() const { return "worker " + std::to_string(id_); }
+
+  std::string join_policy() const {
+    if constexpr (pushes_gradients) {
+      return policy_.name() + optim::gradient_suffix;
+    } else {
+      return policy_.name();
+    }
+  }
 
   // A buffer the server handed back, or a received vector once read: the next push's.
   void keep_spare(Eigen::VectorXf&& v) {
@@ -363,6 +417,9 @@ class WorkerCore {
   typename P::Install install_;
   PeerId id_;
   float learning_rate_;
+  O optimizer_;
+  optim::Schedule schedule_;
+  float last_lr_ = learning_rate_;
   Eigen::VectorXf grad_;
   Eigen::VectorXf accumulated_;  // local updates not yet taken by a push
   std::vector<Eigen::VectorXf> spare_;

@@ -13,6 +13,12 @@
 ///   by (1/n)*sum once every live worker has passed round r, n the pushes in the
 ///   round (BSP, OSP): lr*mean(g) per round, like sequential SGD on a P-times
 ///   larger batch.
+///
+/// With a server-side optimizer the pushes are gradients and the server core passes
+/// an `apply(model, delta)` to the overloads that take one: the combiner hands it
+/// what it would have added (one push under `Sum`, the round's mean under
+/// `RoundAverage`), and `apply` turns that into the update and adds it. Without one
+/// the rules add as they always did.
 
 #include "psync/core/error.hpp"
 
@@ -55,6 +61,22 @@ struct Sum {
     model += update;
     return {1, 1, steps};
   }
+  /// @brief `apply(model, update)`: the server's optimizer makes each push its own step.
+  template <class Apply>
+  Applied add(Eigen::Ref<Eigen::VectorXf> model, Eigen::VectorXf& update, std::uint32_t steps, Apply&& apply) {
+    apply(model, update);
+    return {1, 1, steps};
+  }
+  /// @brief Nothing is ever pending.
+  template <class Apply>
+  Applied advance(Eigen::Ref<Eigen::VectorXf>, std::uint64_t /*min_clock*/, Apply&&) {
+    return {};
+  }
+  /// @brief Nothing is ever pending.
+  template <class Apply>
+  Applied flush(Eigen::Ref<Eigen::VectorXf>, Apply&&) {
+    return {};
+  }
   /// @brief Nothing is ever pending.
   Applied advance(Eigen::Ref<Eigen::VectorXf>, std::uint64_t /*min_clock*/) { return {}; }
   /// @brief Nothing is ever pending.
@@ -76,6 +98,10 @@ struct Sum {
 /// @brief Sums the pushes of round r and applies their mean once every live
 /// worker's clock has passed r: one round, one version.
 struct RoundAverage {
+ private:
+  static void add_to(Eigen::Ref<Eigen::VectorXf> model, Eigen::VectorXf& delta) { model += delta; }
+
+ public:
   /// @brief "average": the rule's name in reports.
   static constexpr const char* name = "average";
   /// @brief Learning-rate factor relative to sequential SGD: a round moves the model by the mean of P updates.
@@ -93,11 +119,21 @@ struct RoundAverage {
     steps_ += steps;
     return {};
   }
+  /// @brief Adds to the open round (the optimizer runs when the round closes, on its mean).
+  template <class Apply>
+  Applied add(Eigen::Ref<Eigen::VectorXf> model, const Eigen::VectorXf& update, std::uint32_t steps, Apply&&) {
+    return add(model, update, steps);
+  }
   /// @brief Closes every round r < `min_clock` (every live worker has pushed it).
   Applied advance(Eigen::Ref<Eigen::VectorXf> model, std::uint64_t min_clock) {
+    return advance(model, min_clock, add_to);
+  }
+  /// @brief Closes every round r < `min_clock`, each with one `apply(model, mean)`.
+  template <class Apply>
+  Applied advance(Eigen::Ref<Eigen::VectorXf> model, std::uint64_t min_clock, Apply&& apply) {
     Applied a;
     while (min_clock > round_) {
-      const Applied r = flush(model);
+      const Applied r = flush(model, apply);
       a.versions += r.versions;
       a.updates += r.updates;
       a.steps += r.steps;
@@ -106,9 +142,14 @@ struct RoundAverage {
     return a;
   }
   /// @brief Applies a round that will not complete (everyone left): accepted pushes are never lost.
-  Applied flush(Eigen::Ref<Eigen::VectorXf> model) {
+  Applied flush(Eigen::Ref<Eigen::VectorXf> model) { return flush(model, add_to); }
+  /// @brief Applies the open round, if it has pushes, with `apply(model, mean)`.
+  template <class Apply>
+  Applied flush(Eigen::Ref<Eigen::VectorXf> model, Apply&& apply) {
     if (pushes_ == 0) return {};
-    model += sum_ / static_cast<float>(pushes_);
+    // The mean in place, then added: the same float operations as model += sum / n.
+    sum_ /= static_cast<float>(pushes_);
+    apply(model, sum_);
     sum_.setZero();
     const Applied a{1, pushes_, steps_};
     pushes_ = steps_ = 0;
