@@ -26,12 +26,14 @@
 #        [--repeats N] [--build] [--train-bin PATH] [--ref-bin PATH]
 #        [--out FILE] [--json-dir DIR] [--run-timeout S]
 #        [--validate ACC [--seconds S] [--compare-bin PATH] [--virtual-step MS]
-#                        [--reuse]]
+#                        [--virtual-server-ns NS] [--reuse]]
 #
 # --validate --reuse --json-dir DIR reruns only the virtual side against the process
 # runs a previous --validate kept in DIR (same options), e.g. after a change to the
-# simulator; --virtual-step MS gives the virtual step instead of calibrating it (a
-# busy machine calibrates a slow step).
+# simulator; --virtual-step MS and --virtual-server-ns NS give the virtual step and
+# the server's cost per float instead of calibrating them (a busy machine calibrates
+# them slow, and under the asynchronous policies a shift of a fraction of a
+# millisecond changes which message lands first, hence the trajectory).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -61,12 +63,13 @@ validate=""         # --validate ACC: time to ACC, processes against virtual tim
 seconds=30          # --validate: each worker trains this long (wall clock)
 compare_bin=""
 virtual_step=""     # --validate --virtual-step MS: compare_policies --step-ms MS for the calibrated column
+virtual_server_ns="" # --validate --virtual-server-ns NS: compare_policies --server-ns NS for every virtual run
 reuse=0             # --validate --reuse: the process runs are already in --json-dir
 init_seed=42        # --validate: compare_policies' initial model
 prefix="psx"
 subnet="10.77.0"
 
-usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "netns_crosscheck: $*" >&2; exit 1; }
 
 given=" $* "
@@ -94,6 +97,7 @@ while [ $# -gt 0 ]; do
     --seconds) seconds="$2"; shift 2 ;;
     --compare-bin) compare_bin="$2"; shift 2 ;;
     --virtual-step) virtual_step="$2"; shift 2 ;;
+    --virtual-server-ns) virtual_server_ns="$2"; shift 2 ;;
     --reuse) reuse=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -119,12 +123,16 @@ if [ -n "$validate" ]; then
     "${py:-python3}" -c "import sys; t=float(sys.argv[1]); sys.exit(0 if 0 < t <= 10000 else 1)" "$virtual_step" 2>/dev/null ||
       die "--virtual-step needs a step in milliseconds in (0, 10000], got '$virtual_step'"
   fi
+  if [ -n "$virtual_server_ns" ]; then
+    "${py:-python3}" -c "import sys; t=float(sys.argv[1]); sys.exit(0 if 0 <= t <= 1e6 else 1)" "$virtual_server_ns" 2>/dev/null ||
+      die "--virtual-server-ns needs nanoseconds per float in [0, 1e6], got '$virtual_server_ns'"
+  fi
   if [ "$reuse" -eq 1 ]; then
     [ -n "$json_dir" ] && [ -f "$json_dir/commands.txt" ] ||
       die "--reuse needs --json-dir DIR holding a previous --validate run (DIR/commands.txt not found)"
   fi
-elif [ "$reuse" -eq 1 ] || [ -n "$virtual_step" ]; then
-  die "--reuse and --virtual-step go with --validate"
+elif [ "$reuse" -eq 1 ] || [ -n "$virtual_step" ] || [ -n "$virtual_server_ns" ]; then
+  die "--reuse, --virtual-step and --virtual-server-ns go with --validate"
 fi
 [[ "$workers" =~ ^[0-9]+$ ]] && [ "$workers" -ge 1 ] && [ "$workers" -le 200 ] || die "--workers must be 1..200"
 [[ "$rate" =~ ^[0-9]+$ ]] && [ "$rate" -gt 0 ] || die "--rate must be a positive integer (bytes/s)"
@@ -376,6 +384,7 @@ virtual_run() {  # virtual_run DIR [compare_policies options] -> DIR/paper-like.
   local cmd=(timeout -k 5 3600 "$compare_bin" --scenario paper-like --time virtual --workers "$workers"
              --straggler 1 --latency-ms "$latency_ms" --gbps "$gbps" --lr "$lr" --seed "$seed"
              --seeds "$repeats" --target "$validate" --budget "$seconds" --out "$dir" --quiet "$@")
+  [ -z "$virtual_server_ns" ] || cmd+=(--server-ns "$virtual_server_ns")
   echo "${cmd[*]}" >> "$commands_file"
   "${cmd[@]}" > "$dir.log" 2>&1 || rc=$?
   [ "$rc" -eq 0 ] || { tail -n 20 "$dir.log" >&2; die "compare_policies failed (exit $rc)"; }
