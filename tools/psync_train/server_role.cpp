@@ -61,6 +61,15 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+/// Workers that left other than by finishing (dropped, timed out, disconnected).
+std::size_t lost_peers(const psync::ServerReport& report) {
+  std::size_t lost = 0;
+  for (const auto& p : report.peers) {
+    if (p.left_known && p.left != psync::msg::LeaveReason::finished) ++lost;
+  }
+  return lost;
+}
+
 /// The --series-ms copies evaluated on the first `samples` test samples, in seconds
 /// from the start of training: copies from before it are dropped but the last, which
 /// is the initial model at second 0. Empty if training never started.
@@ -170,10 +179,7 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
   eval_model.parameters() = server.model().parameters();
   const double final_loss = eval_model.loss(full_test);
   const double final_accuracy = eval_model.accuracy(full_test);
-  std::size_t lost = 0;
-  for (const auto& p : report.peers) {
-    if (p.left_known && p.left != psync::msg::LeaveReason::finished) ++lost;
-  }
+  const std::size_t lost = lost_peers(report);
   {
     char line[320];
     std::snprintf(line, sizeof line,
@@ -276,10 +282,7 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   const psync::ServerReport report = server.run(transport);
   transport.close();  // flushes the last replies (bounded)
 
-  std::size_t lost = 0;
-  for (const auto& p : report.peers) {
-    if (p.left_known && p.left != psync::msg::LeaveReason::finished) ++lost;
-  }
+  const std::size_t lost = lost_peers(report);
   char line[320];
   std::snprintf(line, sizeof line,
                 "%s: shard %s done in %.2f s: version %llu, %llu updates covering %llu steps from %zu worker(s) "
