@@ -61,6 +61,23 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+/// While it lives, SIGINT/SIGTERM call `server.stop()`.
+template <class S>
+class StopOnSignal {
+ public:
+  explicit StopOnSignal(S& server) {
+    g_stop_target.store(&server);
+    g_stop_fn.store([](void* target) { static_cast<S*>(target)->stop(); });
+    install_stop_handlers();
+  }
+  ~StopOnSignal() {
+    g_stop_fn.store(nullptr);
+    g_stop_target.store(nullptr);
+  }
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+};
+
 /// Workers that left other than by finishing (dropped, timed out, disconnected).
 std::size_t lost_peers(const psync::ServerReport& report) {
   std::size_t lost = 0;
@@ -160,15 +177,7 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
   }
 
   psync::Server<M, P> server(std::move(model), so, policy);
-  g_stop_target.store(&server);
-  g_stop_fn.store([](void* s) { static_cast<psync::Server<M, P>*>(s)->stop(); });
-  install_stop_handlers();
-  struct ResetStop {
-    ~ResetStop() {
-      g_stop_fn.store(nullptr);
-      g_stop_target.store(nullptr);
-    }
-  } reset_stop;
+  const StopOnSignal stop_on_signal(server);
 
   psync::ServerReport report = server.run(transport);
   transport.close();  // flushes the last replies (bounded)
@@ -270,15 +279,7 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
     };
   }
   psync::Server<psync::ParameterSlice, P> server(std::move(slice), so, policy);
-  g_stop_target.store(&server);
-  g_stop_fn.store([](void* s) { static_cast<psync::Server<psync::ParameterSlice, P>*>(s)->stop(); });
-  install_stop_handlers();
-  struct ResetStop {
-    ~ResetStop() {
-      g_stop_fn.store(nullptr);
-      g_stop_target.store(nullptr);
-    }
-  } reset_stop;
+  const StopOnSignal stop_on_signal(server);
   const psync::ServerReport report = server.run(transport);
   transport.close();  // flushes the last replies (bounded)
 
