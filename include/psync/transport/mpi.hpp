@@ -26,6 +26,14 @@
 ///
 /// Threads: the transport serializes its own MPI calls with a mutex, so it needs
 /// `MPI_THREAD_SERIALIZED` (checked: `ConfigError` otherwise); `MpiSession` asks for it.
+///
+/// Sharded servers (`servers` > 1): ranks 0..K-1 each serve one shard (a
+/// `Server<ParameterSlice, P>` over its own endpoint), and a worker rank holds K
+/// endpoints, one per server rank (`MpiOptions::shard`, `mpi_shard_endpoints`), which
+/// `Sharded<Mpi>` presents as one server. Each worker endpoint probes only its own
+/// server rank, so the K endpoints of one process never take each other's frames.
+/// They share no lock: use them from one thread (as `Sharded` does), or initialise
+/// MPI with `MPI_THREAD_MULTIPLE`.
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
@@ -118,9 +126,13 @@ struct MpiOptions {
   /// deadline). Its error handler is set to `MPI_ERRORS_RETURN`. psync uses tags
   /// `tag_base` and `tag_base + 1` on it; keep the application's own messages off them.
   MPI_Comm comm = MPI_COMM_WORLD;
-  /// @brief Ranks 0..servers-1 are servers; rank r >= servers is worker r - servers.
-  /// Only one server is supported today (`server_peer` names rank 0).
+  /// @brief Ranks 0..servers-1 are servers (one per shard); rank r >= servers is
+  /// worker r - servers. At least 1, and fewer than the communicator's ranks.
   int servers = 1;
+  /// @brief On a worker rank: the server rank (0..servers-1) this endpoint talks to,
+  /// i.e. the rank its `server_peer` names. With `servers` > 1 a worker holds one
+  /// endpoint per server rank (`mpi_shard_endpoints`). Ignored on a server rank.
+  int shard = 0;
   /// @brief The header tag; the body tag is the next one. Both must be at most MPI_TAG_UB.
   int tag_base = 0x7053;
   /// @brief What this endpoint accepts. The server's dimension is set by
@@ -135,8 +147,8 @@ struct MpiOptions {
   std::chrono::milliseconds close_timeout{5000};
 };
 
-/// @brief One rank's endpoint: the server (rank 0) or a worker (rank r, worker id
-/// r - 1). Satisfies `Transport`. Move-only; closing (or destroying) it finishes or
+/// @brief One rank's endpoint: a server (rank < servers) or a worker (rank r, worker id
+/// r - servers). Satisfies `Transport`. Move-only; closing (or destroying) it finishes or
 /// cancels its sends; it never calls `MPI_Finalize` (see `MpiSession`).
 class Mpi {
  public:
@@ -159,8 +171,12 @@ class Mpi {
     check(MPI_Comm_set_errhandler(s.comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", -1);
     check(MPI_Comm_rank(s.comm, &s.rank), "MPI_Comm_rank", -1);
     check(MPI_Comm_size(s.comm, &s.size), "MPI_Comm_size", -1);
-    if (options.servers != 1) {
-      throw ConfigError("mpi: servers is " + std::to_string(options.servers) + "; only one server rank is supported");
+    if (options.servers < 1) {
+      throw ConfigError("mpi: servers is " + std::to_string(options.servers) + "; at least one rank must serve");
+    }
+    if (options.shard < 0 || options.shard >= options.servers) {
+      throw ConfigError("mpi: shard " + std::to_string(options.shard) + " is not a server rank (ranks 0.." +
+                        std::to_string(options.servers - 1) + " serve)");
     }
     if (s.size <= options.servers) {
       throw ConfigError("mpi: the communicator has " + std::to_string(s.size) + " rank(s): none is left for a worker (" +
@@ -199,10 +215,11 @@ class Mpi {
   int size() const { return state().size; }
   /// @brief Number of worker ranks.
   std::uint32_t workers() const { return static_cast<std::uint32_t>(state().size - state().options.servers); }
-  /// @brief The rank of peer `id` (`server_peer`: rank 0); -1 if there is none.
+  /// @brief The rank of peer `id` (`server_peer`: the server rank this endpoint talks
+  /// to, `MpiOptions::shard`; on a server rank, its own rank); -1 if there is none.
   int rank_of(PeerId id) const {
     const State& s = state();
-    if (id == server_peer) return 0;
+    if (id == server_peer) return s.self == server_peer ? s.rank : s.options.shard;
     if (id >= static_cast<PeerId>(s.size - s.options.servers)) return -1;
     return static_cast<int>(id) + s.options.servers;
   }
@@ -400,8 +417,12 @@ class Mpi {
 
   std::string side() const {
     const State& s = *state_;
-    return (s.self == server_peer ? std::string("mpi server (rank ") : "mpi worker " + std::to_string(s.self) + " (rank ") +
-           std::to_string(s.rank) + ")";
+    if (s.self == server_peer) {
+      return (s.options.servers == 1 ? std::string("mpi server") : "mpi server shard " + std::to_string(s.rank)) +
+             " (rank " + std::to_string(s.rank) + ")";
+    }
+    return "mpi worker " + std::to_string(s.self) + " (rank " + std::to_string(s.rank) +
+           (s.options.servers == 1 ? std::string(")") : ", endpoint to shard " + std::to_string(s.options.shard) + ")");
   }
 
   std::string peer_name(PeerId id) const {
@@ -412,7 +433,11 @@ class Mpi {
 
   std::string rank_name(int r) const {
     const State& s = *state_;
-    if (r < s.options.servers) return "the server (rank " + std::to_string(r) + ")";
+    if (r < s.options.servers) {
+      return s.options.servers == 1 ? "the server (rank 0)"
+                                    : "server shard " + std::to_string(r) + " of " + std::to_string(s.options.servers) +
+                                          " (rank " + std::to_string(r) + ")";
+    }
     return "worker " + std::to_string(r - s.options.servers) + " (rank " + std::to_string(r) + ")";
   }
 
@@ -500,7 +525,9 @@ class Mpi {
     int found = 0;
     MPI_Message handle = MPI_MESSAGE_NULL;
     MPI_Status status;
-    check(MPI_Improbe(MPI_ANY_SOURCE, s.options.tag_base, s.comm, &found, &handle, &status), "MPI_Improbe", -1);
+    // A worker endpoint hears only its own server rank: a process's other shard endpoints take the rest.
+    const int source = s.self == server_peer ? MPI_ANY_SOURCE : s.options.shard;
+    check(MPI_Improbe(source, s.options.tag_base, s.comm, &found, &handle, &status), "MPI_Improbe", -1);
     if (!found) return false;
     const int peer = status.MPI_SOURCE;
     int count = 0;
@@ -563,7 +590,8 @@ class Mpi {
       } else if (j->worker != from) {
         throw wire::FrameError(msg::ErrorCode::bad_frame, rank_name(peer) + " joined as worker " +
                                                               std::to_string(j->worker) +
-                                                              " (on MPI a worker's id is its rank - 1)");
+                                                              " (on MPI a worker's id is its rank - " +
+                                                              std::to_string(s.options.servers) + ")");
       }
     }
     const std::span<std::byte> body = wire::body_bytes(in->envelope.message);
@@ -666,5 +694,28 @@ class Mpi {
 };
 
 static_assert(Transport<Mpi>);
+
+/// @brief A worker rank's endpoints to the `options.servers` server ranks, in shard
+/// order (endpoint i has `shard` = i), for `Sharded<Mpi>`; `expected_dimensions[i]`,
+/// when given (one per server rank), is what endpoint i accepts. Throws `ConfigError`
+/// on a server rank, for a dimension count that is not the server count, or as `Mpi`.
+inline std::vector<Mpi> mpi_shard_endpoints(MpiOptions options, const std::vector<std::uint64_t>& expected_dimensions = {}) {
+  if (!expected_dimensions.empty() && expected_dimensions.size() != static_cast<std::size_t>(options.servers)) {
+    throw ConfigError("mpi: " + std::to_string(expected_dimensions.size()) + " shard dimensions for " +
+                      std::to_string(options.servers) + " server ranks");
+  }
+  std::vector<Mpi> out;
+  for (int i = 0; i < options.servers; ++i) {
+    MpiOptions o = options;
+    o.shard = i;
+    if (!expected_dimensions.empty()) o.limits.expected_dimension = expected_dimensions[static_cast<std::size_t>(i)];
+    out.emplace_back(o);
+    if (out.back().self() == server_peer) {
+      throw ConfigError("mpi: rank " + std::to_string(out.back().rank()) + " is a server rank (ranks 0.." +
+                        std::to_string(options.servers - 1) + " serve): it has no shard endpoints");
+    }
+  }
+  return out;
+}
 
 }  // namespace psync
