@@ -24,12 +24,18 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
        psync-train --role server --server HOST:PORT --shard I/K --workers N [options]
        psync-train --role worker --server HOST:PORT,HOST:PORT,... --id I --workers N [options]
        mpirun -np 1+N psync-train --transport mpi [options]
+       mpirun -np K+N psync-train --transport mpi --shards K [options]
 
   --transport tcp|mpi       tcp (default): the flags below say each process's
                             role and address. mpi: run under mpirun/srun; rank 0
                             serves, rank r is worker r-1, --workers is the number
                             of ranks - 1; no --role, --server, --id, TLS, secret
                             or --reconnect-ms (exit 2 if this build has no MPI) PSYNC_TRANSPORT
+  --shards K                mpi only: ranks 0..K-1 each serve shard I/K of the
+                            model, rank r >= K is worker r-K (--workers is the
+                            ranks - K); K from 1 (default) to ranks - 1; with
+                            K > 1 no --series-ms, --target or --checkpoint
+                            (as --shard)                               PSYNC_SHARDS
 
   --role server|worker      which process this is                     PSYNC_ROLE
   --server HOST:PORT        server: address to listen on (port 0: any free port,
@@ -305,7 +311,7 @@ struct OptionSpec {
 constexpr OptionSpec option_specs[] = {
     {"--transport", "PSYNC_TRANSPORT", true},
     {"--role", "PSYNC_ROLE", true},         {"--server", "PSYNC_SERVER", true},
-    {"--shard", "PSYNC_SHARD", true},
+    {"--shard", "PSYNC_SHARD", true},       {"--shards", "PSYNC_SHARDS", true},
     {"--id", "PSYNC_ID", true},             {"--workers", "PSYNC_WORKERS", true},
     {"--policy", "PSYNC_POLICY", true},     {"--model", "PSYNC_MODEL", true},
     {"--data", "PSYNC_DATA", true},         {"--data-dir", "PSYNC_DATA_DIR", true},
@@ -402,9 +408,13 @@ std::optional<Config> parse_mpi(const Get& get, Config& c) {
   for (const char* flag : {"--role", "--server", "--shard", "--id", "--secret-file", "--tls-cert", "--tls-key", "--tls-ca",
                            "--tls-server-name", "--reconnect-ms"}) {
     if (const auto* v = get(flag)) {
-      throw UsageError(v->source + " does not apply to --transport mpi (rank 0 serves, rank r is worker r-1; "
-                       "MPI carries the messages)");
+      throw UsageError(v->source + " does not apply to --transport mpi (rank 0 serves, rank r is worker r-1, or "
+                       "with --shards K ranks 0..K-1 serve; MPI carries the messages)");
     }
+  }
+  if (const auto* v = get("--shards")) {
+    // The upper bound against the ranks is checked once MPI has started (mpi_launch.cpp).
+    c.shard_count = parse_integer<std::uint32_t>(v->source, v->value, 1, 1024);
   }
   if (!mpi_available()) {
     throw UsageError("--transport mpi: this psync-train was built without MPI (configure with MPI installed, "
@@ -414,6 +424,17 @@ std::optional<Config> parse_mpi(const Get& get, Config& c) {
   parse_common(get, /*is_server=*/false, c);
   parse_resilience(get, c);
   parse_measurement(get, std::nullopt, c);
+  if (c.shard_count > 1) {
+    // As for --shard: a shard rank holds a slice, so it cannot evaluate or checkpoint the model.
+    const std::pair<const char*, bool> refused[] = {{"--series-ms", c.series_every.count() > 0},
+                                                    {"--target", c.target.has_value()},
+                                                    {"--checkpoint", !c.checkpoint.empty()},
+                                                    {"--resume", c.resume}};
+    for (const auto& [flag, set] : refused) {
+      if (set) throw UsageError(get(flag)->source + " does not apply to sharded servers (--shards " +
+                                std::to_string(c.shard_count) + ")");
+    }
+  }
   return c;
 }
 
@@ -463,6 +484,10 @@ std::optional<Config> parse(int argc, char** argv) {
     c.transport = v->value;
   }
   if (c.transport == "mpi") return parse_mpi(get, c);
+  if (const auto* v = get("--shards")) {
+    throw UsageError(v->source + " applies to --transport mpi only (over TCP each shard server gets --shard I/K "
+                     "and each worker --server HOST:PORT,HOST:PORT,...)");
+  }
   const RawValue* role = get("--role");
   if (!role) throw UsageError("missing --role (server or worker; or PSYNC_ROLE)");
   if (role->value != "server" && role->value != "worker") {

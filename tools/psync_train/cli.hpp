@@ -41,6 +41,7 @@ struct Config {
   std::uint16_t port = 0;
   std::optional<std::uint32_t> id;
   /// Server: --shard I/K, this process serves slice I of K (docs/processes.md#sharded-servers).
+  /// --transport mpi --shards K: K on every rank, and the index on server ranks 0..K-1 (K > 1).
   std::optional<std::uint32_t> shard_index;
   std::uint32_t shard_count = 1;
   /// Worker: --server HOST:PORT,HOST:PORT,...: one address per shard, in shard order
@@ -79,7 +80,7 @@ struct Config {
   std::chrono::milliseconds seconds{0};  // worker: stop after this long (0: only --steps)
   std::uint64_t model_seed() const { return init_seed.value_or(seed); }
   /// True for a shard server (--shard I/K) or a worker of K > 1 shards.
-  bool sharded() const { return shard_index.has_value() || shard_servers.size() > 1; }
+  bool sharded() const { return shard_index.has_value() || shard_servers.size() > 1 || shard_count > 1; }
 };
 
 /// Prints --help.

@@ -7,7 +7,8 @@
 namespace psync_train {
 
 /// Initialises MPI (MPI_THREAD_SERIALIZED, checked) and fills in what the rank decides:
-/// rank 0 is the server, rank r the worker r - 1; --workers must be the ranks - 1.
+/// rank 0 is the server, rank r the worker r - 1; --workers must be the ranks - 1. With
+/// --shards K > 1, ranks 0..K-1 serve shards 0..K-1 and rank r >= K is worker r - K.
 /// Throws UsageError (too few ranks, --workers disagreeing, too low a thread level).
 void mpi_start(int& argc, char**& argv, Config& c);
 

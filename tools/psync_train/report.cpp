@@ -67,7 +67,7 @@ std::string config_json(const Config& c) {
     << ",\n  \"shard\": "
     << (c.shard_index ? json_string(std::to_string(*c.shard_index) + "/" + std::to_string(c.shard_count))
                       : std::string("null"))
-    << ",\n  \"shards\": " << (c.shard_index ? c.shard_count : std::max<std::size_t>(1, c.shard_servers.size()));
+    << ",\n  \"shards\": " << std::max<std::size_t>(c.shard_count, c.shard_servers.size());
   return o.str();
 }
 

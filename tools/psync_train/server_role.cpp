@@ -246,18 +246,20 @@ psync::TcpServer open_tcp(const Config& c, std::uint64_t dimension) {
   return psync::TcpServer(to);
 }
 
-/// --shard I/K: serves slice I of the model (the same initial model as an unsharded
-/// server, cut by `psync::ShardLayout`). A slice cannot be evaluated: the shard reports
-/// versions and steps, the workers report the assembled model (worker_role.cpp).
-template <class P>
-int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P policy) {
+/// --shard I/K (or --transport mpi --shards K on rank I): serves slice I of the model
+/// (the same initial model as an unsharded server, cut by `psync::ShardLayout`) over
+/// the endpoint `open(slice size)` returns, named by `where_of(endpoint)`. A slice
+/// cannot be evaluated: the shard reports versions and steps, the workers report the
+/// assembled model (worker_role.cpp).
+template <class P, class Open, class Where>
+int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P policy, Open open, Where where_of) {
   const psync::ShardLayout layout(full.size(), c.shard_count);
   const std::uint32_t i = *c.shard_index;
   psync::ParameterSlice slice = psync::ParameterSlice::of(full, layout, i);
   const std::string shard = std::to_string(i) + "/" + std::to_string(c.shard_count);
 
-  psync::TcpServer transport = open_tcp(c, static_cast<std::uint64_t>(layout.size(i)));
-  const std::string where = host_port(c.host, transport.port());
+  auto transport = open(static_cast<std::uint64_t>(layout.size(i)));
+  const std::string where = where_of(transport);
   std::cout << program << ": listening on " << where << std::endl;
   if (!c.quiet) {
     std::cout << program << ": shard " << shard << ": parameters " << layout.offset(i) << " to "
@@ -282,6 +284,9 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   const StopOnSignal stop_on_signal(server);
   const psync::ServerReport report = server.run(transport);
   transport.close();  // flushes the last replies (bounded)
+  if constexpr (requires { transport.failures(); }) {
+    for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
+  }
 
   const std::size_t lost = lost_peers(report);
   char line[320];
@@ -316,17 +321,23 @@ int run_server(const Config& c) {
     return with_model(c, inputs, classes, [&](auto model) {
 #ifdef PSYNC_TRAIN_WITH_MPI
       if (c.transport == "mpi") {
-        const auto open = [](std::uint64_t) { return psync::Mpi(); };  // Server::run tells it the dimension
+        // Ranks 0..K-1 serve (--shards K); Server::run tells the endpoint its dimension.
+        const auto open = [&c](std::uint64_t) {
+          psync::MpiOptions o;
+          o.servers = static_cast<int>(c.shard_count);
+          return psync::Mpi(o);
+        };
         const auto where = [](const psync::Mpi& t) {
           return "MPI rank " + std::to_string(t.rank()) + " of " + std::to_string(t.size()) + " (" +
                  std::to_string(t.workers()) + " worker ranks)";
         };
+        if (c.shard_index) return serve_shard(c, model.parameters(), policy, open, where);
         return serve(c, std::move(model), policy, data.test, open, where);
       }
 #endif
-      if (c.shard_index) return serve_shard(c, model.parameters(), policy);
       const auto open = [&c](std::uint64_t dimension) { return open_tcp(c, dimension); };
       const auto where = [&c](const psync::TcpServer& t) { return host_port(c.host, t.port()); };
+      if (c.shard_index) return serve_shard(c, model.parameters(), policy, open, where);
       return serve(c, std::move(model), policy, data.test, open, where);
     });
   });

@@ -150,6 +150,25 @@ int run_worker(const Config& c) {
   return psync::with_policy(c.policy, [&](auto policy) {
     return with_model(c, inputs, classes, [&](auto model) {
 #ifdef PSYNC_TRAIN_WITH_MPI
+      if (c.transport == "mpi" && c.shard_count > 1) {
+        // One endpoint per server rank 0..K-1, each expecting its slice's size.
+        const auto open = [&c](std::uint32_t, std::chrono::milliseconds, std::uint64_t dimension) {
+          const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension), c.shard_count);
+          std::vector<std::uint64_t> sizes;
+          std::vector<std::string> names;
+          for (std::uint32_t i = 0; i < layout.shards(); ++i) {
+            sizes.push_back(static_cast<std::uint64_t>(layout.size(i)));
+            names.push_back("MPI rank " + std::to_string(i));
+          }
+          psync::MpiOptions o;
+          o.servers = static_cast<int>(c.shard_count);
+          psync::ShardedOptions so;
+          so.equal_versions = psync::shard_versions_agree<decltype(policy)>;
+          return psync::Sharded<psync::Mpi>(psync::mpi_shard_endpoints(o, sizes), std::move(names),
+                                            layout.dimension(), so);
+        };
+        return train_worker(c, std::move(model), policy, std::move(data.train), open, &data.test);
+      }
       if (c.transport == "mpi") {
         const auto open = [](std::uint32_t, std::chrono::milliseconds, std::uint64_t dimension) {
           psync::MpiOptions o;
