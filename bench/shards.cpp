@@ -21,9 +21,12 @@
 // measured is the server and transport path alone.
 //
 // The K values run interleaved (K=1, K=2, K=4, K=1, ...) for --reps repetitions and
-// every figure is the median over them. On a machine with fewer cores than
-// K + workers the K shard processes and the workers share the cores: K shards cannot
-// show a parallel speedup there; the table shows what the split costs.
+// every figure is the median over them. On a machine with fewer cores than K shard
+// processes + workers, all of them share the same cores: the table is not K
+// machines' scaling. Differences between K there mix the cost of the split (K
+// messages per push and per reply, reassembly) with how the processes share the
+// cores (one shard process is one server loop and one I/O thread for every worker;
+// K processes spread that over the cores the workers also need).
 //
 // Run: shards [--reps=5] [--floats=1000000,10000000] [--workers=4] [--policies=asp,bsp]
 
@@ -344,7 +347,7 @@ void table_rows(const std::string& policy, const std::vector<std::uint32_t>& ks,
       per += b;
     }
     const auto [lo, hi] = std::minmax_element(gbps[j].begin(), gbps[j].end());
-    std::printf("| %-4s | %9lld | %2u | %-31s | %6.3f | %5.3f-%5.3f |\n", policy.c_str(), static_cast<long long>(n),
+    std::printf("| %-4s | %9lld | %2u | %-37s | %6.3f | %5.3f-%5.3f |\n", policy.c_str(), static_cast<long long>(n),
                 ks[j], per.c_str(), median(gbps[j]), *lo, *hi);
     std::fflush(stdout);
   }
@@ -424,11 +427,13 @@ int main(int argc, char** argv) {
               workers - 1);
   std::printf("Machine: %u hardware threads; load average at start %s.", cores, loadavg().c_str());
   if (cores < workers + 4) {
-    std::printf(" With fewer cores than shard processes + workers, the K shards share the same cores as the "
-                "workers: no parallel speedup can show here; what the table shows is the cost of the split.");
+    std::printf("\nWith fewer cores than shard processes + workers, every shard process shares the same cores with "
+                "the workers and the other shards: this is not K machines' scaling. Differences between K here mix "
+                "the cost of the split (K messages each way per round trip, reassembly) with how the processes "
+                "share the cores (one shard process has one server loop and one I/O thread for all workers).");
   }
-  std::printf("\n\n| pol  |    floats |  K | RTT ms per worker               |   GB/s | GB/s range  |\n");
-  std::printf("|------|----------:|---:|---------------------------------|-------:|-------------|\n");
+  std::printf("\n\n| pol  |    floats |  K | RTT ms per worker                     |   GB/s | GB/s range  |\n");
+  std::printf("|------|----------:|---:|---------------------------------------|-------:|-------------|\n");
   try {
     for (const auto n : floats) {
       for (const auto& p : policies) {
