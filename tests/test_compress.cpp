@@ -275,6 +275,11 @@ TEST_CASE("Malformed encoded pushes are refused with the fault named", "[compres
     REQUIRE(refusal(push_frame(Encoding::qsgd8, 3, p)) == "push: qsgd8 level -128 at 1 below -127");
     REQUIRE_THAT(refusal(push_frame(Encoding::qsgd8, 4, p)), Catch::Matchers::Contains("qsgd8 encoding of 4 floats"));
   }
+  SECTION("an encoded push may not claim more floats than a dense push under the limit") {
+    REQUIRE(refusal(push_frame(Encoding::topk, 16777209, {})) ==
+            "push encodes 16777209 floats, above what the payload limit 67108864 allows dense");
+    REQUIRE(refusal(push_frame(Encoding::topk, 16777208, {})) == "accepted");
+  }
   SECTION("the dimension check applies to encoded pushes") {
     psync::WireLimits limits;
     limits.expected_dimension = 5;

@@ -408,6 +408,7 @@ class Harness {
     psync::sim::SimOptions o;
     o.workers = workers(s);
     o.shards = s.shards;
+    o.codec = psync::compress::parse_codec(s.codec);
     o.learning_rate = lr(s, p);
     o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
     o.compute.step_s = costs_.step_s;

@@ -370,6 +370,12 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
         return m;
       }
       detail::check_encoded_size(h, m.encoding, count);
+      // The receiver decodes into `count` floats: bound it, as a pull's buffer, by what a dense push may carry.
+      if (const std::uint64_t room = limits.max_payload_bytes - std::min<std::uint64_t>(limits.max_payload_bytes, fixed_size(h.type));
+          count > room / 4) {
+        detail::bad("push encodes " + std::to_string(count) + " floats, above what the payload limit " +
+                    std::to_string(limits.max_payload_bytes) + " allows dense");
+      }
       detail::check_dimension(count, limits);
       m.encoded_dimension = count;
       m.payload.resize(static_cast<std::size_t>(h.payload_length - fixed_size(h.type)));
