@@ -76,6 +76,8 @@ void poke(std::vector<std::byte>& bytes, std::size_t at, T v) {
 TEST_CASE("Codecs are chosen by name and refuse bad spellings", "[compress]") {
   for (const char* name : {"none", "fp16", "topk:0.01", "topk:1", "qsgd8"}) REQUIRE(parse_codec(name).name() == name);
   REQUIRE(parse_codec("dense").encoding == Encoding::dense);
+  REQUIRE(parse_codec("topk:1e-7").name() == "topk:1e-07");
+  REQUIRE(parse_codec(parse_codec("topk:0.123456789").name()).ratio == 0.123456789);
   REQUIRE(parse_codec("topk:0.25").ratio == 0.25);
   REQUIRE_THROWS_WITH(parse_codec("topk:0"), Catch::Matchers::Contains("fraction kept in (0, 1]"));
   REQUIRE_THROWS_WITH(parse_codec("topk:1.5"), Catch::Matchers::Contains("fraction kept in (0, 1]"));

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -52,10 +53,9 @@ struct Codec {
       case Encoding::fp16: return "fp16";
       case Encoding::qsgd8: return "qsgd8";
       case Encoding::topk: {
-        std::string r = std::to_string(ratio);  // "0.010000": trim the zeros
-        while (r.size() > 1 && r.back() == '0') r.pop_back();
-        if (r.back() == '.') r.pop_back();
-        return "topk:" + r;
+        char r[32];
+        std::snprintf(r, sizeof r, "%.9g", ratio);  // "0.01", "1e-07": reads back as the same ratio
+        return std::string("topk:") + r;
       }
     }
     return "unknown";
