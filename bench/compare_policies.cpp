@@ -30,6 +30,7 @@
 //                    [--lr RATE] [--lr-rule scaled|same] [--lr-grid LIST] [--policies LIST]
 //                    [--gbps X] [--latency-ms X] [--straggler X] [--server-ns X]
 //                    [--sweep-bandwidth LIST] [--sweep-workers LIST] [--sweep-staleness S-LIST/s-LIST]
+//                    [--codec SPEC] [--sweep-codec LIST]
 //                    [--validate] [--trace DIR] [--out DIR] [--quiet]
 //
 // Sweeps (virtual time; sweeps.hpp): --sweep-bandwidth and --sweep-workers rerun the
@@ -46,6 +47,7 @@
 #include "compare/options.hpp"
 #include "compare/runner.hpp"
 #include "compare/scenarios.hpp"
+#include "compare/codec_sweep.hpp"
 #include "compare/sweeps.hpp"
 #include "compare/validate.hpp"
 #include "compare/writers.hpp"
@@ -85,6 +87,12 @@ int main(int argc, char** argv) {
       }
       if (const auto sweeps = opt.sweeps(); !sweeps.empty()) {
         for (const auto& param : sweeps) {
+          if (param == "codec") {
+            compare::write_codec_sweep(s, compare::run_codec_sweep(h, s, opt, progress), opt);
+            progress.line("compare: wrote " + (std::filesystem::path(opt.out) / (s.name + "-sweep-codec")).string() +
+                          ".{csv,json,md}");
+            continue;
+          }
           compare::write_sweep(s, compare::run_sweep(h, s, param, opt, progress), opt);
           progress.line("compare: wrote " + (std::filesystem::path(opt.out) / (s.name + "-sweep-" + param)).string() +
                         ".{csv,dat,md}");

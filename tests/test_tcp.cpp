@@ -1344,3 +1344,33 @@ TEST_CASE("without libssl, asking for TLS is a ConfigError", "[tcp][tls]") {
 }
 
 #endif
+
+TEST_CASE("encoded pushes cross TCP as they are; a malformed one is refused once its body is read", "[tcp][compress]") {
+  psync::TcpServer server(server_options(8));
+  psync::Tcp good = join(server, 1, 8);
+  // Top-k pairs (1, 0.5) and (6, -2): indices, then values.
+  std::vector<std::byte> pairs(16);
+  const std::uint32_t idx[2] = {1, 6};
+  const float val[2] = {0.5f, -2.0f};
+  std::memcpy(pairs.data(), idx, 8);
+  std::memcpy(pairs.data() + 8, val, 8);
+  good.send(server_peer, msg::Push{0, 0, 1, Eigen::VectorXf(), psync::Encoding::topk, 8, pairs});
+  const auto p = expect<msg::Push>(server, 1);
+  CHECK(p.encoding == psync::Encoding::topk);
+  CHECK(p.dimension() == 8);
+  CHECK(p.payload == pairs);
+  CHECK(p.update.size() == 0);
+
+  psync::Tcp bad = join(server, 2, 8);
+  std::vector<std::byte> swapped = pairs;
+  std::memcpy(swapped.data(), &idx[1], 4);
+  std::memcpy(swapped.data() + 4, &idx[0], 4);
+  bad.send(server_peer, msg::Push{0, 0, 1, Eigen::VectorXf(), psync::Encoding::topk, 8, swapped});
+  const auto e = expect<msg::Error>(bad, server_peer);
+  CHECK(e.code == msg::ErrorCode::bad_frame);
+  CHECK(e.text == "push: top-k indices not strictly increasing (1 after 6)");
+  CHECK(expect<msg::Leave>(server, 2).reason == msg::LeaveReason::disconnected);
+  // The good worker never noticed.
+  good.send(server_peer, msg::Push{1, 0, 1, ramp(8)});
+  CHECK(expect<msg::Push>(server, 1).update == ramp(8));
+}

@@ -122,7 +122,7 @@ TEST_CASE("every message kind round-trips exactly", "[wire]") {
 TEST_CASE("the byte layout is the documented one", "[wire]") {
   const Bytes b = frame_of(msg::Leave{msg::LeaveReason::timed_out}, 0x01020304);
   const Bytes expected = {std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'},  // magic
-                          std::byte{3},                                                    // version
+                          std::byte{4},                                                    // version
                           std::byte{1},                                                    // type: leave
                           std::byte{0},   std::byte{0},                                    // reserved
                           std::byte{4},   std::byte{3},   std::byte{2}, std::byte{1},      // sender, LE
@@ -131,14 +131,15 @@ TEST_CASE("the byte layout is the documented one", "[wire]") {
                           std::byte{2}};  // reason: timed_out
   CHECK(b == expected);
 
-  // A push: fixed fields then a u64 count then the floats, little-endian.
+  // A push: fixed fields, the encoding byte (0: dense), a u64 count, then the floats, little-endian.
   const Bytes p = frame_of(msg::Push{1, 2, 3, Eigen::VectorXf::Constant(2, 1.0f)});
-  REQUIRE(p.size() == wire::header_size + 28 + 8);
+  REQUIRE(p.size() == wire::header_size + 29 + 8);
+  CHECK(p[wire::header_size + 20] == std::byte{0});
   std::uint64_t count = 0;
-  std::memcpy(&count, p.data() + wire::header_size + 20, 8);
+  std::memcpy(&count, p.data() + wire::header_size + 21, 8);
   CHECK(count == 2);
   float first = 0;
-  std::memcpy(&first, p.data() + wire::header_size + 28, 4);
+  std::memcpy(&first, p.data() + wire::header_size + 29, 4);
   CHECK(first == 1.0f);
 }
 
@@ -160,7 +161,7 @@ TEST_CASE("header faults are refused with a message naming them", "[wire]") {
   SECTION("version") {
     Bytes b = good;
     b[4] = std::byte{1};
-    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 1 (expected 3)");
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "unsupported protocol version 1 (expected 4)");
   }
   SECTION("type") {
     Bytes b = good;
@@ -186,14 +187,14 @@ TEST_CASE("header faults are refused with a message naming them", "[wire]") {
   }
   SECTION("the limit is the configured one") {
     const Bytes b = frame_of(msg::Push{0, 0, 0, ramp(100)});
-    CHECK(frame_error([&] { wire::decode(b, WireLimits{128, 0}); }).first == "payload length 428 above limit 128");
-    CHECK_NOTHROW(wire::decode(b, WireLimits{428, 0}));
+    CHECK(frame_error([&] { wire::decode(b, WireLimits{128, 0}); }).first == "payload length 429 above limit 128");
+    CHECK_NOTHROW(wire::decode(b, WireLimits{429, 0}));
   }
   SECTION("payload shorter than the type's fields") {
     Bytes b = frame_of(msg::Push{0, 0, 0, {}});
     put<std::uint64_t>(b, 12, 10);
     b.resize(wire::header_size + 10);
-    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "push payload length 10 shorter than its 28 bytes of fields");
+    CHECK(frame_error([&] { wire::decode(b, {}); }).first == "push payload length 10 shorter than its 29 bytes of fields");
   }
   SECTION("truncated header") {
     const Bytes b(good.begin(), good.begin() + 7);
@@ -208,10 +209,10 @@ TEST_CASE("payload faults are refused before anything is allocated", "[wire]") {
 
   SECTION("element count does not match payload length") {
     Bytes b = frame_of(msg::Push{0, 0, 0, ramp(10)});
-    put<std::uint64_t>(b, wire::header_size + 20, 11);
+    put<std::uint64_t>(b, wire::header_size + 21, 11);
     CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first ==
-          "push payload length 68 does not match its element count 11 (28 bytes of fields + 4 per float)");
-    put<std::uint64_t>(b, wire::header_size + 20, std::uint64_t{1} << 62);  // 4 * count overflows
+          "push payload length 69 does not match its element count 11 (29 bytes of fields + 4 per float)");
+    put<std::uint64_t>(b, wire::header_size + 21, std::uint64_t{1} << 62);  // 4 * count overflows
     CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first.find("does not match its element count") !=
           std::string::npos);
     Bytes m = frame_of(msg::Model{0, 0, 0, ramp(10)});
@@ -246,7 +247,7 @@ TEST_CASE("payload faults are refused before anything is allocated", "[wire]") {
   SECTION("truncated payload and trailing bytes") {
     Bytes b = frame_of(msg::Push{0, 0, 0, ramp(10)});
     b.pop_back();
-    CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first == "truncated frame: push payload has 67 of 68 bytes");
+    CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first == "truncated frame: push payload has 68 of 69 bytes");
     b.resize(b.size() + 2);
     CHECK(frame_error([&] { wire::decode(b, {}, acquire); }).first == "1 trailing bytes after a push frame");
   }
@@ -292,7 +293,7 @@ TEST_CASE("staged decoding reads straight into the destination", "[wire]") {
   const wire::FrameHeader h = wire::decode_header(std::span(b).first(wire::header_size), {});
   CHECK(h.type == wire::MessageType::push);
   CHECK(h.sender == 9);
-  CHECK(h.payload_length == 28 + 4 * 1234);
+  CHECK(h.payload_length == 29 + 4 * 1234);
   Eigen::VectorXf reused(1234);
   const float* where = reused.data();
   Message m = wire::decode_fixed(h, std::span(b).subspan(wire::header_size, wire::fixed_size(h.type)), {},
@@ -303,7 +304,7 @@ TEST_CASE("staged decoding reads straight into the destination", "[wire]") {
   const std::span<std::byte> body = wire::body_bytes(m);
   REQUIRE(body.size() == 4 * 1234);
   CHECK(static_cast<const void*>(body.data()) == where);
-  std::memcpy(body.data(), b.data() + wire::header_size + 28, body.size());
+  std::memcpy(body.data(), b.data() + wire::header_size + 29, body.size());
   CHECK(std::get<msg::Push>(m).update == u);
 }
 
@@ -315,7 +316,7 @@ TEST_CASE("a challenge frame round-trips and has the documented layout", "[wire]
   c.auth_required = true;
   const auto f = wire::encode_challenge(c);
   REQUIRE(f.size() == wire::header_size + 33);
-  CHECK(f[4] == std::byte{3});  // version
+  CHECK(f[4] == std::byte{4});  // version
   CHECK(f[5] == std::byte{6});  // type: challenge
   std::uint32_t sender = 0;
   std::memcpy(&sender, f.data() + 8, 4);

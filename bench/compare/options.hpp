@@ -4,11 +4,13 @@
 
 #include "scenarios.hpp"
 
+#include <psync/compress/codec.hpp>
 #include <psync/core/error.hpp>
 #include <psync/core/metrics.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/policies/rules.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -99,6 +101,8 @@ struct Options {
   std::vector<unsigned> sweep_workers;  // --sweep-workers: worker counts
   std::vector<unsigned> sweep_shards;   // --sweep-shards: server shard counts
   std::optional<unsigned> shards;       // --shards: server shards (virtual time)
+  std::optional<std::string> codec;     // --codec: how workers encode pushes (virtual time)
+  std::vector<std::string> sweep_codec; // --sweep-codec: codecs, each run with every policy
   std::vector<unsigned> sweep_osp;      // --sweep-staleness S-LIST/s-LIST: OSP's and LOSP's S values
   std::vector<unsigned> sweep_ssp;      // ... and SSP's s values
   bool validate = false;            // --validate: real threads vs virtual time, P = 2
@@ -110,6 +114,7 @@ struct Options {
     if (!sweep_gbps.empty()) v.push_back("bandwidth");
     if (!sweep_workers.empty()) v.push_back("workers");
     if (!sweep_shards.empty()) v.push_back("shards");
+    if (!sweep_codec.empty()) v.push_back("codec");
     if (!sweep_osp.empty() || !sweep_ssp.empty()) v.push_back("staleness");
     return v;
   }
@@ -171,6 +176,11 @@ inline void usage(std::ostream& o) {
        "                        and its own NIC (default 1)\n"
        "  --sweep-shards LIST   virtual time: rerun with each shard count (e.g. 1,2,4);\n"
        "                        writes SCENARIO-sweep-shards.{csv,dat,md}\n"
+       "  --codec SPEC          virtual time: workers encode pushes with SPEC: none, fp16, topk:R\n"
+       "                        (fraction R kept), qsgd8; error feedback on (docs/compression.md)\n"
+       "  --sweep-codec LIST    virtual time: every policy with each codec (e.g. none,fp16,topk:0.01,qsgd8);\n"
+       "                        writes SCENARIO-sweep-codec.{csv,json,md}: bytes per push and round,\n"
+       "                        final accuracy, time to target\n"
        "  --sweep-staleness S-LIST/s-LIST  virtual time: each OSP/LOSP policy at every S of S-LIST and\n"
        "                        each SSP policy at every s of s-LIST (e.g. 5,10,20,40/1,3,8; either list\n"
        "                        may be empty), the other policies once as references; writes\n"
@@ -339,6 +349,23 @@ inline Options parse(int argc, char** argv) {
     } else if (a == "--shards") {
       o.shards = parse_unsigned(a, value());
       if (*o.shards < 1 || *o.shards > 64) bad("--shards must be in [1, 64]");
+    } else if (a == "--codec" || a == "--sweep-codec") {
+      const bool sweep = a == "--sweep-codec";
+      std::stringstream ss(value());
+      for (std::string t; std::getline(ss, t, ',');) {
+        try {
+          t = psync::compress::parse_codec(t).name();  // one spelling per codec
+        } catch (const psync::ConfigError& e) {
+          bad(a + ": " + e.what());
+        }
+        if (!sweep) {
+          if (o.codec) bad("--codec takes one codec (--sweep-codec compares several)");
+          o.codec = t;
+        } else if (std::find(o.sweep_codec.begin(), o.sweep_codec.end(), t) == o.sweep_codec.end()) {
+          o.sweep_codec.push_back(t);
+        }
+      }
+      if (sweep && o.sweep_codec.empty()) bad("--sweep-codec needs at least one codec");
     } else if (a == "--sweep-shards") {
       for (double v : parse_list(a, value())) {
         if (v < 1 || v > 64 || v != std::floor(v)) bad("--sweep-shards values must be integers in [1, 64]");
@@ -383,6 +410,12 @@ inline Options parse(int argc, char** argv) {
   if ((!o.virtual_time || o.validate) && o.shards && *o.shards > 1)
     bad("--shards runs in virtual time (real-time runs and --validate use one server)");
   if (o.validate && o.workers) bad("--validate runs 2 workers: drop --workers");
+  if (!o.sweep_codec.empty() && o.codec) bad("--sweep-codec sets the codec: drop --codec");
+  if ((o.codec && *o.codec != "none") || !o.sweep_codec.empty()) {
+    if (!o.virtual_time || o.validate) bad("--codec and --sweep-codec run in virtual time");
+    if ((o.shards && *o.shards > 1) || !o.sweep_shards.empty())
+      bad("--codec and --sweep-codec need one server shard (an encoded push is not split over shards)");
+  }
   // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.
   if (o.quick && o.virtual_time && !o.target) o.target = 0.80;
   return o;
@@ -397,6 +430,7 @@ inline Scenario with_overrides(Scenario s, const Options& o) {
   if (o.straggler) s.slow_worker = *o.straggler;
   if (o.workers) s.workers = *o.workers;
   if (o.shards) s.shards = *o.shards;
+  if (o.codec) s.codec = *o.codec;
   s.summary += describe_overrides(base, s);
   return s;
 }

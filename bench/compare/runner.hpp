@@ -272,7 +272,14 @@ class Harness {
   std::vector<PolicyId> policies(const Scenario& s) const {
     const unsigned S = opt_.osp.value_or(s.osp);
     const unsigned ssp = opt_.ssp.value_or(s.ssp);
-    const auto numbered = [](const char* kind, unsigned v) { return PolicyId{kind + (":" + std::to_string(v))}; };
+    // Built by appending: GCC 12 -O3 reported a false -Wrestrict on `kind + (":" + ...)` here
+    // once compare_policies.cpp included codec_sweep.hpp.
+    const auto numbered = [](const char* kind, unsigned v) {
+      std::string label = kind;
+      label += ':';
+      label += std::to_string(v);
+      return PolicyId{std::move(label)};
+    };
     std::vector<PolicyId> policies = {{"sequential"},      {"bsp"},           {"asp"},
                                       numbered("ssp", ssp), numbered("osp", S), numbered("losp", S)};
     const auto listed = [&](const PolicyId& p) {
@@ -408,6 +415,7 @@ class Harness {
     psync::sim::SimOptions o;
     o.workers = workers(s);
     o.shards = s.shards;
+    o.codec = psync::compress::parse_codec(s.codec);
     o.learning_rate = lr(s, p);
     o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
     o.compute.step_s = costs_.step_s;

@@ -19,6 +19,7 @@ struct Scenario {
   std::string summary;
   std::uint32_t workers = 4;
   std::uint32_t shards = 1;     // server shards (virtual time), each with its own NIC
+  std::string codec = "none";   // how workers encode pushes (virtual time; psync::compress::parse_codec)
   Eigen::Index batch = 64;
   // The base learning rate: sequential SGD's and, under --lr-rule scaled (the
   // default), BSP's and OSP's, with ASP/SSP/DSSP at lr / workers. 0.15 was chosen
@@ -118,6 +119,7 @@ inline std::string describe_overrides(const Scenario& base, const Scenario& s) {
   };
   if (s.workers != base.workers) add(std::to_string(s.workers) + " workers");
   if (s.shards != base.shards) add(std::to_string(s.shards) + " server shards, each with its own NIC");
+  if (s.codec != base.codec) add("pushes encoded " + s.codec);
   if (s.gbps != base.gbps) add(num(s.gbps) + " Gbit/s links and NIC");
   if (s.latency_ms != base.latency_ms) add(num(s.latency_ms) + " ms latency");
   if (s.slow_worker != base.slow_worker) add(s.slow_worker == 1.0 ? "no straggler" : "worker 0 " + num(s.slow_worker) + "x slower");

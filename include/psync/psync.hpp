@@ -9,6 +9,7 @@
 /// @brief "major.minor.patch" of this psync.
 #define PSYNC_VERSION_STRING "0.1.0"
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/checkpoint.hpp"
 #include "psync/core/clock_table.hpp"

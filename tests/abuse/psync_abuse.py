@@ -23,7 +23,7 @@ The last line is "N passed, M failed"; the exit code is 1 if any case failed
 See tests/abuse/README.md for what each case checks.
 
 The wire format is docs/wire-protocol.md (include/psync/transport/wire.hpp):
-a 20-byte header "PSYN", version 3, type, reserved 0, sender u32, payload length
+a 20-byte header "PSYN", version 4, type, reserved 0, sender u32, payload length
 u64, then per-type fixed fields and a body; all little-endian.
 """
 
@@ -47,11 +47,11 @@ import threading
 import time
 
 # ---------------------------------------------------------------------------
-# Wire protocol, version 3
+# Wire protocol, version 4
 # ---------------------------------------------------------------------------
 
 MAGIC = b"PSYN"
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 HEADER = struct.Struct("<4sBBHIQ")  # magic, version, type, reserved, sender, payload length
 assert HEADER.size == 20
 T_JOIN, T_LEAVE, T_PUSH, T_PULL, T_MODEL, T_ERROR, T_CHALLENGE = range(7)
@@ -60,12 +60,12 @@ N_TYPES = len(TYPE_NAMES)
 SERVER_PEER = 0xFFFFFFFF
 JOIN_FIXED = struct.Struct("<IQIB32s")  # worker, dimension, policy length, MAC kind, MAC (49)
 LEAVE_FIXED = struct.Struct("<B")      # reason (1)
-PUSH_FIXED = struct.Struct("<QQIQ")    # clock, base_version, steps, count (28)
+PUSH_FIXED = struct.Struct("<QQIBQ")   # clock, base_version, steps, encoding (0 dense), count (29)
 PULL_FIXED = struct.Struct("<QQ")      # clock, buffer size (16)
 MODEL_FIXED = struct.Struct("<QQQIQ")  # version, min_clock, held_ns, worker, count (36)
 ERROR_FIXED = struct.Struct("<BI")     # code, text length (5)
 CHALLENGE_FIXED = struct.Struct("<B32s")  # flags (bit 0: auth required), nonce (33); the server's first frame
-FIXED = {T_JOIN: 49, T_LEAVE: 1, T_PUSH: 28, T_PULL: 16, T_MODEL: 36, T_ERROR: 5, T_CHALLENGE: 33}
+FIXED = {T_JOIN: 49, T_LEAVE: 1, T_PUSH: 29, T_PULL: 16, T_MODEL: 36, T_ERROR: 5, T_CHALLENGE: 33}
 assert [JOIN_FIXED.size, LEAVE_FIXED.size, PUSH_FIXED.size, PULL_FIXED.size, MODEL_FIXED.size,
         ERROR_FIXED.size, CHALLENGE_FIXED.size] == [FIXED[t] for t in range(N_TYPES)]
 ERROR_NAMES = {1: "bad_frame", 2: "wrong_dimension", 3: "duplicate_worker", 4: "policy_mismatch",
@@ -90,7 +90,7 @@ def join_frame(worker, dimension, policy):
 
 def push_frame(worker, clock, base_version, steps, floats_bytes):
     count = len(floats_bytes) // 4
-    return frame(T_PUSH, worker, PUSH_FIXED.pack(clock, base_version, steps, count) + floats_bytes)
+    return frame(T_PUSH, worker, PUSH_FIXED.pack(clock, base_version, steps, 0, count) + floats_bytes)
 
 
 def pull_frame(worker, clock, buffer_floats):
@@ -1071,7 +1071,7 @@ def attack_prejoin_partial(run, rep, stop, ready):
         c = Conn(run.host, run.port, "prejoin-%d" % i)
         rep.conns.append(c)
         sender = a.attacker_id + 100 + i
-        head = HEADER.pack(MAGIC, PROTOCOL_VERSION, T_PUSH, 0, sender, payload) + PUSH_FIXED.pack(0, 0, 1, count)
+        head = HEADER.pack(MAGIC, PROTOCOL_VERSION, T_PUSH, 0, sender, payload) + PUSH_FIXED.pack(0, 0, 1, 0, count)
         if not c.send_all(head, None, time.monotonic() + 5):
             continue
         left = payload - PUSH_FIXED.size - 1

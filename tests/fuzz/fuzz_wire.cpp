@@ -87,6 +87,7 @@ bool same_message(const Message& a, const Message& b) {
           return x.reason == y.reason;
         } else if constexpr (std::is_same_v<T, msg::Push>) {
           return x.clock == y.clock && x.base_version == y.base_version && x.steps == y.steps &&
+                 x.encoding == y.encoding && x.dimension() == y.dimension() && x.payload == y.payload &&
                  same_floats(x.update, y.update);
         } else if constexpr (std::is_same_v<T, msg::Pull>) {
           return x.clock == y.clock && x.buffer.size() == y.buffer.size();
@@ -241,6 +242,26 @@ std::optional<std::size_t> staged_frame(std::span<const std::byte> in, const Wir
   }
   if (!complete) return std::nullopt;  // EOF mid-frame
   if (!body.empty()) std::memcpy(body.data(), in.data() + wire::header_size + fixed, body.size());
+  // check_body: an encoded push's indices, values and scales, once the body is in.
+  try {
+    wire::check_body(m);
+  } catch (const wire::FrameError& e) {
+    check_refusal(e, limits);
+    const auto push = std::get_if<msg::Push>(&m);
+    FUZZ_CHECK(push && push->encoding != psync::Encoding::dense, e.what());
+    const auto exact = one_shot(in.first(frame_size), limits);
+    FUZZ_CHECK(std::holds_alternative<Refusal>(exact));
+    FUZZ_CHECK(std::get<Refusal>(exact).what == e.what(), std::get<Refusal>(exact).what + " vs " + e.what());
+    return std::nullopt;
+  }
+  if (const auto* push = std::get_if<msg::Push>(&m); push && push->encoding != psync::Encoding::dense) {
+    // Accepted: it decodes into exactly its dimension's floats, all finite (the decoder bounds
+    // the dimension by what a dense push under the limit could carry).
+    FUZZ_CHECK(push->dimension() <= limits.max_payload_bytes / 4, std::to_string(push->dimension()) + " floats");
+    Eigen::VectorXf out(static_cast<Eigen::Index>(push->dimension()));
+    FUZZ_CHECK(!psync::compress::decode(push->encoding, push->payload, out));
+    FUZZ_CHECK(out.allFinite());
+  }
 
   // The one-shot decoder agrees on the exact frame, and on the whole rest when it is
   // exactly this frame.
@@ -282,7 +303,25 @@ void fix_lengths(std::uint8_t* data, std::size_t size) {
     switch (type) {
       case wire::MessageType::join: cut(12, std::uint32_t{}, 1); break;
       case wire::MessageType::error: cut(1, std::uint32_t{}, 1); break;
-      case wire::MessageType::push: cut(20, std::uint64_t{}, 4); break;
+      case wire::MessageType::push: {
+        // Make the count and payload agree for the encoding byte at offset 20 (version 4).
+        std::uint64_t n;
+        std::memcpy(&n, p + 21, sizeof n);
+        const std::uint64_t room = avail - fixed;
+        switch (p[20]) {
+          case 1: cut(21, std::uint64_t{}, 2); break;  // fp16
+          case 2: payload = fixed + 8 * std::min(n, room / 8); break;  // top-k: k pairs, k <= count
+          case 3: {  // qsgd8: 4 per 512-float bucket + 1 per float
+            n = std::min<std::uint64_t>(n, room);
+            while (n > 0 && n + 4 * ((n + 511) / 512) > room) --n;
+            std::memcpy(p + 21, &n, sizeof n);
+            payload = fixed + n + 4 * ((n + 511) / 512);
+            break;
+          }
+          default: cut(21, std::uint64_t{}, 4); break;
+        }
+        break;
+      }
       case wire::MessageType::model: cut(28, std::uint64_t{}, 4); break;
       case wire::MessageType::leave:
       case wire::MessageType::pull:

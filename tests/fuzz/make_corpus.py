@@ -17,10 +17,12 @@ import struct
 import sys
 
 MAGIC = b"PSYN"
-VERSION = 3
+VERSION = 4
 JOIN, LEAVE, PUSH, PULL, MODEL, ERROR, CHALLENGE = range(7)
 SERVER = 0xFFFFFFFF
 ANY_WORKER = 0xFFFFFFFE  # a join asking the server to assign its id (version 3)
+DENSE, FP16, TOPK, QSGD8 = range(4)  # a push's encoding byte (version 4)
+QSGD_BUCKET = 512
 
 
 def limits(dimension=0, max_payload=64 + 8 * 255):
@@ -62,8 +64,29 @@ def leave(reason, sender=0):
 
 
 def push(n, clock=0, base=0, steps=1, sender=0, count=None):
-    body = struct.pack("<QQIQ", clock, base, steps, n if count is None else count) + floats(n)
+    """Fixed fields: clock u64, base_version u64, steps u32, encoding u8 (0 dense), count u64; n floats."""
+    body = struct.pack("<QQIBQ", clock, base, steps, DENSE, n if count is None else count) + floats(n)
     return frame(PUSH, sender, body)
+
+
+def encoded_push(encoding, count, payload, clock=0, base=0, steps=1, sender=0):
+    """A push whose update is encoded: count is the float count it stands for, payload the codec's bytes."""
+    return frame(PUSH, sender, struct.pack("<QQIBQ", clock, base, steps, encoding, count) + payload)
+
+
+def fp16(values):
+    return struct.pack("<%de" % len(values), *values)
+
+
+def topk(pairs):
+    """k u32 indices (strictly increasing), then their k f32 values."""
+    idx = [i for i, _ in pairs]
+    return struct.pack("<%dI" % len(idx), *idx) + struct.pack("<%df" % len(pairs), *[v for _, v in pairs])
+
+
+def qsgd8(scales, levels):
+    """ceil(n / 512) f32 scales, then n int8 levels in [-127, 127]."""
+    return struct.pack("<%df" % len(scales), *scales) + struct.pack("<%db" % len(levels), *levels)
 
 
 def pull(buffer, clock=0, sender=0):
@@ -97,6 +120,11 @@ def corpus():
     c["push-8-dim8"] = d8 + push(8, clock=5, base=4, steps=3)
     c["push-0"] = free + push(0)
     c["push-128-dim128"] = limits(128) + push(128, clock=2**40, base=2**63, steps=2**32 - 1)
+    c["push-fp16-8-dim8"] = d8 + encoded_push(FP16, 8, fp16([0.5, -1.0, 65504.0, 0.0, 1e-7, -2.5, 3.0, 0.125]))
+    c["push-topk-3-of-8-dim8"] = d8 + encoded_push(TOPK, 8, topk([(0, 1.5), (3, -2.0), (7, 0.25)]), clock=2)
+    c["push-topk-0-of-8"] = free + encoded_push(TOPK, 8, b"")
+    c["push-qsgd8-8-dim8"] = d8 + encoded_push(QSGD8, 8, qsgd8([2.0], [127, -127, 0, 5, -5, 64, 1, -1]))
+    c["push-qsgd8-600"] = free + encoded_push(QSGD8, 600, qsgd8([1.0, 0.0], [(i % 255) - 127 for i in range(600)]))
     c["pull-no-buffer"] = free + pull(0, clock=7)
     c["pull-8-dim8"] = d8 + pull(8, clock=1)
     c["pull-at-limit"] = limits(0, 64) + pull((64 - 32) // 4)
@@ -110,19 +138,21 @@ def corpus():
     c["stream-worker"] = d8 + join(1, 8, "osp:20") + push(8, sender=1) + pull(8, clock=1, sender=1) + leave(0, 1)
     c["stream-assigned"] = d8 + challenge(0) + model(8, worker=3) + model(8, version=1, min_clock=1, worker=3)
     c["stream-server"] = d8 + model(8) + model(8, version=1, min_clock=1) + error(5, "bad clock")
-    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 28, version=4)
+    c["stream-then-corrupt"] = free + push(4) + pull(0) + header(PUSH, 0, 29, version=5)
+    c["stream-encoded-worker"] = d8 + join(1, 8, "bsp") + encoded_push(TOPK, 8, topk([(2, 1.0)]), sender=1) + \
+        encoded_push(FP16, 8, fp16([1.0] * 8), clock=1, sender=1) + leave(0, 1)
     # The challenge: valid ones (decode_challenge accepts them; a message decoder refuses them).
     c["challenge-open"] = free + challenge(0)
     c["challenge-auth"] = free + challenge(1, nonce=bytes(range(100, 132)))
     c["challenge-then-join"] = d8 + challenge(1) + join(0, 8, "bsp", mac_kind=1)
     # Header faults.
     c["bad-magic"] = free + frame(LEAVE, 0, b"\0", magic=b"GET ")
-    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=2)
-    c["bad-version-4"] = free + frame(LEAVE, 0, b"\0", version=4)
+    c["bad-version"] = free + frame(LEAVE, 0, b"\0", version=3)
+    c["bad-version-5"] = free + frame(LEAVE, 0, b"\0", version=5)
     c["bad-type"] = free + header(7, 0, 0)
     c["bad-reserved"] = free + frame(LEAVE, 0, b"\0", reserved=0x0100)
     c["payload-over-limit"] = limits(0, 64) + header(PUSH, 0, 65)
-    c["payload-under-fixed"] = free + frame(PUSH, 0, b"\0" * 27)
+    c["payload-under-fixed"] = free + frame(PUSH, 0, b"\0" * 28)
     c["truncated-header"] = free + join(0, 8, "bsp")[:11]
     # Payload faults.
     c["truncated-fixed"] = free + push(4)[:30]
@@ -130,7 +160,23 @@ def corpus():
     c["trailing-bytes"] = free + leave(0) + b"\x01\x02\x03"
     c["push-count-mismatch"] = free + push(4, count=5)
     c["push-count-overflow"] = free + push(0, count=2**62)
-    c["push-odd-length"] = free + frame(PUSH, 0, struct.pack("<QQIQ", 0, 0, 1, 0) + b"\0\0\0")
+    c["push-odd-length"] = free + frame(PUSH, 0, struct.pack("<QQIBQ", 0, 0, 1, DENSE, 0) + b"\0\0\0")
+    # Encoded push faults (version 4).
+    c["push-encoding-4"] = free + encoded_push(4, 2, b"\0" * 8)
+    c["push-fp16-length-mismatch"] = free + encoded_push(FP16, 3, fp16([1.0, 2.0]))
+    c["push-fp16-inf"] = free + encoded_push(FP16, 2, fp16([1.0, float("inf")]))
+    c["push-fp16-nan"] = free + encoded_push(FP16, 1, b"\x00\x7e")
+    c["push-topk-index-out-of-range"] = free + encoded_push(TOPK, 8, topk([(1, 1.0), (8, 1.0)]))
+    c["push-topk-not-increasing"] = free + encoded_push(TOPK, 8, topk([(3, 1.0), (3, 2.0)]))
+    c["push-topk-decreasing"] = free + encoded_push(TOPK, 8, topk([(5, 1.0), (2, 2.0)]))
+    c["push-topk-more-than-count"] = free + encoded_push(TOPK, 1, topk([(0, 1.0), (1, 2.0)]))
+    c["push-topk-half-pair"] = free + encoded_push(TOPK, 8, topk([(0, 1.0)])[:6])
+    c["push-topk-nan-value"] = free + encoded_push(TOPK, 8, topk([(0, float("nan"))]))
+    c["push-topk-wrong-dimension"] = d8 + encoded_push(TOPK, 9, topk([(0, 1.0)]))
+    c["push-qsgd8-nan-scale"] = free + encoded_push(QSGD8, 2, qsgd8([float("nan")], [1, 1]))
+    c["push-qsgd8-negative-scale"] = free + encoded_push(QSGD8, 2, qsgd8([-1.0], [1, 1]))
+    c["push-qsgd8-level-128"] = free + encoded_push(QSGD8, 2, qsgd8([1.0], [-128, 1]))
+    c["push-qsgd8-missing-scale"] = free + encoded_push(QSGD8, 513, qsgd8([1.0], [0] * 513))
     c["model-wrong-dimension"] = d8 + model(7)
     c["join-wrong-dimension"] = d8 + join(0, 9, "bsp")
     c["join-policy-257"] = free + join(0, 8, "p" * 257)

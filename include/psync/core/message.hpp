@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 namespace psync {
 
@@ -32,6 +33,30 @@ inline constexpr PeerId server_peer = std::numeric_limits<PeerId>::max();
 /// `msg::Model::worker` says which. Only the TCP transport assigns ids
 /// (docs/wire-protocol.md); a core that is handed such a join refuses it.
 inline constexpr PeerId any_worker = server_peer - 1;
+
+/// @brief How a push's update travels (docs/compression.md, docs/wire-protocol.md):
+/// dense float32 (`msg::Push::update`) or one of the codecs of `psync/compress/codec.hpp`
+/// (`msg::Push::payload`). The value is the wire's encoding byte.
+enum class Encoding : std::uint8_t {
+  dense = 0,  ///< n float32 in `update`
+  fp16 = 1,   ///< n IEEE binary16
+  topk = 2,   ///< k strictly increasing u32 indices, then their k float32 values
+  qsgd8 = 3,  ///< ceil(n / 512) float32 bucket scales, then n int8 levels in [-127, 127]
+};
+
+/// @brief The highest `Encoding` value; wire bytes above it are refused.
+inline constexpr std::uint8_t max_encoding = static_cast<std::uint8_t>(Encoding::qsgd8);
+
+/// @brief Lower-case name of an encoding ("dense", "fp16", "topk", "qsgd8").
+inline constexpr const char* encoding_name(Encoding e) noexcept {
+  switch (e) {
+    case Encoding::dense: return "dense";
+    case Encoding::fp16: return "fp16";
+    case Encoding::topk: return "topk";
+    case Encoding::qsgd8: return "qsgd8";
+  }
+  return "unknown";
+}
 
 namespace msg {
 
@@ -70,11 +95,25 @@ struct Leave {
 /// @brief Worker -> server: an update (u = -lr * sum of gradients over `steps`
 /// local steps) stamped with the worker's clock. Every push is also a pull: the
 /// server answers with a `Model` once the policy allows the read at clock + 1.
+///
+/// The update is either dense (`encoding == dense`: the floats are `update`, the
+/// default, as before compression existed) or encoded by a codec (`payload` holds
+/// the codec's bytes for a vector of `encoded_dimension` floats, and `update` is
+/// empty). The server decodes an encoded push into a dense vector before the policy
+/// combines it, so no combination rule depends on the encoding.
 struct Push {
   std::uint64_t clock = 0;         ///< this worker's push count before this push
   std::uint64_t base_version = 0;  ///< version of the model the first step was computed on
   std::uint32_t steps = 0;         ///< local steps summed into `update`
-  Eigen::VectorXf update;
+  Eigen::VectorXf update;          ///< the dense update (empty when encoded)
+  Encoding encoding = Encoding::dense;  ///< how the update travels
+  std::uint64_t encoded_dimension = 0;  ///< floats the encoded update stands for (not read when dense)
+  std::vector<std::byte> payload{};     ///< the codec's bytes (empty when dense)
+
+  /// @brief Floats of the update this push carries, encoded or not.
+  std::uint64_t dimension() const noexcept {
+    return encoding == Encoding::dense ? static_cast<std::uint64_t>(update.size()) : encoded_dimension;
+  }
 };
 
 /// @brief Worker -> server: send me the model for a read at `clock` (no update).
@@ -106,6 +145,9 @@ struct Model {
   /// @brief Not on the wire: a buffer handed back to the receiver for reuse (the vector
   /// of the push this answers), contents unspecified; empty when there is none.
   Eigen::VectorXf spare{};
+  /// @brief Not on the wire: the byte buffer of an encoded push this answers, handed
+  /// back for the worker's next encoded push (contents unspecified); empty when there is none.
+  std::vector<std::byte> spare_payload{};
 
   /// @brief The parameters this model carries: `shared`'s values if set, else `parameters`.
   const Eigen::VectorXf& values() const noexcept { return shared ? shared.values() : parameters; }

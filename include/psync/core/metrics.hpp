@@ -43,6 +43,8 @@ struct WorkerReport {
   std::uint64_t steps = 0;     ///< local SGD steps computed
   std::uint64_t samples = 0;   ///< training samples consumed
   std::uint64_t pushes = 0;    ///< updates sent
+  /// @brief Bytes of update the pushes carried (4 per float dense, the codec's payload encoded; no headers).
+  std::uint64_t pushed_bytes = 0;
   std::uint64_t installs = 0;  ///< global models installed
   double wall_s = 0;           ///< from first step to leaving
   double compute_s = 0;        ///< computing gradients (including straggler stretch)

@@ -3,6 +3,7 @@
 /// @brief The parameter server's protocol as a sans-I/O state machine: messages
 /// and the time go in, messages to send come out. No threads, no transport, no clock.
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/checkpoint.hpp"
 #include "psync/core/clock_table.hpp"
@@ -66,6 +67,10 @@ struct ServerCoreOptions {
 /// (`read_ready`) and how pushes combine (`P::Combiner`); the core enforces the
 /// protocol: one outstanding read per worker, pushes stamped with the worker's own
 /// clock, finite updates of the model's dimension, and reads at the reader's clock.
+/// An encoded push (`msg::Push::encoding`, docs/compression.md) is validated and
+/// decoded into a dense vector (one buffer, allocated once) before anything else
+/// sees it, so every policy combines the same dense update whatever the codec; a
+/// malformed one is refused (`bad_frame`, naming the fault) like a non-finite push.
 /// A refused peer gets a `msg::Error` naming what was wrong and is removed; what
 /// was accepted before stays applied.
 ///
@@ -366,6 +371,7 @@ class ServerCore {
     Clock::time_point since;
     Eigen::VectorXf buffer;
     bool join = false;  // the read is a Join: its reply carries the worker's start clock
+    std::vector<std::byte> payload{};  // an encoded push's bytes, handed back for reuse
   };
 
   void note(std::string line) {
@@ -519,12 +525,12 @@ class ServerCore {
   }
 
   /// Checks what every read (push or pull) from `from` must satisfy; refuses and returns false otherwise.
-  bool admit_read(PeerId from, const char* what, std::uint64_t clock, Eigen::Index size, Clock::time_point now) {
+  bool admit_read(PeerId from, const char* what, std::uint64_t clock, std::uint64_t size, Clock::time_point now) {
     if (!clocks_.live(from)) {
       refuse(from, msg::ErrorCode::not_joined, std::string(what) + " from " + who(from) + " before join");
       return false;
     }
-    if (size != dimension()) {
+    if (size != static_cast<std::uint64_t>(dimension())) {
       expel(from, msg::ErrorCode::wrong_dimension,
             std::string(what) + " from " + who(from) + " has " + std::to_string(size) + " floats, model has " +
                 std::to_string(dimension()),
@@ -550,7 +556,7 @@ class ServerCore {
   }
 
   void on_push(PeerId from, msg::Push&& p, Clock::time_point now) {
-    if (!admit_read(from, "push", p.clock, p.update.size(), now)) return;
+    if (!admit_read(from, "push", p.clock, p.dimension(), now)) return;
     if (p.steps == 0 || p.base_version > version_) {
       expel(from, msg::ErrorCode::bad_clock,
             "push from " + who(from) + " claims " + std::to_string(p.steps) + " steps on model version " +
@@ -558,7 +564,17 @@ class ServerCore {
             now);
       return;
     }
-    if (!all_finite(p.update)) {
+    if (p.encoding != Encoding::dense) {
+      // Decoded into the server's own buffer: the policy combines a dense update as ever.
+      if (decoded_.size() != dimension()) decoded_.resize(dimension());
+      if (auto fault = compress::decode(p.encoding, p.payload, decoded_)) {
+        expel(from, msg::ErrorCode::bad_frame,
+              "push from " + who(from) + " has a malformed " + encoding_name(p.encoding) + " update: " + *fault, now);
+        return;
+      }
+    }
+    Eigen::VectorXf& update = p.encoding == Encoding::dense ? p.update : decoded_;
+    if (!all_finite(update)) {
       // Checked before anything is applied: the model never sees a NaN or an infinity.
       expel(from, msg::ErrorCode::bad_frame, "push from " + who(from) + " holds a non-finite value (NaN or infinity)", now);
       return;
@@ -567,19 +583,19 @@ class ServerCore {
     ++peer.pushes;
     peer.version_staleness.add(version_ - p.base_version);
     if constexpr (has_optimizer) {
-      account(combiner_.add(model_.parameters(), p.update, p.steps, apply_optimizer()));
+      account(combiner_.add(model_.parameters(), update, p.steps, apply_optimizer()));
     } else {
-      account(combiner_.add(model_.parameters(), p.update, p.steps));
+      account(combiner_.add(model_.parameters(), update, p.steps));
     }
     const std::uint64_t clock = clocks_.tick(from);
     detail::observe_push(policy_, from, clock, now);
     ++changes_;
-    held_.push_back(HeldRead{from, clock, now, std::move(p.update), false});
+    held_.push_back(HeldRead{from, clock, now, std::move(p.update), false, std::move(p.payload)});
     progress(now);
   }
 
   void on_pull(PeerId from, msg::Pull&& p, Clock::time_point now) {
-    if (!admit_read(from, "pull", p.clock, dimension(), now)) return;
+    if (!admit_read(from, "pull", p.clock, static_cast<std::uint64_t>(dimension()), now)) return;
     if (!options_.share_replies && p.buffer.size() != dimension()) p.buffer.resize(dimension());
     held_.push_back(HeldRead{from, p.clock, now, std::move(p.buffer), false});
     progress(now);
@@ -619,6 +635,7 @@ class ServerCore {
       if (options_.share_replies) {
         reply.shared = current_snapshot();
         reply.spare = std::move(h.buffer);  // the push's vector goes back for reuse, unread
+        reply.spare_payload = std::move(h.payload);
       } else {
         reply.parameters = std::move(h.buffer);
         reply.parameters = model_.parameters();
@@ -681,6 +698,7 @@ class ServerCore {
   ServerReport report_;
   ModelSnapshotPool snapshots_;
   ModelSnapshot current_;      // the model's values at the last reply, shared by the replies
+  Eigen::VectorXf decoded_;    // an encoded push, decoded (allocated at the first one)
   bool model_changed_ = true;  // the model moved since current_ was made
 };
 

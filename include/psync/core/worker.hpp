@@ -3,6 +3,7 @@
 /// @brief A training worker: computes gradients on its shard and talks to the
 /// server as its synchronization policy says.
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/log.hpp"
@@ -65,6 +66,11 @@ struct WorkerOptions {
   /// one left), with the step, loss, rate and clocks; empty: nothing is called. Keep it
   /// short: it runs on the compute path. What it throws ends `run`.
   std::function<void(const StepInfo&)> on_step;
+  /// @brief How pushes are encoded (docs/compression.md): `compress::parse_codec("topk:0.01")`,
+  /// "fp16", "qsgd8"; the default "none" pushes dense float32 as always.
+  compress::Codec codec{};
+  /// @brief Seeds the codec's random draws (qsgd8), mixed with the worker's id.
+  std::uint64_t codec_seed = 1;
   /// @brief Stop after this many local steps.
   std::uint64_t max_steps = 1000;
   /// @brief Also stop once this much time has passed since the first step (0: no budget).
@@ -124,6 +130,9 @@ class Worker {
       throw ConfigError(who() + ": straggler factors must be >= 1");
     }
     rng_.seed(options_.straggler.seed ^ (0x9E3779B97F4A7C15ull * (core_.id() + 1)));
+    if (options_.codec.encoding != Encoding::dense) {
+      core_.use_codec(options_.codec, options_.codec_seed * 0xD1B54A32D192ED03ull + core_.id() + 1);
+    }
   }
 
   /// @brief The local model (after `run`, the last global model installed).

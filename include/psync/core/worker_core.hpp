@@ -4,6 +4,7 @@
 /// model and the update buffers; the driver computes gradients, moves messages
 /// and tells it the time.
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
@@ -68,6 +69,12 @@ namespace psync {
 /// pushes the sum of its gradients instead and the server's optimizer makes the update
 /// (its local model takes plain SGD steps at the rate meanwhile); the `Join` then names
 /// the policy with `optim::gradient_suffix`. The policy's combination rule is unchanged.
+///
+/// **Compression.** `use_codec` makes every push carry its update encoded
+/// (docs/compression.md): fp16, top-k or qsgd8, each with error feedback (what a push
+/// did not carry is added to the next one). The server decodes before it combines, so
+/// the policy's rule applies to the decoded update. Under LOSP the residual counts as
+/// unreflected: the installed model is global + unsent steps + residual.
 template <ParameterSet M, SyncPolicy P, optim::WorkerRule O = optim::Sgd>
 class WorkerCore {
   static constexpr bool pushes_gradients = std::is_same_v<O, optim::OnServer>;
@@ -146,6 +153,19 @@ class WorkerCore {
   float learning_rate_at(std::uint64_t step) const { return optim::rate_at(schedule_, learning_rate_, step, [this] { return who(); }); }
   /// @brief What the core measured (steps, pushes, installs, round trips, staleness).
   const WorkerReport& report() const noexcept { return report_; }
+  /// @brief The codec pushes are encoded with ("none" unless `use_codec` chose one).
+  const compress::Codec& codec() const noexcept { return encoder_.codec(); }
+  /// @brief What error feedback holds back for the next push (empty without a codec).
+  const Eigen::VectorXf& residual() const noexcept { return encoder_.residual(); }
+
+  /// @brief Encodes every push with `codec` from now on; `seed` seeds its random draws
+  /// (qsgd8), so a run is reproducible. Must be called before the first push (else
+  /// `ConfigError`). "none" keeps the dense push, bit for bit.
+  void use_codec(const compress::Codec& codec, std::uint64_t seed = 1) {
+    if (report_.pushes != 0) throw ConfigError(who() + ": the codec must be chosen before the first push");
+    encoder_ = compress::Encoder(codec, seed);
+    encoder_.reset(grad_.size());
+  }
 
   /// @brief The next message to send to the server, or nothing.
   std::optional<Transmit> poll_transmit() { return outbox_.poll(); }
@@ -264,14 +284,28 @@ class WorkerCore {
 
   // A buffer the server handed back, or a received vector once read: the next push's.
   void keep_spare(Eigen::VectorXf&& v) {
-    if (v.size() == grad_.size()) spare_.push_back(std::move(v));
+    // Bounded: an encoding worker takes no spare per push, so they would pile up.
+    if (v.size() == grad_.size() && spare_.size() < 4) spare_.push_back(std::move(v));
+  }
+
+  // An encoded push's byte buffer the server handed back: the next encoded push's.
+  void keep_spare_payload(std::vector<std::byte>&& b) {
+    if (b.capacity() != 0 && spare_payloads_.size() < 4) spare_payloads_.push_back(std::move(b));
   }
 
   // Done with a received model: its vectors become spares; a shared snapshot is let go.
   void release(msg::Model& m) {
     keep_spare(std::move(m.parameters));
     keep_spare(std::move(m.spare));
+    keep_spare_payload(std::move(m.spare_payload));
     m.shared.reset();
+  }
+
+  // The reply reflects every push so far: LOSP's unreflected sum is the unsent steps
+  // plus what error feedback still holds back.
+  void note_reply() {
+    install_.on_reply(accumulated_);
+    if (encoder_.encodes()) install_.on_local_update(encoder_.residual());
   }
 
   void on_model(msg::Model&& m, Clock::time_point now) {
@@ -280,6 +314,7 @@ class WorkerCore {
                           std::to_string(grad_.size()));
     }
     keep_spare(std::move(m.spare));
+    keep_spare_payload(std::move(m.spare_payload));
     last_min_clock_ = m.min_clock;
     if (!joined_) {
       if (id_ == any_worker) {
@@ -322,7 +357,7 @@ class WorkerCore {
     inbox_ = std::move(m);
     in_flight_ = 0;
     in_flight_active_ = false;
-    install_.on_reply(accumulated_);
+    note_reply();
     maybe_push(now);
     maybe_leave();
   }
@@ -345,7 +380,7 @@ class WorkerCore {
         inbox_version_ = m.version;
         inbox_ = std::move(m);
         inbox_steps_ = 0;
-        install_.on_reply(accumulated_);
+        note_reply();
         if (unsent_ > 0) accumulated_base_ = std::min(accumulated_base_, m.version);
       }
       maybe_push(now);
@@ -359,6 +394,7 @@ class WorkerCore {
     in_flight_active_ = false;
     unsent_ = 0;
     accumulated_.setZero();
+    encoder_.clear_residual();  // it belongs to the pushes the server lost
     if (inbox_) {
       release(*inbox_);
       inbox_.reset();
@@ -386,6 +422,24 @@ class WorkerCore {
 
   void maybe_push(Clock::time_point now) {
     if (in_flight_active_ || rejoining_ || unsent_ == 0) return;
+    if (encoder_.encodes()) {
+      // Encoded (with error feedback) into a byte buffer the server hands back; the
+      // accumulated sum stays ours and starts again from zero.
+      std::vector<std::byte> bytes;
+      if (!spare_payloads_.empty()) {
+        bytes = std::move(spare_payloads_.back());
+        spare_payloads_.pop_back();
+      }
+      encoder_.encode(accumulated_, bytes);
+      accumulated_.setZero();
+      report_.pushed_bytes += bytes.size();
+      msg::Push p{clock_, accumulated_base_, unsent_, Eigen::VectorXf(), encoder_.codec().encoding,
+                  static_cast<std::uint64_t>(grad_.size()), std::move(bytes)};
+      outbox_.push(server_peer, std::move(p));
+      sent_push();
+      sent_at_ = now;
+      return;
+    }
     Eigen::VectorXf payload = std::move(accumulated_);
     if (spare_.empty()) {
       // Only transports that do not hand buffers back (a socket) get here.
@@ -395,14 +449,19 @@ class WorkerCore {
       spare_.pop_back();
       accumulated_.setZero();
     }
+    report_.pushed_bytes += static_cast<std::uint64_t>(payload.size()) * sizeof(float);
     outbox_.push(server_peer, msg::Push{clock_, accumulated_base_, unsent_, std::move(payload)});
+    sent_push();
+    sent_at_ = now;
+  }
+
+  void sent_push() {
     ++clock_;
     ++report_.pushes;
     report_.steps_per_push.add(unsent_);
     in_flight_ = unsent_;
     unsent_ = 0;
     in_flight_active_ = true;
-    sent_at_ = now;
   }
 
   void maybe_leave() {
@@ -423,6 +482,8 @@ class WorkerCore {
   Eigen::VectorXf grad_;
   Eigen::VectorXf accumulated_;  // local updates not yet taken by a push
   std::vector<Eigen::VectorXf> spare_;
+  compress::Encoder encoder_;                      // dense unless use_codec chose a codec
+  std::vector<std::vector<std::byte>> spare_payloads_;  // encoded pushes' buffers, back from the server
   std::optional<msg::Model> inbox_;       // newest global model not yet installed
   Eigen::VectorXf held_global_;           // at a rejoin with nothing in flight: the newest global held
   std::uint64_t held_version_ = 0;        // and its version

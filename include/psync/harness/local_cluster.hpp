@@ -8,6 +8,7 @@
 /// overloads ask for a batch source (per worker for `run_local`) and an
 /// evaluation function; the `data::Dataset` overloads are built on them.
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/metrics.hpp"
@@ -152,6 +153,8 @@ struct LocalOptions {
   float learning_rate = 0.1f;
   /// @brief Samples per minibatch (dataset overload only; a batch source decides its own).
   Eigen::Index batch_size = 64;
+  /// @brief How every worker encodes its pushes (docs/compression.md; default dense).
+  compress::Codec codec{};
   /// @brief Local SGD steps per worker (the run may stop earlier on `time_budget`).
   std::uint64_t steps_per_worker = 1000;
   /// @brief Wall-clock budget per worker from its first step (0: none).
@@ -224,6 +227,8 @@ RunReport run_local(const M& model, BatchesFor&& batches_for, const LocalOptions
       wo.max_steps = options.steps_per_worker;
       wo.time_budget = options.time_budget;
       wo.reply_timeout = options.timeout;
+      wo.codec = options.codec;
+      wo.codec_seed = options.seed;
       if (w < options.stragglers.size()) wo.straggler = options.stragglers[w];
       wo.trace = options.trace;
       Worker<M, Emulated<InProcess>, P> worker(model, Emulated<InProcess>(hub.endpoint(w), network), wo, policy);

@@ -7,6 +7,7 @@
 /// bandwidth, latency, jitter), and the server's cost per message. The same seed
 /// and scenario give bit-identical trajectories on any machine, whatever its load.
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/metrics.hpp"
@@ -82,6 +83,9 @@ struct SimOptions {
   /// through the same `Sharded` adapter a real sharded worker uses; its K slices in
   /// flight share its own link equally (each is capped at the link's bandwidth / K).
   std::uint32_t shards = 1;
+  /// @brief How every worker encodes its pushes (docs/compression.md); the network
+  /// charges the encoded size. A codec needs `shards == 1` (`ConfigError` otherwise).
+  compress::Codec codec{};
   /// @brief Virtual seconds between two snapshots of the global model for the series.
   double snapshot_interval_s = 0.5;
   /// @brief Seeds the compute slowdowns (the network has `network.seed`).
@@ -225,6 +229,10 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   }
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
   if (options.shards == 0) throw ConfigError("simulate: shards must be at least 1");
+  if (options.codec.encoding != Encoding::dense && options.shards != 1) {
+    throw ConfigError("simulate: codec '" + options.codec.name() + "' needs one server shard, not " +
+                      std::to_string(options.shards) + " (an encoded push is not split over shards)");
+  }
   const std::uint32_t K = options.shards;
   const ShardLayout layout(model.parameters().size(), K);  // ConfigError if K > the model's size
 
@@ -291,6 +299,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   for (PeerId w = 0; w < options.workers; ++w) {
     auto& ws = workers[w];
     ws.core = std::make_unique<WorkerCore<M, P>>(model, w, options.learning_rate, policy);
+    if (options.codec.encoding != Encoding::dense) ws.core->use_codec(options.codec, options.seed * 0xC2B2AE3D27D4EB4Full + w + 1);
     ws.batches.emplace(batches_for(w));
     ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
     ws.spread_rng.seed(options.seed * 0xD1B54A32D192ED03ull + w + 1);
@@ -369,7 +378,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   };
   std::vector<ShardQueue> shard_queues(K);
   const auto server_cost = [&](const Message& m) {
-    if (const auto* p = std::get_if<msg::Push>(&m)) return to_ns(options.server_s_per_float * static_cast<double>(p->update.size()));
+    // Per float of the update, encoded or not: the server decodes to dense, then combines.
+    if (const auto* p = std::get_if<msg::Push>(&m)) return to_ns(options.server_s_per_float * static_cast<double>(p->dimension()));
     return Nanos{0};
   };
   const auto drain_server = [&](std::uint32_t k, Nanos now) {

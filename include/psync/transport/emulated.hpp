@@ -87,6 +87,8 @@ inline std::size_t emulated_size(const Message& m) noexcept {
       [](const auto& x) -> std::size_t {
         using M = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<M, msg::Push>) {
+          // An encoded push costs its codec's bytes (docs/compression.md).
+          if (x.encoding != Encoding::dense) return x.payload.size();
           return static_cast<std::size_t>(x.update.size()) * sizeof(float);
         } else if constexpr (std::is_same_v<M, msg::Model>) {
           return static_cast<std::size_t>(x.values().size()) * sizeof(float);

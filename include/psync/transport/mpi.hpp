@@ -647,6 +647,15 @@ class Mpi {
         ++it;
         continue;
       }
+      try {
+        wire::check_body(in.envelope.message);  // an encoded push's indices and values
+      } catch (const wire::FrameError& e) {
+        const int peer = in.peer;
+        refuse(peer, e.code(), e.what());
+        it = s.incoming.begin();
+        blocked.clear();
+        continue;
+      }
       s.ready.push_back(std::move(in.envelope));
       it = s.incoming.erase(it);
     }

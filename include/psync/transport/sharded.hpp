@@ -230,6 +230,21 @@ class Sharded {
   }
 
   void send_push(msg::Push&& p) {
+    if (p.encoding != Encoding::dense) {
+      // A codec's payload is not cut into slices (qsgd8's buckets and top-k's indices
+      // span the whole vector): one shard takes it whole; more are not supported yet.
+      if (shards_.size() != 1) {
+        throw ConfigError(who_self() + ": a " + std::string(encoding_name(p.encoding)) + "-encoded push cannot be split over " +
+                          std::to_string(shards_.size()) + " shards (compression supports one server shard)");
+      }
+      if (p.encoded_dimension != static_cast<std::uint64_t>(layout_.dimension())) {
+        throw ProtocolError(who_self() + ": a push of " + std::to_string(p.encoded_dimension) +
+                            " parameters, but the shards hold " + std::to_string(layout_.dimension()));
+      }
+      send_to(0, std::move(p));
+      requests_.push_back(false);
+      return;
+    }
     if (p.update.size() != layout_.dimension()) {
       throw ProtocolError(who_self() + ": a push of " + std::to_string(p.update.size()) +
                           " parameters, but the shards hold " + std::to_string(layout_.dimension()));
@@ -336,6 +351,7 @@ class Sharded {
       out.parameters.segment(layout_.offset(s), layout_.size(s)) = m.values();
       keep_slice(i, std::move(m.parameters));
       keep_slice(i, std::move(m.spare));
+      if (shards_.size() == 1) out.spare_payload = std::move(m.spare_payload);  // an encoded push's buffer, back
       got_[i].reset();
     }
     arrived_ = 0;

@@ -9,7 +9,7 @@
 /// | offset | size | field                                         |
 /// |-------:|-----:|-----------------------------------------------|
 /// | 0      | 4    | magic "PSYN"                                  |
-/// | 4      | 1    | protocol version (3)                          |
+/// | 4      | 1    | protocol version (4)                          |
 /// | 5      | 1    | frame type (< 6: index in `psync::Message`)   |
 /// | 6      | 2    | reserved, 0                                   |
 /// | 8      | 4    | sender peer id                                |
@@ -22,13 +22,15 @@
 ///
 /// Decoding is staged so a stream reader never buffers a whole frame:
 /// `decode_header` (fixed size) -> read `fixed_size(type)` bytes -> `decode_fixed`
-/// (validates counts, then sizes the vector or string) -> read `body_bytes(message)`.
+/// (validates counts, then sizes the vector or string) -> read `body_bytes(message)`
+/// -> `check_body` (an encoded push's indices, values and scales).
 /// `decode` runs the same stages over one complete frame in memory.
 ///
 /// One frame type is not a message: the `Challenge` (type 6) the server's TCP endpoint
 /// sends first on every connection, before anything else. `decode_header` accepts it;
 /// `decode_challenge` decodes it (staged or whole), `decode_fixed` and `decode` refuse it.
 
+#include "psync/compress/codec.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
 
@@ -69,7 +71,7 @@ static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559, "psyn
 /// @brief The 4 bytes every frame starts with.
 inline constexpr std::array<std::byte, 4> magic{std::byte{'P'}, std::byte{'S'}, std::byte{'Y'}, std::byte{'N'}};
 /// @brief The protocol version this codec speaks; any other is refused.
-inline constexpr std::uint8_t protocol_version = 3;
+inline constexpr std::uint8_t protocol_version = 4;
 /// @brief Size of the fixed frame header in bytes.
 inline constexpr std::size_t header_size = 20;
 /// @brief Longest `Join::policy` accepted, in bytes.
@@ -144,7 +146,7 @@ constexpr std::size_t fixed_size(MessageType t) noexcept {
   switch (t) {
     case MessageType::join: return 4 + 8 + 4 + 1 + mac_size;  // worker, dimension, policy length, MAC kind, MAC
     case MessageType::leave: return 1;              // reason
-    case MessageType::push: return 8 + 8 + 4 + 8;   // clock, base_version, steps, count
+    case MessageType::push: return 8 + 8 + 4 + 1 + 8;  // clock, base_version, steps, encoding, count
     case MessageType::pull: return 8 + 8;           // clock, buffer size
     case MessageType::model: return 8 + 8 + 8 + 4 + 8;  // version, min_clock, held_ns, worker, count
     case MessageType::error: return 1 + 4;          // code, text length
@@ -212,6 +214,36 @@ inline void check_float_count(const FrameHeader& h, std::uint64_t count) {
     bad(std::string(type_name(h.type)) + " payload length " + std::to_string(h.payload_length) +
         " does not match its element count " + std::to_string(count) + " (" + std::to_string(fixed) +
         " bytes of fields + 4 per float)");
+  }
+}
+
+// Checks that an encoded push's payload has the size its encoding gives `count` floats
+// (top-k: whole (index, value) pairs, at most `count` of them), without overflowing.
+inline void check_encoded_size(const FrameHeader& h, Encoding e, std::uint64_t count) {
+  const std::uint64_t room = h.payload_length - fixed_size(h.type);
+  const auto mismatch = [&](const std::string& expected) {
+    bad(std::string("push payload length ") + std::to_string(h.payload_length) + " does not match its " +
+        encoding_name(e) + " encoding of " + std::to_string(count) + " floats (" + expected + ")");
+  };
+  switch (e) {
+    case Encoding::dense: return;
+    case Encoding::fp16:
+      if (count > room / 2 || room != 2 * count) mismatch("2 bytes per float");
+      return;
+    case Encoding::qsgd8: {
+      const std::uint64_t buckets = count / compress::qsgd_bucket + (count % compress::qsgd_bucket != 0 ? 1 : 0);
+      if (count > room || room - count != 4 * buckets) mismatch("4 bytes per 512-float bucket + 1 per float");
+      return;
+    }
+    case Encoding::topk:
+      if (room % 8 != 0) mismatch("8 bytes per kept float");
+      if (room / 8 > count) {
+        bad("push top-k count " + std::to_string(room / 8) + " above its " + std::to_string(count) + " floats");
+      }
+      if (count > std::uint64_t{std::numeric_limits<std::uint32_t>::max()} + 1) {
+        bad("push top-k of " + std::to_string(count) + " floats: u32 indices cannot address them");
+      }
+      return;
   }
 }
 
@@ -327,10 +359,26 @@ Message decode_fixed(const FrameHeader& h, std::span<const std::byte> fixed, con
       m.clock = detail::get<std::uint64_t>(p);
       m.base_version = detail::get<std::uint64_t>(p + 8);
       m.steps = detail::get<std::uint32_t>(p + 16);
-      const auto count = detail::get<std::uint64_t>(p + 20);
-      detail::check_float_count(h, count);
+      const auto encoding = detail::get<std::uint8_t>(p + 20);
+      const auto count = detail::get<std::uint64_t>(p + 21);
+      if (encoding > max_encoding) detail::bad("unknown push encoding " + std::to_string(encoding));
+      m.encoding = static_cast<Encoding>(encoding);
+      if (m.encoding == Encoding::dense) {
+        detail::check_float_count(h, count);
+        detail::check_dimension(count, limits);
+        m.update = acquire(static_cast<Eigen::Index>(count));
+        return m;
+      }
+      detail::check_encoded_size(h, m.encoding, count);
+      // The receiver decodes into `count` floats: bound it, as a pull's buffer, by what a dense push may carry.
+      if (const std::uint64_t room = limits.max_payload_bytes - std::min<std::uint64_t>(limits.max_payload_bytes, fixed_size(h.type));
+          count > room / 4) {
+        detail::bad("push encodes " + std::to_string(count) + " floats, above what the payload limit " +
+                    std::to_string(limits.max_payload_bytes) + " allows dense");
+      }
       detail::check_dimension(count, limits);
-      m.update = acquire(static_cast<Eigen::Index>(count));
+      m.encoded_dimension = count;
+      m.payload.resize(static_cast<std::size_t>(h.payload_length - fixed_size(h.type)));
       return m;
     }
     case MessageType::pull: {
@@ -414,6 +462,7 @@ inline std::span<std::byte> body_bytes(Message& m) noexcept {
       [](auto& v) -> std::span<std::byte> {
         using T = std::decay_t<decltype(v)>;
         if constexpr (std::is_same_v<T, msg::Push>) {
+          if (v.encoding != Encoding::dense) return std::span<std::byte>(v.payload.data(), v.payload.size());
           return std::as_writable_bytes(std::span<float>(v.update.data(), static_cast<std::size_t>(v.update.size())));
         } else if constexpr (std::is_same_v<T, msg::Model>) {
           return std::as_writable_bytes(
@@ -427,6 +476,15 @@ inline std::span<std::byte> body_bytes(Message& m) noexcept {
         }
       },
       m);
+}
+
+/// @brief Validates what `decode_fixed` cannot see before the body arrives: an encoded
+/// push's indices, values and scales (`compress::check`). Call it once `body_bytes(m)`
+/// is filled; throws `FrameError` (`bad_frame`) naming the fault. Other messages pass.
+inline void check_body(const Message& m) {
+  if (const auto* p = std::get_if<msg::Push>(&m); p && p->encoding != Encoding::dense) {
+    if (auto fault = compress::check(p->encoding, p->encoded_dimension, p->payload)) detail::bad("push: " + *fault);
+  }
 }
 
 /// @brief One encoded frame: a small prefix (header and fixed fields, owned) and a
@@ -480,8 +538,13 @@ inline EncodedFrame encode(PeerId sender, const Message& m) {
           detail::put<std::uint64_t>(p, v.clock);
           detail::put<std::uint64_t>(p + 8, v.base_version);
           detail::put<std::uint32_t>(p + 16, v.steps);
-          detail::put<std::uint64_t>(p + 20, static_cast<std::uint64_t>(v.update.size()));
-          f.body = std::as_bytes(std::span<const float>(v.update.data(), static_cast<std::size_t>(v.update.size())));
+          detail::put<std::uint8_t>(p + 20, static_cast<std::uint8_t>(v.encoding));
+          detail::put<std::uint64_t>(p + 21, v.dimension());
+          if (v.encoding == Encoding::dense) {
+            f.body = std::as_bytes(std::span<const float>(v.update.data(), static_cast<std::size_t>(v.update.size())));
+          } else {
+            f.body = std::span<const std::byte>(v.payload.data(), v.payload.size());
+          }
         } else if constexpr (std::is_same_v<T, msg::Pull>) {
           detail::put<std::uint64_t>(p, v.clock);
           detail::put<std::uint64_t>(p + 8, static_cast<std::uint64_t>(v.buffer.size()));
@@ -544,6 +607,7 @@ Envelope decode(std::span<const std::byte> frame, const WireLimits& limits, Acqu
   Envelope e{h.sender, decode_fixed(h, frame.subspan(header_size, fixed), limits, std::forward<Acquire>(acquire))};
   const std::span<std::byte> body = body_bytes(e.message);
   if (!body.empty()) std::memcpy(body.data(), frame.data() + header_size + fixed, body.size());
+  check_body(e.message);
   return e;
 }
 

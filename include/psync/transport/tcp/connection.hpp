@@ -434,6 +434,7 @@ class TcpConnection final : public std::enable_shared_from_this<TcpConnection>, 
     }
     disarm_frame_timer();
     try {
+      wire::check_body(incoming_);  // an encoded push's indices and values, now that they arrived
       owner_.on_frame(*this, header_, std::move(incoming_));
     } catch (const wire::FrameError& e) {
       recycle(incoming_);

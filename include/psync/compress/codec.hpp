@@ -1,0 +1,354 @@
+#pragma once
+/// @file
+/// @brief Update compression on the push path (docs/compression.md): a codec chosen at
+/// run time by name ("none", "fp16", "topk:R", "qsgd8"), the worker's `Encoder` (with
+/// error feedback) and the validating `decode` the server and the wire codec share.
+///
+/// Payload formats (little-endian; n = the update's float count):
+/// - fp16:  n IEEE binary16 values (2n bytes);
+/// - topk:  k u32 indices, strictly increasing and < n, then their k float32 values (8k bytes);
+/// - qsgd8: ceil(n / `qsgd_bucket`) float32 scales (finite, >= 0), then n int8 levels in
+///   [-`qsgd_levels`, `qsgd_levels`]; value i = scale(bucket of i) * level_i / `qsgd_levels`
+///   (4 ceil(n / 512) + n bytes).
+
+#include "psync/core/error.hpp"
+#include "psync/core/message.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace psync::compress {
+
+static_assert(std::endian::native == std::endian::little, "the codecs write host memory as little-endian");
+
+/// @brief Floats that share one qsgd8 scale.
+inline constexpr std::uint64_t qsgd_bucket = 512;
+/// @brief qsgd8's quantization levels on each side of zero (int8 without -128).
+inline constexpr int qsgd_levels = 127;
+
+/// @brief A codec by name, a value chosen at run time: what the worker pushes.
+struct Codec {
+  Encoding encoding = Encoding::dense;  ///< dense is "none"
+  double ratio = 0;                     ///< topk: fraction of the floats kept, in (0, 1]
+
+  /// @brief The spelling `parse` reads back ("none", "fp16", "topk:0.01", "qsgd8").
+  std::string name() const {
+    switch (encoding) {
+      case Encoding::dense: return "none";
+      case Encoding::fp16: return "fp16";
+      case Encoding::qsgd8: return "qsgd8";
+      case Encoding::topk: {
+        char r[32];
+        std::snprintf(r, sizeof r, "%.9g", ratio);  // "0.01", "1e-07": reads back as the same ratio
+        return std::string("topk:") + r;
+      }
+    }
+    return "unknown";
+  }
+  /// @brief Whether the worker keeps what was not sent and adds it to the next push.
+  /// True for every lossy codec (fp16 too: its rounding error is kept and resent).
+  bool error_feedback() const noexcept { return encoding != Encoding::dense; }
+  /// @brief Floats top-k keeps of `n`: round(ratio * n), at least 1 and at most n.
+  std::uint64_t kept(std::uint64_t n) const noexcept {
+    if (n == 0) return 0;
+    const double k = std::round(ratio * static_cast<double>(n));
+    return std::clamp<std::uint64_t>(k < 1 ? 1 : static_cast<std::uint64_t>(k), 1, n);
+  }
+};
+
+/// @brief Reads a codec spelling: "none" (or "dense"), "fp16", "topk:R" with R in (0, 1],
+/// "qsgd8". Throws `ConfigError` naming what is wrong.
+inline Codec parse_codec(std::string_view text) {
+  const std::string t(text);
+  if (t == "none" || t == "dense") return {};
+  if (t == "fp16") return {Encoding::fp16, 0};
+  if (t == "qsgd8") return {Encoding::qsgd8, 0};
+  if (t.starts_with("topk:")) {
+    const std::string r = t.substr(5);
+    std::size_t used = 0;
+    double ratio = 0;
+    try {
+      ratio = std::stod(r, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != r.size() || !(ratio > 0 && ratio <= 1)) {
+      throw ConfigError("codec '" + t + "': top-k needs a fraction kept in (0, 1], e.g. topk:0.01");
+    }
+    return {Encoding::topk, ratio};
+  }
+  throw ConfigError("unknown codec '" + t + "' (expected none, fp16, topk:R with R in (0, 1], or qsgd8)");
+}
+
+/// @brief The float nearest `x` in IEEE binary16 (round to nearest even), as its bits.
+/// Finite values beyond the half range become +-65504 (the largest finite half), so a
+/// finite update never decodes to infinity; error feedback carries the rest. NaN stays NaN.
+inline std::uint16_t float_to_half(float x) noexcept {
+  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
+  const std::uint16_t sign = static_cast<std::uint16_t>((f >> 16) & 0x8000u);
+  const std::uint32_t abs = f & 0x7FFFFFFFu;
+  if (abs >= 0x7F800000u) {  // inf or NaN
+    return static_cast<std::uint16_t>(sign | (abs == 0x7F800000u ? 0x7BFFu : 0x7E00u));
+  }
+  if (abs >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7BFFu);  // rounds to >= 65520: clamp
+  if (abs < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
+    if (abs < 0x33000000u) return sign;  // < 2^-25: rounds to 0
+    const std::uint32_t exp = abs >> 23;
+    const std::uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;
+    const std::uint32_t shift = 126 - exp;  // 14 + (127 - 1 - exp) - 10 ... exp in [102, 112]
+    std::uint32_t h = mant >> shift;
+    const std::uint32_t rem = mant & ((1u << shift) - 1);
+    const std::uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return static_cast<std::uint16_t>(sign | h);
+  }
+  std::uint32_t h = ((abs - 0x38000000u) >> 13);  // rebias 127 -> 15
+  const std::uint32_t rem = abs & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<std::uint16_t>(sign | h);
+}
+
+/// @brief The float a binary16 stands for (exact).
+inline float half_to_float(std::uint16_t h) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1Fu;
+  const std::uint32_t mant = h & 0x3FFu;
+  if (exp == 0) {
+    const float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7F800000u | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+/// @brief Payload bytes of an update of `n` floats under `c` (dense: 4n).
+inline std::uint64_t payload_bytes(const Codec& c, std::uint64_t n) noexcept {
+  switch (c.encoding) {
+    case Encoding::dense: return 4 * n;
+    case Encoding::fp16: return 2 * n;
+    case Encoding::topk: return 8 * c.kept(n);
+    case Encoding::qsgd8: return 4 * ((n + qsgd_bucket - 1) / qsgd_bucket) + n;
+  }
+  return 0;
+}
+
+namespace detail {
+
+template <class T>
+T load(const std::byte* at) noexcept {
+  T v;
+  std::memcpy(&v, at, sizeof(T));
+  return v;
+}
+
+template <class T>
+void store(std::byte* at, T v) noexcept {
+  std::memcpy(at, &v, sizeof(T));
+}
+
+// Validates a payload and, when `out` is given, decodes it into `out` (n floats).
+// Returns what is wrong, or nothing. Reads nothing outside `p` and writes `out` only.
+inline std::optional<std::string> decode_impl(Encoding e, std::uint64_t n, std::span<const std::byte> p, float* out) {
+  const std::uint64_t size = p.size();
+  const std::byte* b = p.data();
+  switch (e) {
+    case Encoding::dense: {
+      if (size != 4 * n) {
+        return "dense payload of " + std::to_string(size) + " bytes for " + std::to_string(n) + " floats";
+      }
+      if (out && n) std::memcpy(out, b, size);
+      return std::nullopt;
+    }
+    case Encoding::fp16: {
+      if (n > size / 2 || size != 2 * n) {
+        return "fp16 payload of " + std::to_string(size) + " bytes for " + std::to_string(n) + " floats (expected " +
+               std::to_string(2 * n) + ")";
+      }
+      for (std::uint64_t i = 0; i < n; ++i) {
+        const auto h = load<std::uint16_t>(b + 2 * i);
+        if ((h & 0x7C00u) == 0x7C00u) return "fp16 value " + std::to_string(i) + " is not finite";
+        if (out) out[i] = half_to_float(h);
+      }
+      return std::nullopt;
+    }
+    case Encoding::topk: {
+      if (size % 8 != 0) return "top-k payload of " + std::to_string(size) + " bytes is not a whole number of (index, value) pairs";
+      const std::uint64_t k = size / 8;
+      if (k > n) return "top-k payload holds " + std::to_string(k) + " values for " + std::to_string(n) + " floats";
+      if (n > std::uint64_t{std::numeric_limits<std::uint32_t>::max()} + 1) {
+        return "top-k of " + std::to_string(n) + " floats: u32 indices cannot address them";
+      }
+      if (out) std::fill(out, out + n, 0.0f);
+      std::uint64_t next = 0;  // smallest index allowed next
+      for (std::uint64_t j = 0; j < k; ++j) {
+        const std::uint64_t i = load<std::uint32_t>(b + 4 * j);
+        if (i >= n) return "top-k index " + std::to_string(i) + " out of range (" + std::to_string(n) + " floats)";
+        if (i < next) {
+          return "top-k indices not strictly increasing (" + std::to_string(i) + " after " + std::to_string(next - 1) + ")";
+        }
+        next = i + 1;
+        const float v = load<float>(b + 4 * k + 4 * j);
+        if (!std::isfinite(v)) return "top-k value for index " + std::to_string(i) + " is not finite";
+        if (out) out[i] = v;
+      }
+      return std::nullopt;
+    }
+    case Encoding::qsgd8: {
+      const std::uint64_t buckets = (n + qsgd_bucket - 1) / qsgd_bucket;
+      if (n > size || size - n != 4 * buckets) {
+        return "qsgd8 payload of " + std::to_string(size) + " bytes for " + std::to_string(n) + " floats (expected " +
+               std::to_string(4 * buckets + n) + ")";
+      }
+      const std::byte* levels = b + 4 * buckets;
+      for (std::uint64_t q = 0; q < buckets; ++q) {
+        const float s = load<float>(b + 4 * q);
+        if (!std::isfinite(s) || s < 0) return "qsgd8 scale " + std::to_string(q) + " is " + (std::isfinite(s) ? "negative" : "not finite");
+        const std::uint64_t end = std::min(n, (q + 1) * qsgd_bucket);
+        const float unit = s / static_cast<float>(qsgd_levels);
+        for (std::uint64_t i = q * qsgd_bucket; i < end; ++i) {
+          const auto l = load<std::int8_t>(levels + i);
+          if (l < -qsgd_levels) return "qsgd8 level " + std::to_string(l) + " at " + std::to_string(i) + " below -127";
+          if (out) out[i] = unit * static_cast<float>(l);
+        }
+      }
+      return std::nullopt;
+    }
+  }
+  return "unknown encoding " + std::to_string(static_cast<unsigned>(e));
+}
+
+}  // namespace detail
+
+/// @brief What is wrong with `payload` as an encoding-`e` update of `n` floats, or nothing.
+inline std::optional<std::string> check(Encoding e, std::uint64_t n, std::span<const std::byte> payload) {
+  return detail::decode_impl(e, n, payload, nullptr);
+}
+
+/// @brief Decodes `payload` (an encoding-`e` update of `out.size()` floats) into `out`,
+/// every float written; returns what is wrong instead (then `out` is unspecified).
+inline std::optional<std::string> decode(Encoding e, std::span<const std::byte> payload, Eigen::Ref<Eigen::VectorXf> out) {
+  return detail::decode_impl(e, static_cast<std::uint64_t>(out.size()), payload, out.data());
+}
+
+/// @brief The worker's side of a codec: encodes each push's update with error
+/// feedback. The update pushed is v = update + residual; what v's encoding does not
+/// carry (v - decode(encode(v))) becomes the new residual, added to the next push. So
+/// over any run, sum of decoded pushes + residual == sum of updates (to float rounding):
+/// nothing computed is lost, only delayed. Buffers are sized by `reset` and reused:
+/// `encode` allocates only when `payload` has less capacity than the encoding needs.
+class Encoder {
+ public:
+  /// @brief The dense codec (nothing to do).
+  Encoder() = default;
+  /// @brief Codec `codec`, its random draws (qsgd8's stochastic rounding) seeded by `seed`.
+  explicit Encoder(Codec codec, std::uint64_t seed = 1) : codec_(codec), rng_(seed) {}
+
+  /// @brief The codec.
+  const Codec& codec() const noexcept { return codec_; }
+  /// @brief True unless the codec is dense.
+  bool encodes() const noexcept { return codec_.encoding != Encoding::dense; }
+  /// @brief Sizes the buffers for updates of `n` floats and clears the residual.
+  void reset(Eigen::Index n) {
+    if (!encodes()) return;
+    residual_ = Eigen::VectorXf::Zero(n);
+    if (codec_.encoding == Encoding::topk) order_.resize(static_cast<std::size_t>(n));
+  }
+  /// @brief What was computed and not sent yet (zero for dense, or before the first push).
+  const Eigen::VectorXf& residual() const noexcept { return residual_; }
+  /// @brief Forgets the residual (its updates were dropped, e.g. with a lost push).
+  void clear_residual() {
+    if (residual_.size() != 0) residual_.setZero();
+  }
+
+  /// @brief Encodes `update` + residual into `payload` (resized to the encoding's bytes),
+  /// keeps what it did not carry as the new residual. `update` must have `reset`'s size.
+  void encode(const Eigen::VectorXf& update, std::vector<std::byte>& payload) {
+    const auto n = static_cast<std::uint64_t>(update.size());
+    if (residual_.size() != update.size()) {
+      throw ConfigError("compress: encoder sized for " + std::to_string(residual_.size()) + " floats, update has " +
+                        std::to_string(n));
+    }
+    residual_ += update;  // v: everything not yet sent
+    payload.resize(payload_bytes(codec_, n));
+    std::byte* out = payload.data();
+    float* v = residual_.data();
+    switch (codec_.encoding) {
+      case Encoding::dense:
+        return;
+      case Encoding::fp16:
+        for (std::uint64_t i = 0; i < n; ++i) {
+          const std::uint16_t h = float_to_half(v[i]);
+          detail::store(out + 2 * i, h);
+          v[i] -= half_to_float(h);
+        }
+        return;
+      case Encoding::topk: {
+        const std::uint64_t k = codec_.kept(n);
+        std::iota(order_.begin(), order_.end(), 0u);
+        // The k largest |v|, ties to the lower index (deterministic), then by index for the wire.
+        const auto larger = [v](std::uint32_t a, std::uint32_t b) {
+          const float fa = std::abs(v[a]), fb = std::abs(v[b]);
+          return fa != fb ? fa > fb : a < b;
+        };
+        std::nth_element(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(k - 1), order_.end(), larger);
+        std::sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(k));
+        for (std::uint64_t j = 0; j < k; ++j) {
+          const std::uint32_t i = order_[j];
+          detail::store(out + 4 * j, i);
+          detail::store(out + 4 * k + 4 * j, v[i]);
+          v[i] = 0;  // sent whole
+        }
+        return;
+      }
+      case Encoding::qsgd8: {
+        const std::uint64_t buckets = (n + qsgd_bucket - 1) / qsgd_bucket;
+        std::byte* levels = out + 4 * buckets;
+        for (std::uint64_t q = 0; q < buckets; ++q) {
+          const std::uint64_t begin = q * qsgd_bucket, end = std::min(n, begin + qsgd_bucket);
+          float s = 0;
+          for (std::uint64_t i = begin; i < end; ++i) s = std::max(s, std::abs(v[i]));
+          detail::store(out + 4 * q, s);
+          const float unit = s / static_cast<float>(qsgd_levels);
+          for (std::uint64_t i = begin; i < end; ++i) {
+            std::int8_t l = 0;
+            if (unit > 0) {  // (a scale so small that s / 127 underflows sends zeros; the residual keeps v)
+              // Stochastic rounding of |v|/unit to a neighbouring level: unbiased.
+              const float x = std::min(std::abs(v[i]) / unit, static_cast<float>(qsgd_levels));
+              const float lo = std::floor(x);
+              const float u = static_cast<float>(rng_() >> 40) * 0x1p-24f;  // uniform in [0, 1)
+              int level = static_cast<int>(lo) + (u < x - lo ? 1 : 0);
+              level = std::min(level, qsgd_levels);
+              l = static_cast<std::int8_t>(v[i] < 0 ? -level : level);
+            }
+            detail::store(levels + i, l);
+            v[i] -= unit * static_cast<float>(l);
+          }
+        }
+        return;
+      }
+    }
+  }
+
+ private:
+  Codec codec_{};
+  std::mt19937_64 rng_{1};
+  Eigen::VectorXf residual_;           // error feedback: v - what was sent
+  std::vector<std::uint32_t> order_;   // top-k's index scratch
+};
+
+}  // namespace psync::compress
