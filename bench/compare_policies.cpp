@@ -52,6 +52,7 @@
 #include "compare/validate.hpp"
 #include "compare/writers.hpp"
 
+#include <psync/data/fashion_mnist.hpp>
 #include <psync/psync.hpp>
 
 #include <exception>

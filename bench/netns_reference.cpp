@@ -11,6 +11,7 @@
 //                   [--data fashion-mnist|synthetic] [--steps N] [--batch N] [--lr X]
 //                   [--seed N] [--bandwidth BYTES_PER_S] [--server-nic BYTES_PER_S]
 //                   [--latency-us N] [--no-warmup] [--out FILE]
+#include <psync/data/fashion_mnist.hpp>
 #include <psync/detail/json.hpp>
 #include <psync/psync.hpp>
 

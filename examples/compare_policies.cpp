@@ -7,6 +7,7 @@
 // push, so at one rate the latter step P times further per round. Each policy runs
 // at base_rate * its combiner's scale relative to averaging, so one round moves the
 // model equally far under every policy.
+#include <psync/data/fashion_mnist.hpp>
 #include <psync/psync.hpp>
 
 #include <cstdint>

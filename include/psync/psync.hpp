@@ -1,7 +1,13 @@
 #pragma once
 /// @file
 /// @brief psync: parameter-server training with BSP, ASP, SSP, DSSP and OSP, chosen by
-/// one template argument. Include this one header.
+/// one template argument. Include this one header; it needs Eigen and the standard
+/// library only (CMake: `psync::psync`).
+///
+/// Opt-in, each with its own CMake target and dependency:
+/// - `psync/tcp.hpp`: the TCP transport (`psync::tcp`, Boost.Asio);
+/// - `psync/data/fashion_mnist.hpp`: IDX and Fashion-MNIST files (`psync::data`, zlib);
+/// - `psync/transport/mpi.hpp`: the MPI transport (`psync::mpi`, MPI).
 
 #define PSYNC_VERSION_MAJOR 0
 #define PSYNC_VERSION_MINOR 1
@@ -18,11 +24,12 @@
 #include "psync/core/metrics.hpp"
 #include "psync/core/server.hpp"
 #include "psync/core/server_core.hpp"
+#include "psync/core/sharding.hpp"
 #include "psync/core/trace.hpp"
+#include "psync/core/types.hpp"
 #include "psync/core/worker.hpp"
 #include "psync/core/worker_core.hpp"
 #include "psync/data/dataset.hpp"
-#include "psync/data/idx.hpp"
 #include "psync/data/synthetic.hpp"
 #include "psync/harness/local_cluster.hpp"
 #include "psync/models/cnn.hpp"
@@ -36,9 +43,10 @@
 #include "psync/policies/dssp.hpp"
 #include "psync/policies/osp.hpp"
 #include "psync/policies/parse.hpp"
+#include "psync/policies/policy.hpp"
 #include "psync/policies/rules.hpp"
 #include "psync/policies/ssp.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/in_process.hpp"
-#include "psync/transport/tcp.hpp"
+#include "psync/transport/sharded.hpp"
 #include "psync/transport/wire.hpp"

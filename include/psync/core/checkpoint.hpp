@@ -7,8 +7,8 @@
 /// The format is specified byte by byte in docs/checkpoints.md. In short: a
 /// 32-byte header (magic "PSYNCKPT", format version, file length, sequence), the
 /// small fields, then the bulk (parameters, round sum, policy state), then a
-/// CRC-32 (zlib's) of every byte before it. All integers and floats are
-/// little-endian.
+/// CRC-32 (zlib's polynomial; detail/crc32.hpp) of every byte before it. All
+/// integers and floats are little-endian.
 ///
 /// **What `CheckpointState` holds** is what `ServerCore` cannot recompute: the
 /// policy's name, the model's dimension, version and parameters, every worker's
@@ -48,10 +48,10 @@
 
 #include "psync/core/clock_table.hpp"
 #include "psync/core/error.hpp"
+#include "psync/detail/crc32.hpp"
 #include "psync/policies/rules.hpp"
 
 #include <Eigen/Core>
-#include <zlib.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -203,17 +203,9 @@ inline std::optional<std::uint64_t> parse_file_name(std::string_view name, bool 
 
 namespace detail {
 
-/// CRC-32 (zlib's) of `n` bytes continuing `crc`, in chunks zlib's `uInt` length can hold.
+/// CRC-32 (zlib's polynomial and result) of `n` bytes continuing `crc`.
 inline std::uint32_t crc_update(std::uint32_t crc, const void* data, std::size_t n) noexcept {
-  auto p = static_cast<const Bytef*>(data);
-  uLong c = crc;
-  while (n > 0) {
-    const std::size_t chunk = std::min<std::size_t>(n, std::size_t{1} << 30);
-    c = ::crc32(c, p, static_cast<uInt>(chunk));
-    p += chunk;
-    n -= chunk;
-  }
-  return static_cast<std::uint32_t>(c);
+  return psync::detail::crc32(crc, data, n);
 }
 
 /// Checks the invariants the format relies on before a byte is written.

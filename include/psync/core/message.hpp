@@ -7,6 +7,7 @@
 /// comes back to it filled with the model, so the hot path allocates nothing.
 
 #include "psync/core/model_snapshot.hpp"
+#include "psync/core/types.hpp"
 
 #include <Eigen/Core>
 
@@ -21,18 +22,6 @@
 #include <vector>
 
 namespace psync {
-
-/// @brief Identifies a participant: workers are 0..N-1, the server is `server_peer`.
-using PeerId = std::uint32_t;
-
-/// @brief The server's peer id on every transport.
-inline constexpr PeerId server_peer = std::numeric_limits<PeerId>::max();
-
-/// @brief A worker without an id of its own: a `Join` naming it asks the server to
-/// assign one (the lowest id it has never admitted or reserved); the join reply's
-/// `msg::Model::worker` says which. Only the TCP transport assigns ids
-/// (docs/wire-protocol.md); a core that is handed such a join refuses it.
-inline constexpr PeerId any_worker = server_peer - 1;
 
 /// @brief How a push's update travels (docs/compression.md, docs/wire-protocol.md):
 /// dense float32 (`msg::Push::update`) or one of the codecs of `psync/compress/codec.hpp`

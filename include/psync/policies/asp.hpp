@@ -2,8 +2,7 @@
 /// @file
 /// @brief Asynchronous parallel.
 
-#include "psync/concepts.hpp"
-#include "psync/policies/rules.hpp"
+#include "psync/policies/policy.hpp"
 
 #include <string>
 

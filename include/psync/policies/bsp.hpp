@@ -2,8 +2,7 @@
 /// @file
 /// @brief Bulk synchronous parallel.
 
-#include "psync/concepts.hpp"
-#include "psync/policies/rules.hpp"
+#include "psync/policies/policy.hpp"
 
 #include <string>
 

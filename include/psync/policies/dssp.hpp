@@ -3,9 +3,8 @@
 /// @brief Dynamic stale synchronous parallel (Zhao, An, Liu, Chen, ICDCS 2019):
 /// the staleness bound moves within [Lo, Hi] from the workers' recent iteration times.
 
-#include "psync/concepts.hpp"
 #include "psync/policies/bound.hpp"
-#include "psync/policies/rules.hpp"
+#include "psync/policies/policy.hpp"
 
 #include <chrono>
 #include <cstdint>

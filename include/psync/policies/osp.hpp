@@ -3,9 +3,8 @@
 /// @brief Overlap synchronous parallel (Wang, Guo, Li, ICPP 2019), with optional
 /// local compensation (LOSP, JSAC 2021).
 
-#include "psync/concepts.hpp"
 #include "psync/policies/bound.hpp"
-#include "psync/policies/rules.hpp"
+#include "psync/policies/policy.hpp"
 
 #include <cstdint>
 #include <string>

@@ -2,9 +2,8 @@
 /// @file
 /// @brief Stale synchronous parallel (Ho et al. 2013): bounded staleness s.
 
-#include "psync/concepts.hpp"
 #include "psync/policies/bound.hpp"
-#include "psync/policies/rules.hpp"
+#include "psync/policies/policy.hpp"
 
 #include <cstdint>
 #include <string>
