@@ -17,7 +17,6 @@
 #include <Eigen/Core>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -95,45 +94,18 @@ inline Codec parse_codec(std::string_view text) {
   throw ConfigError("unknown codec '" + t + "' (expected none, fp16, topk:R with R in (0, 1], or qsgd8)");
 }
 
-/// @brief The float nearest `x` in IEEE binary16 (round to nearest even), as its bits.
-/// Finite values beyond the half range become +-65504 (the largest finite half), so a
-/// finite update never decodes to infinity; error feedback carries the rest. NaN stays NaN.
+/// @brief The float nearest `x` in IEEE binary16 (round to nearest even), as its bits:
+/// Eigen's `Eigen::half` conversion, except that values beyond the half range (and
+/// infinities) become +-65504, the largest finite half, so a finite update never
+/// decodes to infinity; error feedback carries the rest. NaN stays NaN.
 inline std::uint16_t float_to_half(float x) noexcept {
-  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
-  const std::uint16_t sign = static_cast<std::uint16_t>((f >> 16) & 0x8000u);
-  const std::uint32_t abs = f & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) {  // inf or NaN
-    return static_cast<std::uint16_t>(sign | (abs == 0x7F800000u ? 0x7BFFu : 0x7E00u));
-  }
-  if (abs >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7BFFu);  // rounds to >= 65520: clamp
-  if (abs < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
-    if (abs < 0x33000000u) return sign;  // < 2^-25: rounds to 0
-    const std::uint32_t exp = abs >> 23;
-    const std::uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;
-    const std::uint32_t shift = 126 - exp;  // 14 + (127 - 1 - exp) - 10 ... exp in [102, 112]
-    std::uint32_t h = mant >> shift;
-    const std::uint32_t rem = mant & ((1u << shift) - 1);
-    const std::uint32_t half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1u))) ++h;
-    return static_cast<std::uint16_t>(sign | h);
-  }
-  std::uint32_t h = ((abs - 0x38000000u) >> 13);  // rebias 127 -> 15
-  const std::uint32_t rem = abs & 0x1FFFu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-  return static_cast<std::uint16_t>(sign | h);
+  if (std::isinf(x) || (std::isfinite(x) && std::abs(x) > 65504.0f)) x = std::copysign(65504.0f, x);
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(x));
 }
 
-/// @brief The float a binary16 stands for (exact).
+/// @brief The float a binary16 stands for (exact; Eigen's conversion).
 inline float half_to_float(std::uint16_t h) noexcept {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1Fu;
-  const std::uint32_t mant = h & 0x3FFu;
-  if (exp == 0) {
-    const float v = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -v : v;
-  }
-  if (exp == 31) return std::bit_cast<float>(sign | 0x7F800000u | (mant << 13));
-  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(h));
 }
 
 /// @brief Payload bytes of an update of `n` floats under `c` (dense: 4n).
