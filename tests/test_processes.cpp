@@ -399,6 +399,58 @@ TEST_CASE("Workers started without --id are assigned 0, 1, 2 by the server and t
   CHECK(json_number(report, "workers_lost") == 0);
 }
 
+TEST_CASE("Workers with --codec push encoded updates the server decodes, and the run trains", "[processes][codec]") {
+  // Two OSP workers over TCP: worker 0 pushes top-k 10% (error feedback), worker 1
+  // dense; the server, given no codec, decodes each as it comes and applies every
+  // step. Top-k 10% of n floats is 0.1n indices and values, 8 bytes each: a fifth of
+  // the dense 4n bytes per push. Lost steps, a codec left unused or an undecodable
+  // push would fail the counts, the ratio or the accuracy.
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "2", "--policy", "osp:4", "--data", "synthetic", "--steps", "200",
+                                        "--lr", "0.2", "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    const std::string name = "codec-" + std::to_string(w);
+    std::vector<std::string> argv{exe, "--role", "worker", "--server", server.address(), "--id", std::to_string(w)};
+    auto args = with({"--metrics", (dir.path / (name + ".json")).string()});
+    if (w == 0) args.insert(args.end(), {"--codec", "topk:0.1"});
+    argv.insert(argv.end(), args.begin(), args.end());
+    workers.push_back(std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err")));
+  }
+  INFO("server stderr:\n" << server.process->err());
+  double bytes_per_push[2] = {0, 0};
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    CHECK((workers[w]->out().find("pushes encoded topk:0.1") != std::string::npos) == (w == 0));
+    const std::string metrics = read_file(dir.path / ("codec-" + std::to_string(w) + ".json"));
+    INFO(metrics);
+    REQUIRE(json_number(metrics, "pushes") > 0);
+    bytes_per_push[w] = json_number(metrics, "pushed_bytes") / json_number(metrics, "pushes");
+  }
+  CHECK(bytes_per_push[0] / bytes_per_push[1] == Approx(0.2).margin(0.01));
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  INFO(report);
+  CHECK(json_number(report, "steps_applied") == 400);
+  CHECK(json_number(report, "workers_lost") == 0);
+  CHECK(json_number(report, "final_test_accuracy") > 0.8);
+
+  expect_usage_errors(
+      dir, {
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--codec", "zip"},
+                "--codec: unknown codec 'zip'"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--codec", "topk:2"}, "--codec"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000,127.0.0.1:7001", "--id", "0", "--codec", "fp16"},
+                "--codec does not apply to sharded servers"},
+           });
+}
+
 TEST_CASE("The server killed mid-run: every worker fails within its deadline, naming the server",
           "[processes][faults]") {
   for (const std::string policy : {"bsp", "osp:5"}) {

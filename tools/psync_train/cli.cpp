@@ -60,6 +60,10 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
                             round, asp/ssp/dssp add every push: divide by the
                             workers for the same step per round          PSYNC_LR
   --batch N                 minibatch size (default 64)                PSYNC_BATCH
+  --codec C                 worker: how pushes are encoded: none | fp16 |
+                            topk:R | qsgd8 (default none; error feedback on the
+                            lossy ones; the server decodes any; not with sharded
+                            servers; docs/compression.md)              PSYNC_CODEC
   --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
   --metrics FILE            write this process's report as JSON       PSYNC_METRICS
   --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
@@ -317,6 +321,7 @@ constexpr OptionSpec option_specs[] = {
     {"--data", "PSYNC_DATA", true},         {"--data-dir", "PSYNC_DATA_DIR", true},
     {"--steps", "PSYNC_STEPS", true},       {"--lr", "PSYNC_LR", true},
     {"--batch", "PSYNC_BATCH", true},       {"--seed", "PSYNC_SEED", true},
+    {"--codec", "PSYNC_CODEC", true},
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
@@ -377,6 +382,13 @@ void parse_common(const Get& get, bool is_server, Config& c) {
   }
   if (const auto* v = get("--lr")) c.lr = parse_positive_float(v->source, v->value);
   if (const auto* v = get("--batch")) c.batch = parse_integer<Eigen::Index>(v->source, v->value, 1, 1 << 20);
+  if (const auto* v = get("--codec")) {
+    try {
+      c.codec = psync::compress::parse_codec(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+  }
   if (const auto* v = get("--seed")) {
     c.seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());
   }
@@ -429,7 +441,8 @@ std::optional<Config> parse_mpi(const Get& get, Config& c) {
     const std::pair<const char*, bool> refused[] = {{"--series-ms", c.series_every.count() > 0},
                                                     {"--target", c.target.has_value()},
                                                     {"--checkpoint", !c.checkpoint.empty()},
-                                                    {"--resume", c.resume}};
+                                                    {"--resume", c.resume},
+                                                    {"--codec", c.codec.encoding != psync::Encoding::dense}};
     for (const auto& [flag, set] : refused) {
       if (set) throw UsageError(get(flag)->source + " does not apply to sharded servers (--shards " +
                                 std::to_string(c.shard_count) + ")");
@@ -525,6 +538,10 @@ std::optional<Config> parse(int argc, char** argv) {
   }
   if (c.shard_servers.size() > 1) {
     if (!c.id) throw UsageError("a worker of sharded servers needs --id (each shard would assign its own)");
+    if (c.codec.encoding != psync::Encoding::dense) {
+      throw UsageError(get("--codec")->source + " does not apply to sharded servers (an encoded push cannot be cut "
+                       "into slices)");
+    }
     if (c.reconnect.count() > 0) throw UsageError("--reconnect-ms is not supported with sharded servers");
   }
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address

@@ -5,6 +5,7 @@
 // Boost 1.74's Asio needs <utility> first under C++20.
 #include <utility>
 
+#include <psync/compress/codec.hpp>
 #include <psync/data/idx.hpp>
 #include <psync/transport/tcp/auth.hpp>
 
@@ -56,6 +57,8 @@ struct Config {
   std::string data_dir = psync::data::default_fashion_mnist_dir;
   std::uint64_t steps = 1000;
   float lr = 0.1f;
+  /// Worker: how pushes are encoded (--codec; docs/compression.md). The server decodes any.
+  psync::compress::Codec codec{};
   Eigen::Index batch = 64;
   std::uint64_t seed = 1;
   std::string metrics;

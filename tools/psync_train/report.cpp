@@ -138,7 +138,7 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
     << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error));
   if (r) {
     o << ",\n  \"steps_done\": " << r->steps << ",\n  \"samples\": " << r->samples << ",\n  \"pushes\": " << r->pushes
-      << ",\n  \"installs\": " << r->installs << ",\n  \"wall_s\": " << json_number(r->wall_s)
+      << ",\n  \"pushed_bytes\": " << r->pushed_bytes << ",\n  \"installs\": " << r->installs << ",\n  \"wall_s\": " << json_number(r->wall_s)
       << ",\n  \"compute_s\": " << json_number(r->compute_s) << ",\n  \"wait_s\": " << json_number(r->wait_s)
       << ",\n  \"comm_s\": " << json_number(r->comm_s) << ",\n  \"held_s\": " << json_number(r->held_s)
       << ",\n  \"hidden_fraction\": " << json_number(r->hidden_fraction())

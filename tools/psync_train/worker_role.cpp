@@ -73,6 +73,8 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
 
   psync::WorkerOptions wo;  // the worker's id is its transport's (--id, or the server's choice at join)
   wo.learning_rate = c.lr;
+  wo.codec = c.codec;
+  wo.codec_seed = c.seed;
   wo.max_steps = c.steps;
   wo.time_budget = c.seconds;
   // Longer than the server's peer timeout: a worker waiting on a silent peer is
@@ -87,7 +89,8 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
   const auto say_connected = [&](std::uint32_t id, const char* how) {
     if (c.quiet) return;
     std::cout << program << ": worker " << id << how << " connected to " << c.server << " (policy " << policy.name()
-              << ", shard of " << mine.size() << " samples)" << std::endl;
+              << ", shard of " << mine.size() << " samples"
+              << (c.codec.encoding == psync::Encoding::dense ? "" : ", pushes encoded " + c.codec.name()) << ")" << std::endl;
   };
   if (c.id) say_connected(*c.id, "");
   const auto delay = c.step_delay;
