@@ -815,7 +815,8 @@ TEST_CASE("a model larger than max_payload_bytes travels once its dimension is k
   w.send(server_peer, msg::Push{1, 0, 1, ramp(2000)});
   const auto e = expect<msg::Error>(w, server_peer);
   CHECK(e.code == msg::ErrorCode::bad_frame);
-  CHECK(e.text == "payload length 8028 above limit " + std::to_string(wire::fixed_size(wire::MessageType::model) + 4000));
+  CHECK(e.text == "payload length " + std::to_string(wire::fixed_size(wire::MessageType::push) + 8000) + " above limit " +
+                       std::to_string(wire::fixed_size(wire::MessageType::model) + 4000));
 }
 
 // ---- authentication: a shared secret proven at join (HMAC-SHA256 over the server's challenge) ----
