@@ -258,9 +258,12 @@ TEST_CASE("A straggler holds BSP back but not ASP", "[cluster]") {
   spec.step_delay = {1000us};  // worker 0 takes 1 ms a step, worker 1 nothing
   const auto bsp = run_cluster<psync::Bsp>(spec);
   const auto asp = run_cluster<psync::Asp>(spec);
-  // Under BSP the fast worker waits for the slow one every round (about 40 ms in all);
-  // under ASP no read is ever held.
-  REQUIRE(bsp.workers[1].held_s > 0.02);
+  // Under BSP the fast worker waits for the slow one every round (about 40 ms in all,
+  // less when the host is busy and the fast thread loses its core: two loaded CI runs
+  // measured 4 and 13 ms), while the slow worker's reads are ready when it asks; under
+  // ASP no read is ever held.
+  REQUIRE(bsp.workers[1].held_s > 0.004);
+  REQUIRE(bsp.workers[1].held_s > bsp.workers[0].held_s);
   REQUIRE(asp.workers[1].held_s == 0.0);
   REQUIRE(asp.workers[1].clock_staleness.max > 0);  // it ran ahead of the straggler
 }

@@ -454,34 +454,8 @@ TEST_CASE("In virtual time 'none' is the dense run bit for bit, and a codec's by
                       Catch::Matchers::Contains("needs one server shard"));
 }
 
-TEST_CASE("Codec 'none' is still averaged SGD through run_local", "[compress][training]") {
-  const auto& data = psync_test::synthetic();
-  const psync::models::SoftmaxRegression prototype(data.dimension(), data.num_classes);
-  psync::LocalOptions o;
-  o.workers = 3;
-  o.steps_per_worker = 40;
-  o.batch_size = 16;
-  o.learning_rate = 0.3f;
-  o.seed = 5;
-  o.codec = parse_codec("none");
-  const auto none = psync::run_local(prototype, data, nullptr, o, psync::Bsp{});
-  for (const auto& w : none.workers) REQUIRE(w.pushed_bytes == w.pushes * 4 * static_cast<std::uint64_t>(prototype.dimension()));
-  // And it is still averaged SGD: the replay of test_training's first case.
-  const auto shards = psync::data::shard(data, 3, o.seed);
-  std::vector<psync::data::BatchSampler> samplers;
-  for (std::size_t w = 0; w < 3; ++w) samplers.emplace_back(shards[w], o.batch_size, o.seed * 7919 + w + 1);
-  psync::models::SoftmaxRegression m = prototype;
-  Eigen::VectorXf g(m.dimension()), sum(m.dimension());
-  for (std::uint64_t step = 0; step < o.steps_per_worker; ++step) {
-    sum.setZero();
-    for (auto& s : samplers) {
-      m.gradient(s.next(), g);
-      sum += -o.learning_rate * g;
-    }
-    m.parameters() += sum / 3.0f;
-  }
-  REQUIRE((none.parameters - m.parameters()).cwiseAbs().maxCoeff() < 1e-5f);
-}
+// Codec "none" (the default) is still exactly averaged SGD through run_local, and pushes
+// 4 bytes a float: test_training's first case.
 
 TEST_CASE("Top-k with error feedback, qsgd8 and fp16 still train the synthetic task under BSP and OSP",
           "[compress][training]") {

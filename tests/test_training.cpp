@@ -50,6 +50,10 @@ TEST_CASE("BSP with N workers equals sequential SGD on the concatenated batches 
   REQUIRE(report.parameters.size() == m.dimension());
   REQUIRE((report.parameters - m.parameters()).cwiseAbs().maxCoeff() < 1e-5f);
   REQUIRE(report.server.version == o.steps_per_worker);
+  // The default codec ("none") pushes dense float32: 4 bytes a float, nothing else.
+  for (const auto& w : report.workers) {
+    REQUIRE(w.pushed_bytes == w.pushes * 4 * static_cast<std::uint64_t>(prototype.dimension()));
+  }
 }
 
 TEMPLATE_TEST_CASE("Every policy trains softmax regression on the synthetic task", "[training]", psync::Bsp,

@@ -4,6 +4,7 @@
 // the next. A case's assertions are checked on the rank they concern; a failure on
 // any rank fails the run (its exit code).
 #include "catch.hpp"
+#include "mpi/mpi_session.hpp"
 #include "toy_model.hpp"
 
 #include <psync/core/server.hpp>
@@ -28,16 +29,8 @@ using psync_test::Quadratic;
 using psync_test::Target;
 namespace msg = psync::msg;
 
-// MPI for the whole program: initialised before the first case, finalised at exit.
-psync::MpiSession& session() {
-  static int argc = 0;
-  static char** argv = nullptr;
-  static psync::MpiSession s(argc, argv);
-  return s;
-}
-
 psync::Mpi endpoint(int tag_base) {
-  session();
+  psync_test::mpi_session();
   psync::MpiOptions o;
   o.tag_base = tag_base;
   return psync::Mpi(o);

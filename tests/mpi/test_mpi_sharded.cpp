@@ -4,6 +4,7 @@
 // `Sharded<Mpi>`. Every rank runs every case in the same order, each on its own
 // tags; a failure on any rank fails the run.
 #include "catch.hpp"
+#include "mpi/mpi_session.hpp"
 #include "toy_model.hpp"
 
 #include <psync/core/server.hpp>
@@ -27,13 +28,6 @@ using psync_test::Quadratic;
 using psync_test::Target;
 namespace msg = psync::msg;
 
-psync::MpiSession& session() {
-  static int argc = 0;
-  static char** argv = nullptr;
-  static psync::MpiSession s(argc, argv);
-  return s;
-}
-
 constexpr int shards = 2;
 // Odd, so the two slices differ in size (4 and 3): a worker routed to the wrong shard
 // rank is refused for its dimension, not silently relabelled.
@@ -41,7 +35,7 @@ constexpr Eigen::Index dimension = 7;
 constexpr std::uint64_t steps = 40;
 
 psync::MpiOptions options(int tag_base) {
-  session();
+  psync_test::mpi_session();
   psync::MpiOptions o;
   o.servers = shards;
   o.tag_base = tag_base;
@@ -49,7 +43,7 @@ psync::MpiOptions options(int tag_base) {
 }
 
 int world_rank() {
-  session();
+  psync_test::mpi_session();
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
   return r;
@@ -148,7 +142,7 @@ TEST_CASE("a worker's shard endpoints hear only their own server rank", "[mpi][s
 }
 
 TEST_CASE("bad shard options are configuration errors naming what is wrong", "[mpi][sharding]") {
-  session();
+  psync_test::mpi_session();
   psync::MpiOptions o = options(2030);
   o.shard = shards;
   CHECK_THROWS_WITH(psync::Mpi(o), psync_test::Contains("shard 2 is not a server rank"));
