@@ -344,19 +344,7 @@ TEMPLATE_TEST_CASE("Cores with a codec allocate nothing per step or per push onc
     psync::WorkerCore<Quadratic, TestType> worker(Quadratic(dim), 0, 0.1f, TestType{});
     worker.use_codec(parse_codec(name), 3);
     Target t{Eigen::VectorXf::Ones(dim)};
-    const auto run = [&](int steps) {
-      for (int i = 0; i < steps; ++i) {
-        while (auto m = worker.poll_transmit()) server.on_message(0, std::move(m->message), now);
-        if (i % 2 == 0) {
-          while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
-        }
-        while (!worker.begin_step(now)) {
-          while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
-        }
-        worker.model().gradient(t, worker.gradient());
-        worker.end_step(1, 0, now);
-      }
-    };
+    const auto run = [&](int steps) { psync_test::drive_one_worker(server, worker, t, steps, now); };
     worker.start(now);
     run(10);
     const long before = g_allocations.load();

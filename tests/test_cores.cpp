@@ -388,20 +388,7 @@ TEMPLATE_TEST_CASE("Cores allocate nothing per step or per message once running"
   psync::ServerCore<Quadratic, TestType> server(Quadratic(dim), so, TestType{}, now);
   psync::WorkerCore<Quadratic, TestType> worker(Quadratic(dim), 0, 0.1f, TestType{});
   Target t{Eigen::VectorXf::Ones(dim)};
-  // Replies are delivered every other step, so OSP accumulates while a push is in flight.
-  const auto run = [&](int steps) {
-    for (int i = 0; i < steps; ++i) {
-      while (auto m = worker.poll_transmit()) server.on_message(0, std::move(m->message), now);
-      if (i % 2 == 0) {
-        while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
-      }
-      while (!worker.begin_step(now)) {
-        while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
-      }
-      worker.model().gradient(t, worker.gradient());
-      worker.end_step(1, 0, now);
-    }
-  };
+  const auto run = [&](int steps) { psync_test::drive_one_worker(server, worker, t, steps, now); };
   worker.start(now);
   run(10);  // warm-up: buffers and queues reach their working sizes
   const long before = g_allocations.load();

@@ -4,6 +4,7 @@
 #include <Eigen/Core>
 
 #include <cstdint>
+#include <utility>
 
 namespace psync_test {
 
@@ -27,5 +28,24 @@ class Quadratic {
  private:
   Eigen::VectorXf x_;
 };
+
+/// Drives one worker core and one server core on this thread for `steps` local steps
+/// of the Quadratic towards `t`, delivering the server's replies only every other
+/// step (so OSP accumulates while a push is in flight) and whenever the worker may
+/// not compute. The no-allocation tests of the cores and of the codecs run it.
+template <class Server, class Worker, class TimePoint>
+void drive_one_worker(Server& server, Worker& worker, const Target& t, int steps, TimePoint now) {
+  for (int i = 0; i < steps; ++i) {
+    while (auto m = worker.poll_transmit()) server.on_message(0, std::move(m->message), now);
+    if (i % 2 == 0) {
+      while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
+    }
+    while (!worker.begin_step(now)) {
+      while (auto m = server.poll_transmit()) worker.on_message(std::move(m->message), now);
+    }
+    worker.model().gradient(t, worker.gradient());
+    worker.end_step(1, 0, now);
+  }
+}
 
 }  // namespace psync_test
