@@ -15,6 +15,7 @@
 #include <psync/policies/dssp.hpp>
 #include <psync/policies/osp.hpp>
 #include <psync/policies/ssp.hpp>
+#include <psync/transport/any.hpp>
 #include <psync/transport/emulated.hpp>
 #include <psync/transport/in_process.hpp>
 
@@ -186,6 +187,67 @@ TEST_CASE("BSP applies the exact average of each round", "[cluster][bsp]") {
     REQUIRE(w.steps_per_push.max == 1);
     REQUIRE(std::isnan(w.last_loss) == false);  // Quadratic::gradient returns the loss
   }
+}
+
+namespace {
+/// An in-process endpoint that also counts the server's optional hooks.
+struct HookedEndpoint {
+  psync::InProcess inner;
+  std::uint64_t* dimension;
+  std::size_t* reserved;
+  psync::PeerId self() const { return inner.self(); }
+  void send(psync::PeerId to, psync::Message&& m) { inner.send(to, std::move(m)); }
+  std::optional<psync::Envelope> receive(psync::Clock::time_point d) { return inner.receive(d); }
+  std::optional<psync::Envelope> try_receive() { return inner.try_receive(); }
+  void expect_dimension(std::uint64_t d) { *dimension = d; }
+  void reserve_worker_ids(const std::vector<psync::PeerId>& ids) { *reserved = ids.size() + 1; }
+};
+}  // namespace
+
+TEST_CASE("AnyTransport runs workers and a server unchanged: BSP is still the exact average", "[cluster][bsp][any]") {
+  constexpr int workers = 3;
+  constexpr std::uint64_t steps = 25;
+  constexpr float lr = 0.1f;
+  psync::InProcessHub hub;
+  psync::ServerOptions so;
+  so.expected_workers = workers;
+  so.join_timeout = 10s;
+  so.peer_timeout = 10s;
+  psync::Server<Quadratic, psync::Bsp> server(Quadratic(dim), so);
+  std::uint64_t dimension = 0;
+  std::size_t reserved = 0;
+  HookedEndpoint server_ep{hub.endpoint(psync::server_peer), &dimension, &reserved};
+  // The server's endpoint by reference (it stays the caller's), the workers' owned.
+  psync::AnyTransport server_view(std::ref(server_ep));
+  REQUIRE(server_view.target<HookedEndpoint>() == &server_ep);
+  REQUIRE(server_view.target<psync::InProcess>() == nullptr);
+  auto server_done = std::async(std::launch::async, [&] { return server.run(server_view); });
+  std::vector<std::future<psync::WorkerReport>> futures;
+  for (int w = 0; w < workers; ++w) {
+    futures.push_back(std::async(std::launch::async, [&, w] {
+      psync::WorkerOptions wo;
+      wo.learning_rate = lr;
+      wo.max_steps = steps;
+      wo.reply_timeout = 10s;
+      psync::AnyTransport t(hub.endpoint(static_cast<psync::PeerId>(w)));
+      psync::Worker<Quadratic, psync::AnyTransport, psync::Bsp> worker(Quadratic(dim), std::move(t), wo);
+      const Target target{target_of(w)};
+      return worker.run([&]() -> const Target& { return target; });
+    }));
+  }
+  for (auto& f : futures) REQUIRE(f.get().steps == steps);
+  const psync::ServerReport r = server_done.get();
+  REQUIRE(r.version == steps);
+  REQUIRE((server.model().parameters() - averaged_sgd(workers, steps, lr)).cwiseAbs().maxCoeff() < 1e-5f);
+  // The hooks reached the endpoint: the model's size, and the (empty) list of reserved ids.
+  REQUIRE(dimension == static_cast<std::uint64_t>(dim));
+  REQUIRE(reserved == 1);
+
+  // Moved from, it holds nothing and says so.
+  psync::AnyTransport a(hub.endpoint(7));
+  psync::AnyTransport b(std::move(a));
+  REQUIRE(b.self() == 7);
+  REQUIRE_THROWS_WITH(a.self(), Catch::Matchers::Contains("moved from"));  // NOLINT(bugprone-use-after-move)
 }
 
 // A straggler (worker 0 takes 2 ms a step, the others nothing) makes the fast

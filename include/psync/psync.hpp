@@ -46,6 +46,7 @@
 #include "psync/policies/policy.hpp"
 #include "psync/policies/rules.hpp"
 #include "psync/policies/ssp.hpp"
+#include "psync/transport/any.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/in_process.hpp"
 #include "psync/transport/sharded.hpp"
