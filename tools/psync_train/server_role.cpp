@@ -12,6 +12,7 @@
 #include <psync/core/sharding.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
+#include <psync/transport/any.hpp>
 #include <psync/transport/tcp.hpp>
 #ifdef PSYNC_TRAIN_WITH_MPI
 #include <psync/transport/mpi.hpp>
@@ -179,7 +180,9 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
   psync::Server<M, P> server(std::move(model), so, policy);
   const StopOnSignal stop_on_signal(server);
 
-  psync::ServerReport report = server.run(transport);
+  // Through a view of one type: Server::run is compiled once per policy and model, not per transport too.
+  psync::AnyTransport endpoint(std::ref(transport));
+  psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
@@ -282,7 +285,8 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   }
   psync::Server<psync::ParameterSlice, P> server(std::move(slice), so, policy);
   const StopOnSignal stop_on_signal(server);
-  const psync::ServerReport report = server.run(transport);
+  psync::AnyTransport endpoint(std::ref(transport));  // one Server::run per policy, as in serve()
+  const psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;

@@ -11,6 +11,7 @@
 #include <psync/core/worker.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/policies/parse.hpp>
+#include <psync/transport/any.hpp>
 #include <psync/transport/sharded.hpp>
 #include <psync/transport/tcp.hpp>
 #ifdef PSYNC_TRAIN_WITH_MPI
@@ -44,8 +45,8 @@ void check_shard(const Config& c, std::uint32_t id) {
   }
 }
 
-/// Trains over the endpoint `open(id, within)` returns: a `psync::Tcp` (connected, with
-/// retries, within the deadline) or a `psync::Mpi` (the rank's endpoint; id is the rank's).
+/// Trains over the endpoint `open(id, within, dimension)` returns (`open_endpoint`: TCP,
+/// connected within the deadline, MPI, the rank's endpoint, or either sharded).
 /// `test`: when given (a worker of sharded servers), the last global model is evaluated
 /// on it and reported, since no shard holds the whole model.
 template <class M, class P, class Open>
@@ -139,6 +140,72 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
   return exit_ok;
 }
 
+/// The endpoint of worker `id` (or any_worker), connected within `within`, for a model of
+/// `dimension` floats: chosen by --transport and the shard flags, behind one type, so the
+/// worker below is compiled once per policy and model instead of once per transport too.
+template <class P>
+psync::AnyTransport open_endpoint(const Config& c, std::uint32_t id, std::chrono::milliseconds within,
+                                  std::uint64_t dimension) {
+#ifdef PSYNC_TRAIN_WITH_MPI
+  if (c.transport == "mpi" && c.shard_count > 1) {
+    // One endpoint per server rank 0..K-1, each expecting its slice's size.
+    const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension), c.shard_count);
+    std::vector<std::uint64_t> sizes;
+    std::vector<std::string> names;
+    for (std::uint32_t i = 0; i < layout.shards(); ++i) {
+      sizes.push_back(static_cast<std::uint64_t>(layout.size(i)));
+      names.push_back("MPI rank " + std::to_string(i));
+    }
+    psync::MpiOptions o;
+    o.servers = static_cast<int>(c.shard_count);
+    psync::ShardedOptions so;
+    so.equal_versions = psync::shard_versions_agree<P>;
+    return psync::Sharded<psync::Mpi>(psync::mpi_shard_endpoints(o, sizes), std::move(names), layout.dimension(), so);
+  }
+  if (c.transport == "mpi") {
+    psync::MpiOptions o;
+    o.limits.expected_dimension = dimension;
+    return psync::Mpi(o);
+  }
+#endif
+  if (c.shard_servers.size() > 1) {
+    // One connection per shard, each expecting its slice's size; the policy decides
+    // whether the shards' versions must agree.
+    const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension),
+                                    static_cast<std::uint32_t>(c.shard_servers.size()));
+    std::vector<psync::Tcp> shards;
+    std::vector<std::string> names;
+    for (std::uint32_t i = 0; i < layout.shards(); ++i) {
+      const auto& [host, port] = c.shard_servers[i];
+      psync::TcpOptions o;
+      o.connect_timeout = within;
+      o.frame_timeout = c.timeout;
+      o.limits.expected_dimension = static_cast<std::uint64_t>(layout.size(i));
+      o.secret = c.secret;
+      o.tls.ca_file = c.tls_ca;
+      o.tls.server_name = c.tls_server_name;
+      names.push_back(host_port(host, port));
+      try {
+        shards.emplace_back(host, port, id, o);
+      } catch (const psync::TransportError& e) {
+        throw psync::TransportError("shard " + std::to_string(i) + " of " + std::to_string(layout.shards()) + " (" +
+                                    names.back() + "): " + e.what());
+      }
+    }
+    psync::ShardedOptions so;
+    so.equal_versions = psync::shard_versions_agree<P>;
+    return psync::Sharded<psync::Tcp>(std::move(shards), std::move(names), layout.dimension(), so);
+  }
+  psync::TcpOptions o;
+  o.connect_timeout = within;
+  o.frame_timeout = c.timeout;
+  o.limits.expected_dimension = dimension;
+  o.secret = c.secret;
+  o.tls.ca_file = c.tls_ca;
+  o.tls.server_name = c.tls_server_name;
+  return psync::Tcp(c.host, c.port, id, o);
+}
+
 }  // namespace
 
 bool worker_connected() { return g_worker_connected; }
@@ -150,79 +217,18 @@ int run_worker(const Config& c) {
   TrainTest data = load_data(c);
   const Eigen::Index inputs = data.train.dimension();
   const int classes = data.train.num_classes;
+  // Workers of sharded servers evaluate the assembled model themselves: no shard holds it.
+  bool sharded = c.shard_servers.size() > 1;
+#ifdef PSYNC_TRAIN_WITH_MPI
+  sharded = sharded || (c.transport == "mpi" && c.shard_count > 1);
+#endif
   return psync::with_policy(c.policy, [&](auto policy) {
     return with_model(c, inputs, classes, [&](auto model) {
-#ifdef PSYNC_TRAIN_WITH_MPI
-      if (c.transport == "mpi" && c.shard_count > 1) {
-        // One endpoint per server rank 0..K-1, each expecting its slice's size.
-        const auto open = [&c](std::uint32_t, std::chrono::milliseconds, std::uint64_t dimension) {
-          const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension), c.shard_count);
-          std::vector<std::uint64_t> sizes;
-          std::vector<std::string> names;
-          for (std::uint32_t i = 0; i < layout.shards(); ++i) {
-            sizes.push_back(static_cast<std::uint64_t>(layout.size(i)));
-            names.push_back("MPI rank " + std::to_string(i));
-          }
-          psync::MpiOptions o;
-          o.servers = static_cast<int>(c.shard_count);
-          psync::ShardedOptions so;
-          so.equal_versions = psync::shard_versions_agree<decltype(policy)>;
-          return psync::Sharded<psync::Mpi>(psync::mpi_shard_endpoints(o, sizes), std::move(names),
-                                            layout.dimension(), so);
-        };
-        return train_worker(c, std::move(model), policy, std::move(data.train), open, &data.test);
-      }
-      if (c.transport == "mpi") {
-        const auto open = [](std::uint32_t, std::chrono::milliseconds, std::uint64_t dimension) {
-          psync::MpiOptions o;
-          o.limits.expected_dimension = dimension;
-          return psync::Mpi(o);
-        };
-        return train_worker(c, std::move(model), policy, std::move(data.train), open);
-      }
-#endif
-      if (c.shard_servers.size() > 1) {
-        // One connection per shard, each expecting its slice's size; the policy decides
-        // whether the shards' versions must agree.
-        const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
-          const psync::ShardLayout layout(static_cast<Eigen::Index>(dimension),
-                                          static_cast<std::uint32_t>(c.shard_servers.size()));
-          std::vector<psync::Tcp> shards;
-          std::vector<std::string> names;
-          for (std::uint32_t i = 0; i < layout.shards(); ++i) {
-            const auto& [host, port] = c.shard_servers[i];
-            psync::TcpOptions o;
-            o.connect_timeout = within;
-            o.frame_timeout = c.timeout;
-            o.limits.expected_dimension = static_cast<std::uint64_t>(layout.size(i));
-            o.secret = c.secret;
-            o.tls.ca_file = c.tls_ca;
-            o.tls.server_name = c.tls_server_name;
-            names.push_back(host_port(host, port));
-            try {
-              shards.emplace_back(host, port, id, o);
-            } catch (const psync::TransportError& e) {
-              throw psync::TransportError("shard " + std::to_string(i) + " of " + std::to_string(layout.shards()) +
-                                          " (" + names.back() + "): " + e.what());
-            }
-          }
-          psync::ShardedOptions so;
-          so.equal_versions = psync::shard_versions_agree<decltype(policy)>;
-          return psync::Sharded<psync::Tcp>(std::move(shards), std::move(names), layout.dimension(), so);
-        };
-        return train_worker(c, std::move(model), policy, std::move(data.train), open, &data.test);
-      }
+      using P = decltype(policy);
       const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
-        psync::TcpOptions o;
-        o.connect_timeout = within;
-        o.frame_timeout = c.timeout;
-        o.limits.expected_dimension = dimension;
-        o.secret = c.secret;
-        o.tls.ca_file = c.tls_ca;
-        o.tls.server_name = c.tls_server_name;
-        return psync::Tcp(c.host, c.port, id, o);
+        return open_endpoint<P>(c, id, within, dimension);
       };
-      return train_worker(c, std::move(model), policy, std::move(data.train), open);
+      return train_worker(c, std::move(model), policy, std::move(data.train), open, sharded ? &data.test : nullptr);
     });
   });
 }
