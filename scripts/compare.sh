@@ -15,6 +15,8 @@
 #   scripts/compare.sh --scenario paper-like-p32 --sweep-shards 1,4 --policies bsp,osp:20,losp:20   ... vs server shards
 #   scripts/compare.sh --sweep-staleness 5,10,20,40/1,3,8   ... vs OSP's and LOSP's S and SSP's s, BSP and ASP
 #                                              as references (plot: docs/results/paper-like-sweep-staleness.png)
+#   scripts/compare.sh --sweep-codec none,fp16,topk:0.01,qsgd8 --policies bsp,osp:20   ... per update codec
+#                                              (plot: docs/results/paper-like-sweep-codec.png)
 #   scripts/compare.sh --validate              real threads vs virtual time at 2 workers (docs/results/validation.md)
 # Arguments other than --native go to compare_policies (see its --help).
 # PSYNC_BUILD_DIR overrides the build directory (default build-bench).
@@ -46,6 +48,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --sweep-workers) sweeps+=(workers) ;;
     --sweep-shards) sweeps+=(shards) ;;
     --sweep-staleness) sweeps+=(staleness) ;;
+    --sweep-codec) sweeps+=(codec) ;;
     --validate) validate=1 ;;
     --help|-h|--list) ;;
   esac
@@ -81,8 +84,13 @@ if [ ${#sweeps[@]} -gt 0 ]; then
   for s in "${scenarios[@]}"; do
     for p in "${sweeps[@]}"; do
       dat="$out/$s-sweep-$p.dat"
-      target=$(awk -F, 'NR == 2 { print $9 }' "$out/$s-sweep-$p.csv")
-      gnuplot -e "dat='$dat'; param='$p'; target='$target'" scripts/plot_sweep.gp
+      if [ "$p" = codec ]; then
+        target=$(awk -F, 'NR == 2 { print $11 }' "$out/$s-sweep-$p.csv")
+        gnuplot -e "dat='$dat'; target='$target'" scripts/plot_codec.gp
+      else
+        target=$(awk -F, 'NR == 2 { print $9 }' "$out/$s-sweep-$p.csv")
+        gnuplot -e "dat='$dat'; param='$p'; target='$target'" scripts/plot_sweep.gp
+      fi
       echo "compare: plot ${dat%.dat}.png"
       /usr/bin/python3 scripts/update_readme.py --block "sweep-$p" "$out/$s-sweep-$p.md"
     done

@@ -5,7 +5,8 @@
 // Rows are policy x codec. For each: the bytes one push carries (its payload, no
 // headers), the bytes a round uploads (all pushes' bytes / model versions: a version
 // is a round under BSP and OSP), the final test accuracy, the time to target and the
-// speedup over BSP without compression. Writes <out>/<scenario>-sweep-codec.{csv,json,md}.
+// speedup over BSP without compression. Writes <out>/<scenario>-sweep-codec.{csv,json,md,dat};
+// scripts/plot_codec.gp draws the .dat (scripts/compare.sh --sweep-codec does).
 #pragma once
 
 #include "format.hpp"
@@ -16,6 +17,7 @@
 
 #include <psync/detail/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -110,6 +112,34 @@ inline void write_codec_sweep(const Scenario& base, const std::vector<CodecRow>&
         << ", \"pushes\": " << c.row.pushes << ", \"samples\": " << c.row.samples << "}";
     }
     f << "\n  ]\n}\n";
+  }
+  {  // gnuplot (scripts/plot_codec.gp): a header row, then one row per codec: its bytes per
+     // round (the first policy's; every policy pushes the same encoding), then each
+     // policy's virtual seconds to the target (NaN: not reached).
+    std::vector<std::string> labels;
+    for (const auto& c : rows)
+      if (std::find(labels.begin(), labels.end(), c.row.label) == labels.end()) labels.push_back(c.row.label);
+    std::ofstream f(stem + ".dat");
+    f << "codec bytes_per_round";
+    for (const auto& l : labels) f << ' ' << l;
+    f << '\n';
+    for (const auto& codec : o.sweep_codec) {
+      f << codec;
+      bool bytes_written = false;
+      for (const auto& c : rows)
+        if (c.codec == codec && !bytes_written) {
+          f << ' ' << fmt(c.bytes_per_round, 0);
+          bytes_written = true;
+        }
+      if (!bytes_written) f << " NaN";
+      for (const auto& l : labels) {
+        std::string v = "NaN";
+        for (const auto& c : rows)
+          if (c.codec == codec && c.row.label == l && c.row.tta > 0) v = fmt(c.row.tta, 3);
+        f << ' ' << v;
+      }
+      f << '\n';
+    }
   }
   {
     std::ofstream f(stem + ".md");
