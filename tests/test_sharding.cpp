@@ -18,6 +18,7 @@
 #include <psync/policies/bsp.hpp>
 #include <psync/policies/osp.hpp>
 #include <psync/policies/ssp.hpp>
+#include <psync/transport/any.hpp>
 #include <psync/transport/in_process.hpp>
 #include <psync/transport/sharded.hpp>
 #include <psync/transport/tcp.hpp>
@@ -26,6 +27,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -109,16 +111,21 @@ std::chrono::microseconds delay_of(const Spec& spec, int w) {
   return i < spec.step_delay.size() ? spec.step_delay[i] : std::chrono::microseconds{0};
 }
 
-template <class T, class P, class Hook>
-psync::WorkerReport train(psync::Sharded<T> transport, const Spec& spec, int w, P policy, Hook&& on_step) {
-  psync::Worker<Quadratic, psync::Sharded<T>, P> worker(start_model(), std::move(transport), worker_options(spec),
-                                                        policy);
+/// A step hook: (worker, step) before each step.
+using OnStep = std::function<void(int, std::uint64_t)>;
+
+/// Worker `w` over `transport` (a Sharded<InProcess> or Sharded<Tcp>, held in an
+/// AnyTransport so each policy compiles one worker, not one per transport).
+template <class P>
+psync::WorkerReport train(psync::AnyTransport transport, const Spec& spec, int w, P policy, const OnStep& on_step) {
+  psync::Worker<Quadratic, psync::AnyTransport, P> worker(start_model(), std::move(transport), worker_options(spec),
+                                                          policy);
   const Target t{target_of(w)};
   const auto delay = delay_of(spec, w);
   std::uint64_t steps = 0;
   return worker.run([&]() -> const Target& {
     if (delay.count() > 0) std::this_thread::sleep_for(delay);  // a slow worker, not synchronization
-    on_step(++steps);
+    on_step(w, ++steps);
     return t;
   });
 }
@@ -152,7 +159,7 @@ Run run_unsharded(const Spec& spec, P policy = {}) {
 
 /// K shard servers (each its own thread and endpoint) and `spec.workers` workers
 /// over Sharded<InProcess> or Sharded<Tcp>. `on_step(w, step)` runs before each step.
-template <class P, class OnStep>
+template <class P>
 struct ShardedCluster {
   Spec spec;
   P policy;
@@ -180,8 +187,13 @@ struct ShardedCluster {
     }
     for (std::size_t i = 0; i < k; ++i) {
       server_done.push_back(std::async(std::launch::async, [this, i] {
-        if (spec.tcp) return servers[i]->run(*tcp[i]);
-        auto r = servers[i]->run(in_process[i]);
+        // Through AnyTransport views: one Server::run per policy, whichever the transport.
+        if (spec.tcp) {
+          psync::AnyTransport ep(std::ref(*tcp[i]));
+          return servers[i]->run(ep);
+        }
+        psync::AnyTransport ep(std::ref(in_process[i]));
+        auto r = servers[i]->run(ep);
         in_process[i].close();  // a stopped shard is gone: its workers see it leave
         return r;
       }));
@@ -189,7 +201,6 @@ struct ShardedCluster {
     for (int w = 0; w < spec.workers; ++w) {
       worker_done.push_back(std::async(std::launch::async, [this, w, on_step] {
         const auto id = static_cast<psync::PeerId>(w);
-        const auto hook = [&](std::uint64_t step) { on_step(w, step); };
         const psync::ShardedOptions so{psync::shard_versions_agree<P>};
         std::vector<std::string> names;
         if (spec.tcp) {
@@ -198,14 +209,14 @@ struct ShardedCluster {
             eps.emplace_back("127.0.0.1", t->port(), id);
             names.push_back("127.0.0.1:" + std::to_string(t->port()));
           }
-          return train(psync::Sharded<psync::Tcp>(std::move(eps), names, dim, so), spec, w, policy, hook);
+          return train(psync::Sharded<psync::Tcp>(std::move(eps), names, dim, so), spec, w, policy, on_step);
         }
         std::vector<psync::InProcess> eps;
         for (auto& h : hubs) {
           eps.push_back(h.endpoint(id));
           names.push_back("in-process shard " + std::to_string(names.size()));
         }
-        return train(psync::Sharded<psync::InProcess>(std::move(eps), names, dim, so), spec, w, policy, hook);
+        return train(psync::Sharded<psync::InProcess>(std::move(eps), names, dim, so), spec, w, policy, on_step);
       }));
     }
   }
@@ -221,8 +232,7 @@ struct ShardedCluster {
 
 template <class P>
 Run run_sharded(const Spec& spec, P policy = {}) {
-  auto no_hook = [](int, std::uint64_t) {};
-  ShardedCluster<P, decltype(no_hook)> c(spec, policy, no_hook);
+  ShardedCluster<P> c(spec, policy, [](int, std::uint64_t) {});
   Run r;
   for (auto& f : c.worker_done) r.workers.push_back(f.get());
   for (auto& f : c.server_done) r.servers.push_back(f.get());
@@ -510,7 +520,7 @@ void shard_dies(bool tcp, Kill kill) {
   auto on_step = [&](int w, std::uint64_t step) {
     if (w == 0 && step == 20 && !signalled.exchange(true)) started.set_value();
   };
-  ShardedCluster<psync::Bsp, decltype(on_step)> c(spec, psync::Bsp{}, on_step);
+  ShardedCluster<psync::Bsp> c(spec, psync::Bsp{}, on_step);
   // A worker option of the cluster: the deadline every worker must meet.
   const auto reply_timeout = worker_options(spec).reply_timeout;
   REQUIRE(started.get_future().wait_for(10s) == std::future_status::ready);
