@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
           if (param == "codec") {
             compare::write_codec_sweep(s, compare::run_codec_sweep(h, s, opt, progress), opt);
             progress.line("compare: wrote " + (std::filesystem::path(opt.out) / (s.name + "-sweep-codec")).string() +
-                          ".{csv,json,md}");
+                          ".{csv,json,md,dat}");
             continue;
           }
           compare::write_sweep(s, compare::run_sweep(h, s, param, opt, progress), opt);

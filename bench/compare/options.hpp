@@ -179,7 +179,7 @@ inline void usage(std::ostream& o) {
        "  --codec SPEC          virtual time: workers encode pushes with SPEC: none, fp16, topk:R\n"
        "                        (fraction R kept), qsgd8; error feedback on (docs/compression.md)\n"
        "  --sweep-codec LIST    virtual time: every policy with each codec (e.g. none,fp16,topk:0.01,qsgd8);\n"
-       "                        writes SCENARIO-sweep-codec.{csv,json,md}: bytes per push and round,\n"
+       "                        writes SCENARIO-sweep-codec.{csv,json,md,dat}: bytes per push and round,\n"
        "                        final accuracy, time to target\n"
        "  --sweep-staleness S-LIST/s-LIST  virtual time: each OSP/LOSP policy at every S of S-LIST and\n"
        "                        each SSP policy at every s of s-LIST (e.g. 5,10,20,40/1,3,8; either list\n"
