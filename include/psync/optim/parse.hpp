@@ -83,10 +83,12 @@ inline Any parse_optimizer(std::string_view text) {
     std::vector<double> v;
     if (!has_args) return v;
     const auto pieces = detail::split_commas(args);
-    if (pieces.size() > most) fail("at most " + std::to_string(most) + " number(s) after '" + std::string(kind) + ":'");
+    if (pieces.size() > most) {
+      fail(std::string("at most ").append(std::to_string(most)).append(" number(s) after '").append(kind).append(":'"));
+    }
     for (const auto piece : pieces) {
       double x = 0;
-      if (!detail::parse_number(piece, x)) fail("'" + std::string(piece) + "' is not a number");
+      if (!detail::parse_number(piece, x)) fail(std::string(1, '\'').append(piece).append("' is not a number"));
       v.push_back(x);
     }
     return v;
