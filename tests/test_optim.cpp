@@ -14,8 +14,12 @@
 #include <psync/core/server_core.hpp>
 #include <psync/core/worker.hpp>
 #include <psync/core/worker_core.hpp>
+#include <psync/harness/local_cluster.hpp>
+#include <psync/optim/any.hpp>
 #include <psync/optim/optimizer.hpp>
+#include <psync/optim/parse.hpp>
 #include <psync/optim/schedule.hpp>
+#include <psync/sim/simulator.hpp>
 #include <psync/policies/asp.hpp>
 #include <psync/policies/bsp.hpp>
 #include <psync/policies/osp.hpp>
@@ -687,4 +691,270 @@ TEST_CASE("The log hook routes every line to the installed sink, can be silenced
   for (auto& t : threads) t.join();
   CHECK(counted.load() == 800);
   psync::set_log_handler(previous);
+}
+
+// ---- choosing at run time: optim::Any, parse_optimizer, parse_schedule ---------------
+
+namespace {
+
+/// A few gradients of every sign, zero included, for the bit-for-bit comparisons.
+std::vector<Eigen::VectorXf> gradient_sequence() {
+  std::vector<Eigen::VectorXf> gs;
+  for (int k = 0; k < 6; ++k) {
+    Eigen::VectorXf g(dim);
+    g << 1.0f - 0.3f * k, -2.0f + 0.7f * k, 0.5f * (k % 3), (k % 2 ? 3.0f : -1.25f);
+    gs.push_back(g);
+  }
+  return gs;
+}
+
+/// The updates `o` makes of `gradient_sequence()` at a varying rate.
+template <class O>
+std::vector<Eigen::VectorXf> updates_of(O o) {
+  std::vector<Eigen::VectorXf> out;
+  o.reset(dim);
+  float lr = 0.1f;
+  for (const auto& g0 : gradient_sequence()) {
+    Eigen::VectorXf g = g0;
+    o.apply(g, lr);
+    out.push_back(g);
+    lr *= 0.9f;
+  }
+  return out;
+}
+
+/// Runs of simulate() on psync_test::Quadratic: worker w pulls towards (w + 1) * 1.
+struct SimPulls {
+  std::vector<Target> targets;
+  explicit SimPulls(std::uint32_t workers) {
+    for (std::uint32_t w = 0; w < workers; ++w) targets.push_back(Target{target_of(static_cast<int>(w))});
+  }
+  auto operator()(psync::PeerId w) const {
+    const Target* t = &targets[w];
+    return [t]() -> const Target& { return *t; };
+  }
+};
+
+psync::Evaluation zero_loss(const Quadratic& m) { return psync::Evaluation{m.loss(Target{Eigen::VectorXf::Zero(dim)}), -1}; }
+
+psync::sim::SimOptions bsp_sim(std::uint32_t workers, std::uint64_t steps, float lr) {
+  psync::sim::SimOptions o;
+  o.workers = workers;
+  o.steps_per_worker = steps;
+  o.learning_rate = lr;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link.latency = 1ms;
+  return o;
+}
+
+/// Worker-side momentum under BSP, replayed in double: every worker computes at the same
+/// model, keeps its own velocity, and the round's updates are averaged.
+Eigen::VectorXd bsp_momentum(int workers, int rounds, double lr, double mu, bool nesterov) {
+  Eigen::VectorXd x = Eigen::VectorXd::Zero(dim);
+  std::vector<Eigen::VectorXd> v(workers, Eigen::VectorXd::Zero(dim));
+  for (int r = 0; r < rounds; ++r) {
+    Eigen::VectorXd sum = Eigen::VectorXd::Zero(dim);
+    for (int w = 0; w < workers; ++w) {
+      const Eigen::VectorXd g = x - target_of(w).cast<double>();
+      v[w] = mu * v[w] + g;
+      sum += -lr * (nesterov ? Eigen::VectorXd(g + mu * v[w]) : v[w]);
+    }
+    x += sum / workers;
+  }
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("optim::Any is the optimizer it holds, bit for bit, and SGD by default", "[optim][any]") {
+  CHECK(optim::Any{}.name() == "sgd");
+  CHECK(optim::Any{}.get_if<optim::Sgd>() != nullptr);
+  CHECK(updates_of(optim::Any{}) == updates_of(optim::Sgd{}));
+  CHECK(updates_of(optim::Any(optim::Momentum(0.9f))) == updates_of(optim::Momentum(0.9f)));
+  CHECK(updates_of(optim::Any(optim::Momentum(0.8f, true))) == updates_of(optim::Momentum(0.8f, true)));
+  CHECK(updates_of(optim::Any(optim::Adam(0.8f, 0.99f, 1e-6f))) == updates_of(optim::Adam(0.8f, 0.99f, 1e-6f)));
+  CHECK(optim::Any(optim::Adam()).name() == optim::Adam().name());
+  // Momentum is not SGD on this sequence: the comparisons above can tell optimizers apart.
+  CHECK(updates_of(optim::Any(optim::Momentum(0.9f))) != updates_of(optim::Sgd{}));
+
+  SECTION("in a worker core: the same model, bit for bit, as the core of the optimizer's own type") {
+    const float lr = 0.05f;
+    Lockstep<psync::Bsp, optim::Momentum, optim::None> typed(3, lr, optim::Momentum(0.9f, true), {});
+    Lockstep<psync::Bsp, optim::Any, optim::None> chosen(3, lr, optim::parse_optimizer("nesterov:0.9"), {});
+    Lockstep<psync::Bsp, optim::Adam, optim::None> typed_adam(3, lr, optim::Adam(), {});
+    Lockstep<psync::Bsp, optim::Any, optim::None> chosen_adam(3, lr, optim::parse_optimizer("adam"), {});
+    for (int r = 0; r < 12; ++r) {
+      typed.round();
+      chosen.round();
+      typed_adam.round();
+      chosen_adam.round();
+    }
+    CHECK(chosen.model() == typed.model());
+    CHECK(chosen_adam.model() == typed_adam.model());
+    CHECK(chosen.model() != chosen_adam.model());
+  }
+}
+
+TEST_CASE("optim::Any allocates nothing per step once sized", "[optim][any][alloc]") {
+  Eigen::VectorXf g = Eigen::VectorXf::Ones(1000);
+  optim::Any m = optim::Momentum(0.9f, true), a = optim::Adam(), s;
+  m.reset(g.size());
+  a.reset(g.size());
+  s.reset(g.size());
+  const long before = g_allocations.load();
+  for (int i = 0; i < 10; ++i) {
+    m.apply(g, 0.01f);
+    a.apply(g, 0.01f);
+    s.apply(g, 0.01f);
+  }
+  CHECK(g_allocations.load() - before == 0);
+}
+
+TEST_CASE("optim::Any saves its optimizer's name with the state and refuses another's", "[optim][any][checkpoint]") {
+  optim::Any adam = optim::Adam();
+  (void)updates_of(adam);
+  Eigen::VectorXf g = gradient_sequence()[1];
+  adam.apply(g, 0.1f);
+  std::vector<std::byte> saved;
+  adam.save(saved);
+
+  optim::Any back = optim::Adam();
+  back.reset(dim);
+  optim::StateReader in(saved);
+  back.restore(in);
+  CHECK(in.left() == 0);
+  Eigen::VectorXf g1 = gradient_sequence()[2], g2 = g1;
+  adam.apply(g1, 0.1f);
+  back.apply(g2, 0.1f);
+  CHECK(g1 == g2);  // the same state, so the same next update
+
+  for (optim::Any other : {optim::Any(optim::Momentum(0.9f)), optim::Any(optim::Sgd{}), optim::Any(optim::Adam(0.8f))}) {
+    INFO(other.name());
+    other.reset(dim);
+    optim::StateReader again(saved);
+    try {
+      other.restore(again);
+      FAIL("restored adam's state into " << other.name());
+    } catch (const psync::ConfigError& e) {
+      const std::string what = e.what();
+      CHECK(contains(what, "adam(0.9,0.999,1e-08)"));
+      CHECK(contains(what, other.name()));
+    }
+  }
+}
+
+TEST_CASE("parse_optimizer: every form, its defaults, and errors naming the text", "[optim][any][parse]") {
+  CHECK(optim::parse_optimizer("sgd").name() == "sgd");
+  CHECK(optim::parse_optimizer("momentum").name() == "momentum(0.9)");
+  CHECK(optim::parse_optimizer("momentum:0.5").name() == "momentum(0.5)");
+  CHECK(optim::parse_optimizer("nesterov").name() == "nesterov(0.9)");
+  CHECK(optim::parse_optimizer("nesterov:0.95").name() == "nesterov(0.95)");
+  CHECK(optim::parse_optimizer("adam").name() == "adam(0.9,0.999,1e-08)");
+  CHECK(optim::parse_optimizer("adam:0.8,0.99,1e-6").name() == "adam(0.8,0.99,1e-06)");
+  CHECK(optim::parse_optimizer("adam:0.8").name() == "adam(0.8,0.999,1e-08)");
+  // What is parsed is what runs: the hyper-parameters reach the optimizer, in order.
+  CHECK(updates_of(optim::parse_optimizer("momentum:0.5")) == updates_of(optim::Momentum(0.5f)));
+  CHECK(updates_of(optim::parse_optimizer("nesterov:0.7")) == updates_of(optim::Momentum(0.7f, true)));
+  CHECK(updates_of(optim::parse_optimizer("adam:0.8,0.99,1e-6")) == updates_of(optim::Adam(0.8f, 0.99f, 1e-6f)));
+  CHECK(updates_of(optim::parse_optimizer("adam")) == updates_of(optim::Adam()));
+
+  for (const std::string bad : {"bogus", "", "SGD", "sgd:0.1", "momentum:", "momentum:x", "momentum:1.5",
+                                "momentum:0.9,0.1", "nesterov:-0.1", "adam:0.9,0.999,0", "adam:1,2,3,4", "adam:0.9,,1e-8"}) {
+    INFO("'" << bad << "'");
+    try {
+      (void)optim::parse_optimizer(bad);
+      FAIL("accepted");
+    } catch (const psync::ConfigError& e) {
+      const std::string what = e.what();
+      INFO(what);
+      CHECK(contains(what, "optimizer '" + bad + "'"));
+      if (bad == "momentum:1.5") CHECK(contains(what, "must be in [0, 1)"));
+      if (bad == "bogus") CHECK(contains(what, optim::optimizer_forms));
+    }
+  }
+}
+
+TEST_CASE("parse_schedule: every form is the schedule it names, and errors name the text", "[optim][schedule][parse]") {
+  const float lr = 0.2f;
+  const auto same = [](const optim::Schedule& s, const auto& expected) {
+    for (std::uint64_t k = 0; k < 300; k += 7) {
+      INFO("step " << k);
+      REQUIRE(s(k) == expected(k));
+    }
+  };
+  same(optim::parse_schedule("", lr), optim::Constant(lr));
+  same(optim::parse_schedule("constant", lr), optim::Constant(lr));
+  same(optim::parse_schedule("step:0.5,30", lr), optim::StepDecay(lr, 0.5f, 30));
+  same(optim::parse_schedule("cosine:200", lr), optim::Cosine(lr, 200));
+  same(optim::parse_schedule("cosine:200,0.01", lr), optim::Cosine(lr, 200, 0.01f));
+  same(optim::parse_schedule("warmup:100,cosine:900", lr), optim::Warmup(100, optim::Cosine(lr, 900)));
+  same(optim::parse_schedule("warmup:10", lr), optim::Warmup(10, optim::Constant(lr)));
+  same(optim::parse_schedule("warmup:10,step:0.1,50", lr), optim::Warmup(10, optim::StepDecay(lr, 0.1f, 50)));
+  CHECK(optim::parse_schedule("step:0.5,30", lr)(30) == 0.1f);
+
+  for (const std::string bad : {"linear", "constant:1", "step", "step:0.5", "step:2,10", "step:0.5,0", "step:0.5,x",
+                                "cosine", "cosine:0", "cosine:-5", "cosine:10,1", "cosine:10,0.1,3", "warmup",
+                                "warmup:0,cosine:10", "warmup:x", "warmup:10,cosine:abc", "warmup:10,"}) {
+    INFO("'" << bad << "'");
+    try {
+      const auto s = optim::parse_schedule(bad, lr);
+      FAIL("accepted: rate " << s(0) << " at step 0");
+    } catch (const psync::ConfigError& e) {
+      const std::string what = e.what();
+      INFO(what);
+      CHECK(contains(what, "schedule '" + bad + "'"));
+      if (bad == "linear") CHECK(contains(what, optim::schedule_forms));
+      if (bad == "warmup:10,cosine:abc") CHECK(contains(what, "schedule 'cosine:abc'"));
+    }
+  }
+  CHECK_THROWS_AS(optim::parse_schedule("constant", 0.0f), psync::ConfigError);
+}
+
+TEST_CASE("simulate runs the optimizer and schedule of its options, each worker its own state", "[optim][any][sim]") {
+  const std::uint32_t workers = 3;
+  const int steps = 40;
+  const float lr = 0.05f;
+  const auto run = [&](const psync::sim::SimOptions& o) {
+    return psync::sim::simulate(Quadratic(dim), SimPulls(workers), o, psync::Bsp{}, zero_loss);
+  };
+  const auto sgd = run(bsp_sim(workers, steps, lr));
+  auto mo = bsp_sim(workers, steps, lr);
+  mo.optimizer = optim::parse_optimizer("momentum:0.9");
+  const auto momentum = run(mo);
+  const auto again = run(mo);
+  CHECK(momentum.parameters != sgd.parameters);
+  CHECK(momentum.parameters == again.parameters);  // deterministic
+  CHECK((sgd.parameters.cast<double>() - bsp_momentum(workers, steps, lr, 0.0, false)).cwiseAbs().maxCoeff() < 1e-5);
+  CHECK((momentum.parameters.cast<double>() - bsp_momentum(workers, steps, lr, 0.9, false)).cwiseAbs().maxCoeff() < 1e-4);
+  // A different mu is a different run: the text's hyper-parameter is the one used.
+  mo.optimizer = optim::parse_optimizer("momentum:0.5");
+  CHECK((run(mo).parameters.cast<double>() - bsp_momentum(workers, steps, lr, 0.5, false)).cwiseAbs().maxCoeff() < 1e-4);
+
+  SECTION("the schedule sets every step's rate") {
+    auto so = bsp_sim(workers, steps, 1.0f);  // the schedule's own rate wins over learning_rate
+    so.schedule = optim::parse_schedule("step:0.5,10", lr);
+    const auto decayed = run(so);
+    Eigen::VectorXd x = Eigen::VectorXd::Zero(dim);
+    for (int k = 0; k < steps; ++k) {
+      Eigen::VectorXd g = Eigen::VectorXd::Zero(dim);
+      for (int w = 0; w < static_cast<int>(workers); ++w) g += x - target_of(w).cast<double>();
+      x -= static_cast<double>(optim::StepDecay(lr, 0.5f, 10)(static_cast<std::uint64_t>(k))) * g / workers;
+    }
+    CHECK((decayed.parameters.cast<double>() - x).cwiseAbs().maxCoeff() < 1e-5);
+  }
+}
+
+TEST_CASE("run_local gives every worker the optimizer of its options", "[optim][any][harness]") {
+  const std::uint32_t workers = 2;
+  const int steps = 30;
+  const float lr = 0.05f;
+  psync::LocalOptions o;
+  o.workers = workers;
+  o.learning_rate = lr;
+  o.steps_per_worker = steps;
+  o.snapshot_interval = std::chrono::milliseconds(0);
+  o.optimizer = optim::parse_optimizer("nesterov:0.9");
+  const auto r = psync::run_local(Quadratic(dim), SimPulls(workers), o, psync::Bsp{}, zero_loss);
+  CHECK((r.parameters.cast<double>() - bsp_momentum(workers, steps, lr, 0.9, true)).cwiseAbs().maxCoeff() < 1e-4);
+  CHECK((r.parameters.cast<double>() - bsp_momentum(workers, steps, lr, 0.0, false)).cwiseAbs().maxCoeff() > 1e-2);
 }

@@ -451,6 +451,57 @@ TEST_CASE("Workers with --codec push encoded updates the server decodes, and the
            });
 }
 
+TEST_CASE("Workers with --optimizer and --schedule run them, and say so; bad text is a usage error",
+          "[processes][optimizer]") {
+  // Two BSP workers: worker 0 runs Adam with a warm-up and cosine schedule, worker 1
+  // the default SGD. Each says in its "connected" line which optimizer its worker core
+  // holds (not the flag's text), and its metrics name it; the run still trains.
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
+                                        "--lr", "0.05", "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string()}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    auto args = with({"--metrics", (dir.path / ("optimizer-" + std::to_string(w) + ".json")).string()});
+    if (w == 0) args.insert(args.end(), {"--optimizer", "adam", "--schedule", "warmup:10,cosine:90"});
+    workers.push_back(start_worker(dir, server, w, args));
+  }
+  expect_trained(dir, server, workers, 200);
+  const std::string adam = "adam(0.9,0.999,1e-08)";
+  for (int w = 0; w < 2; ++w) {
+    const std::string out = workers[w]->out();
+    const std::string metrics = read_file(dir.path / ("optimizer-" + std::to_string(w) + ".json"));
+    INFO("worker " << w << " stdout:\n" << out << "\nmetrics:\n" << metrics);
+    if (w == 0) {
+      CHECK(out.find("connected to " + server.address() + " (policy bsp, optimizer " + adam +
+                     ", schedule warmup:10,cosine:90,") != std::string::npos);
+      CHECK(metrics.find("\"optimizer\": \"" + adam + "\"") != std::string::npos);
+      CHECK(metrics.find("\"schedule\": \"warmup:10,cosine:90\"") != std::string::npos);
+    } else {
+      CHECK(out.find("(policy bsp, optimizer sgd, shard of") != std::string::npos);
+      CHECK(metrics.find("\"optimizer\": \"sgd\"") != std::string::npos);
+      CHECK(metrics.find("\"schedule\": \"constant\"") != std::string::npos);
+    }
+  }
+  CHECK(json_number(read_file(dir.path / "server.json"), "final_test_accuracy") > 0.7);
+
+  expect_usage_errors(
+      dir, {
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--optimizer", "bogus"},
+                "--optimizer: optimizer 'bogus': unknown optimizer (expected sgd, momentum[:MU]"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--optimizer", "momentum:1.5"},
+                "--optimizer: optimizer 'momentum:1.5'"},
+               {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--schedule", "cosine:0"},
+                "--schedule: schedule 'cosine:0'"},
+               {{"--role", "server", "--server", "127.0.0.1:0", "--optimizer", "adam"},
+                "--optimizer is a worker option (this is a server"},
+           });
+}
+
 TEST_CASE("The server killed mid-run: every worker fails within its deadline, naming the server",
           "[processes][faults]") {
   for (const std::string policy : {"bsp", "osp:5"}) {

@@ -7,6 +7,7 @@
 #include <psync/compress/codec.hpp>
 #include <psync/core/error.hpp>
 #include <psync/core/metrics.hpp>
+#include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/policies/rules.hpp>
 
@@ -103,6 +104,8 @@ struct Options {
   std::optional<unsigned> shards;       // --shards: server shards (virtual time)
   std::optional<std::string> codec;     // --codec: how workers encode pushes (virtual time)
   std::vector<std::string> sweep_codec; // --sweep-codec: codecs, each run with every policy
+  std::optional<std::string> optimizer; // --optimizer: every worker's optimizer (psync::optim::parse_optimizer)
+  std::optional<std::string> schedule;  // --schedule: every worker's rate schedule (psync::optim::parse_schedule)
   std::vector<unsigned> sweep_osp;      // --sweep-staleness S-LIST/s-LIST: OSP's and LOSP's S values
   std::vector<unsigned> sweep_ssp;      // ... and SSP's s values
   bool validate = false;            // --validate: real threads vs virtual time, P = 2
@@ -178,6 +181,12 @@ inline void usage(std::ostream& o) {
        "                        writes SCENARIO-sweep-shards.{csv,dat,md}\n"
        "  --codec SPEC          virtual time: workers encode pushes with SPEC: none, fp16, topk:R\n"
        "                        (fraction R kept), qsgd8; error feedback on (docs/compression.md)\n"
+       "  --optimizer SPEC      every worker's optimizer: sgd (default), momentum[:MU], nesterov[:MU],\n"
+       "                        adam[:B1,B2,EPS]; each worker keeps its own state; the sequential\n"
+       "                        SGD references stay SGD (docs/optimizers.md#choosing-at-run-time)\n"
+       "  --schedule SPEC       every worker's learning rate per local step, from its policy's rate:\n"
+       "                        constant (default), step:GAMMA,EVERY, cosine:STEPS[,MIN_LR],\n"
+       "                        warmup:N[,SCHEDULE] (e.g. warmup:100,cosine:900)\n"
        "  --sweep-codec LIST    virtual time: every policy with each codec (e.g. none,fp16,topk:0.01,qsgd8);\n"
        "                        writes SCENARIO-sweep-codec.{csv,json,md,dat}: bytes per push and round,\n"
        "                        final accuracy, time to target\n"
@@ -366,6 +375,22 @@ inline Options parse(int argc, char** argv) {
         }
       }
       if (sweep && o.sweep_codec.empty()) bad("--sweep-codec needs at least one codec");
+    } else if (a == "--optimizer") {
+      const std::string t = value();
+      try {
+        (void)psync::optim::parse_optimizer(t);
+      } catch (const psync::ConfigError& e) {
+        bad(a + ": " + e.what());
+      }
+      o.optimizer = t;
+    } else if (a == "--schedule") {
+      const std::string t = value();
+      try {
+        (void)psync::optim::parse_schedule(t, 1.0f);  // the form; the rate is each policy's
+      } catch (const psync::ConfigError& e) {
+        bad(a + ": " + e.what());
+      }
+      o.schedule = t.empty() ? "constant" : t;
     } else if (a == "--sweep-shards") {
       for (double v : parse_list(a, value())) {
         if (v < 1 || v > 64 || v != std::floor(v)) bad("--sweep-shards values must be integers in [1, 64]");
@@ -416,6 +441,7 @@ inline Options parse(int argc, char** argv) {
     if ((o.shards && *o.shards > 1) || !o.sweep_shards.empty())
       bad("--codec and --sweep-codec need one server shard (an encoded push is not split over shards)");
   }
+  if (o.validate && (o.optimizer || o.schedule)) bad("--optimizer and --schedule do not apply to --validate (it checks SGD)");
   // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.
   if (o.quick && o.virtual_time && !o.target) o.target = 0.80;
   return o;
@@ -431,6 +457,8 @@ inline Scenario with_overrides(Scenario s, const Options& o) {
   if (o.workers) s.workers = *o.workers;
   if (o.shards) s.shards = *o.shards;
   if (o.codec) s.codec = *o.codec;
+  if (o.optimizer) s.optimizer = *o.optimizer;
+  if (o.schedule) s.schedule = *o.schedule;
   s.summary += describe_overrides(base, s);
   return s;
 }

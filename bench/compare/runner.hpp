@@ -202,6 +202,15 @@ class Harness {
     return learning_rate_for(p, base_lr(s), workers(s), opt_.lr_rule);
   }
 
+  // The scenario's optimizer and schedule for workers running at `o.learning_rate`
+  // (set that first: the schedule starts from it). A constant schedule stays empty,
+  // so the default runs are the plain-SGD runs they always were.
+  template <class RunOptions>
+  static void choose_optimizer(const Scenario& s, RunOptions& o) {
+    o.optimizer = psync::optim::parse_optimizer(s.optimizer);
+    o.schedule = s.schedule == "constant" ? psync::optim::Schedule{} : psync::optim::parse_schedule(s.schedule, o.learning_rate);
+  }
+
   psync::LocalOptions local(const Scenario& s, double budget_s) const {
     psync::LocalOptions lo;
     lo.workers = workers(s);
@@ -234,6 +243,7 @@ class Harness {
     }
     auto lo = local(s, budget_s);
     lo.learning_rate = lr(s, p);
+    choose_optimizer(s, lo);
     lo.trace = trace;
     return with_policy(p, [&](auto policy) { return psync::run_local(model(), data_.train, &data_.test, lo, policy); });
   }
@@ -428,6 +438,7 @@ class Harness {
     o.network.seed = 7 + seed - 1;
     o.server_s_per_float = costs_.server_s_per_float;
     o.seed = seed;
+    choose_optimizer(s, o);
     return o;
   }
 
@@ -600,6 +611,7 @@ class Harness {
     const auto sources = shard_sources(shards, s.batch, opt_.seed);
     auto o = sim_options(s, p, opt_.seed);
     o.learning_rate = rate;
+    choose_optimizer(s, o);  // the schedule starts from this rate
     o.steps_per_worker = std::max<std::uint64_t>(1, k / workers(s));
     o.budget_s = 0;
     o.snapshot_interval_s = 1e9;  // only the start and the end

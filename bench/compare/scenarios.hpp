@@ -3,6 +3,7 @@
 #pragma once
 
 #include <psync/core/worker.hpp>
+#include <psync/optim/parse.hpp>
 #include <psync/transport/emulated.hpp>
 
 #include <Eigen/Core>
@@ -20,6 +21,8 @@ struct Scenario {
   std::uint32_t workers = 4;
   std::uint32_t shards = 1;     // server shards (virtual time), each with its own NIC
   std::string codec = "none";   // how workers encode pushes (virtual time; psync::compress::parse_codec)
+  std::string optimizer = "sgd";      // every worker's optimizer (psync::optim::parse_optimizer's text)
+  std::string schedule = "constant";  // every worker's rate schedule from its policy's rate (parse_schedule)
   Eigen::Index batch = 64;
   // The base learning rate: sequential SGD's and, under --lr-rule scaled (the
   // default), BSP's and OSP's, with ASP/SSP/DSSP at lr / workers. 0.15 was chosen
@@ -120,6 +123,9 @@ inline std::string describe_overrides(const Scenario& base, const Scenario& s) {
   if (s.workers != base.workers) add(std::to_string(s.workers) + " workers");
   if (s.shards != base.shards) add(std::to_string(s.shards) + " server shards, each with its own NIC");
   if (s.codec != base.codec) add("pushes encoded " + s.codec);
+  // The sequential SGD references stay plain SGD at a constant rate: say so where they differ.
+  if (s.optimizer != base.optimizer) add("workers' optimizer " + psync::optim::parse_optimizer(s.optimizer).name() + " (sequential references: sgd)");
+  if (s.schedule != base.schedule) add("workers' schedule " + s.schedule + " (sequential references: constant)");
   if (s.gbps != base.gbps) add(num(s.gbps) + " Gbit/s links and NIC");
   if (s.latency_ms != base.latency_ms) add(num(s.latency_ms) + " ms latency");
   if (s.slow_worker != base.slow_worker) add(s.slow_worker == 1.0 ? "no straggler" : "worker 0 " + num(s.slow_worker) + "x slower");

@@ -2,6 +2,7 @@
 
 #include "cli.hpp"
 
+#include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/tcp/tls.hpp>
 
@@ -64,6 +65,15 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
                             topk:R | qsgd8 (default none; error feedback on the
                             lossy ones; the server decodes any; not with sharded
                             servers; docs/compression.md)              PSYNC_CODEC
+  --optimizer O             worker: sgd | momentum[:MU] | nesterov[:MU] |
+                            adam[:B1,B2,EPS] (default sgd; MU 0.9, adam
+                            0.9,0.999,1e-8); each worker keeps its own state.
+                            The server only combines updates (no server-side
+                            optimizer here; docs/optimizers.md)        PSYNC_OPTIMIZER
+  --schedule S              worker: learning rate per local step, from --lr:
+                            constant | step:GAMMA,EVERY | cosine:STEPS[,MIN_LR] |
+                            warmup:N[,SCHEDULE] (e.g. warmup:100,cosine:900;
+                            default constant)                          PSYNC_SCHEDULE
   --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
   --metrics FILE            write this process's report as JSON       PSYNC_METRICS
   --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
@@ -322,6 +332,7 @@ constexpr OptionSpec option_specs[] = {
     {"--steps", "PSYNC_STEPS", true},       {"--lr", "PSYNC_LR", true},
     {"--batch", "PSYNC_BATCH", true},       {"--seed", "PSYNC_SEED", true},
     {"--codec", "PSYNC_CODEC", true},
+    {"--optimizer", "PSYNC_OPTIMIZER", true}, {"--schedule", "PSYNC_SCHEDULE", true},
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
@@ -388,6 +399,30 @@ void parse_common(const Get& get, bool is_server, Config& c) {
     } catch (const psync::ConfigError& e) {
       throw UsageError(v->source + ": " + e.what());
     }
+  }
+  // Worker-side only: psync-train's server has no optimizer of its own, so a server given
+  // one is told rather than left to run plain update-adding as if it had taken it.
+  for (const char* flag : {"--optimizer", "--schedule"}) {
+    if (const auto* v = get(flag); v && is_server) {
+      throw UsageError(v->source + " is a worker option (this is a server; psync-train runs the optimizer on the "
+                       "workers, the server only combines their updates)");
+    }
+  }
+  if (const auto* v = get("--optimizer")) {
+    try {
+      (void)psync::optim::parse_optimizer(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+    c.optimizer = v->value;
+  }
+  if (const auto* v = get("--schedule")) {
+    try {
+      (void)psync::optim::parse_schedule(v->value, c.lr);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+    c.schedule = v->value;
   }
   if (const auto* v = get("--seed")) {
     c.seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());

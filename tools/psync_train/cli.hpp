@@ -59,6 +59,11 @@ struct Config {
   float lr = 0.1f;
   /// Worker: how pushes are encoded (--codec; docs/compression.md). The server decodes any.
   psync::compress::Codec codec{};
+  /// Worker: the optimizer (--optimizer, psync::optim::parse_optimizer's text) and the
+  /// learning-rate schedule (--schedule, parse_schedule's; empty: constant --lr), both
+  /// checked when parsed. docs/optimizers.md#choosing-at-run-time.
+  std::string optimizer = "sgd";
+  std::string schedule;
   Eigen::Index batch = 64;
   std::uint64_t seed = 1;
   std::string metrics;

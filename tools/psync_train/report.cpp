@@ -4,6 +4,7 @@
 
 #include <psync/core/message.hpp>
 #include <psync/detail/json.hpp>
+#include <psync/optim/parse.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -135,7 +136,9 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
   std::ostringstream o;
   o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
     << ",\n  \"id_assigned\": " << (c.id ? "false" : "true") << ",\n  \"ok\": " << (r ? "true" : "false")
-    << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error));
+    << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error))
+    << ",\n  \"optimizer\": " << json_string(psync::optim::parse_optimizer(c.optimizer).name())
+    << ",\n  \"schedule\": " << json_string(c.schedule.empty() ? "constant" : c.schedule);
   if (r) {
     o << ",\n  \"steps_done\": " << r->steps << ",\n  \"samples\": " << r->samples << ",\n  \"pushes\": " << r->pushes
       << ",\n  \"pushed_bytes\": " << r->pushed_bytes << ",\n  \"installs\": " << r->installs << ",\n  \"wall_s\": " << json_number(r->wall_s)

@@ -10,6 +10,7 @@
 
 #include <psync/core/worker.hpp>
 #include <psync/data/dataset.hpp>
+#include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/any.hpp>
 #include <psync/transport/sharded.hpp>
@@ -82,7 +83,10 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
   // answered once the server has dropped that peer, before its own deadline.
   wo.reply_timeout = 2 * c.timeout;
   wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
-  psync::Worker<M, T, P> worker(std::move(model), std::move(transport), wo, policy);
+  if (!c.schedule.empty()) wo.learning_rate_schedule = psync::optim::parse_schedule(c.schedule, c.lr);
+  // optim::Any whatever --optimizer says: one Worker type, not one per optimizer.
+  const psync::optim::Any optimizer = psync::optim::parse_optimizer(c.optimizer);
+  psync::Worker<M, T, P, psync::optim::Any> worker(std::move(model), std::move(transport), wo, policy, optimizer);
   // A reconnection keeps the id: an assigned one is what the worker rejoins under.
   if (c.reconnect.count() > 0) {
     worker.reconnect_with([&] { return connect(worker.core().id(), std::chrono::milliseconds(500)); });
@@ -90,6 +94,7 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
   const auto say_connected = [&](std::uint32_t id, const char* how) {
     if (c.quiet) return;
     std::cout << program << ": worker " << id << how << " connected to " << c.server << " (policy " << policy.name()
+              << ", optimizer " << worker.core().optimizer().name() << (c.schedule.empty() ? "" : ", schedule " + c.schedule)
               << ", shard of " << mine.size() << " samples"
               << (c.codec.encoding == psync::Encoding::dense ? "" : ", pushes encoded " + c.codec.name()) << ")" << std::endl;
   };

@@ -16,6 +16,8 @@
 #include "psync/core/trace.hpp"
 #include "psync/core/worker.hpp"
 #include "psync/data/dataset.hpp"
+#include "psync/optim/any.hpp"
+#include "psync/optim/schedule.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/in_process.hpp"
 
@@ -153,6 +155,14 @@ struct LocalOptions {
   float learning_rate = 0.1f;
   /// @brief Samples per minibatch (dataset overload only; a batch source decides its own).
   Eigen::Index batch_size = 64;
+  /// @brief Every worker's optimizer (docs/optimizers.md), chosen at run time: each
+  /// worker starts from its own copy, so each keeps its own state (momentum buffers,
+  /// Adam moments). Default `optim::Sgd`, the plain `-learning_rate * g` update.
+  optim::Any optimizer{};
+  /// @brief Every worker's learning-rate schedule (e.g. `optim::parse_schedule("cosine:900",
+  /// 0.1f)`); empty (default): the constant `learning_rate`. A schedule carries its own
+  /// starting rate, so when one is set `learning_rate` is not used.
+  optim::Schedule schedule{};
   /// @brief How every worker encodes its pushes (docs/compression.md; default dense).
   compress::Codec codec{};
   /// @brief Local SGD steps per worker (the run may stop earlier on `time_budget`).
@@ -224,6 +234,7 @@ RunReport run_local(const M& model, BatchesFor&& batches_for, const LocalOptions
     running.push_back(std::async(std::launch::async, [&, w] {
       WorkerOptions wo;
       wo.learning_rate = options.learning_rate;
+      wo.learning_rate_schedule = options.schedule;
       wo.max_steps = options.steps_per_worker;
       wo.time_budget = options.time_budget;
       wo.reply_timeout = options.timeout;
@@ -231,7 +242,9 @@ RunReport run_local(const M& model, BatchesFor&& batches_for, const LocalOptions
       wo.codec_seed = options.seed;
       if (w < options.stragglers.size()) wo.straggler = options.stragglers[w];
       wo.trace = options.trace;
-      Worker<M, Emulated<InProcess>, P> worker(model, Emulated<InProcess>(hub.endpoint(w), network), wo, policy);
+      // One worker type whatever the optimizer (optim::Any), so the choice costs no instantiation.
+      Worker<M, Emulated<InProcess>, P, optim::Any> worker(model, Emulated<InProcess>(hub.endpoint(w), network), wo, policy,
+                                                           options.optimizer);
       return worker.run(sources[w]);
     }));
   }

@@ -15,6 +15,8 @@
 #include "psync/core/sharding.hpp"
 #include "psync/core/worker_core.hpp"
 #include "psync/harness/local_cluster.hpp"
+#include "psync/optim/any.hpp"
+#include "psync/optim/schedule.hpp"
 #include "psync/sim/network.hpp"
 #include "psync/transport/emulated.hpp"
 #include "psync/transport/sharded.hpp"
@@ -63,6 +65,15 @@ struct ComputeCost {
 struct SimOptions {
   std::uint32_t workers = 4;
   float learning_rate = 0.1f;
+  /// @brief Every worker's optimizer (docs/optimizers.md), chosen at run time: each
+  /// worker's `WorkerCore` starts from its own copy, so each keeps its own state.
+  /// Default `optim::Sgd`, the plain `-learning_rate * g` update.
+  optim::Any optimizer{};
+  /// @brief Every worker's learning-rate schedule, of the worker's step count (e.g.
+  /// `optim::parse_schedule("warmup:100,cosine:900", 0.1f)`); empty (default): the
+  /// constant `learning_rate`. A schedule carries its own starting rate, so when one
+  /// is set `learning_rate` is not used.
+  optim::Schedule schedule{};
   /// @brief Local steps per worker (the run may stop earlier on `budget_s`).
   std::uint64_t steps_per_worker = 1000;
   /// @brief Virtual seconds per worker from the start (0: none).
@@ -281,7 +292,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   };
 
   struct WorkerState {
-    std::unique_ptr<WorkerCore<M, P>> core;
+    // One core type whatever the optimizer (optim::Any), so the choice costs no instantiation.
+    std::unique_ptr<WorkerCore<M, P, optim::Any>> core;
     std::optional<Batches> batches;
     bool computing = false;
     bool blocked = false;
@@ -298,7 +310,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   std::vector<WorkerState> workers(options.workers);
   for (PeerId w = 0; w < options.workers; ++w) {
     auto& ws = workers[w];
-    ws.core = std::make_unique<WorkerCore<M, P>>(model, w, options.learning_rate, policy);
+    ws.core = std::make_unique<WorkerCore<M, P, optim::Any>>(model, w, options.learning_rate, policy, options.optimizer,
+                                                             options.schedule);
     if (options.codec.encoding != Encoding::dense) ws.core->use_codec(options.codec, options.seed * 0xC2B2AE3D27D4EB4Full + w + 1);
     ws.batches.emplace(batches_for(w));
     ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
