@@ -522,7 +522,7 @@ class Harness {
       c = cnn ? calibrate<psync::models::Cnn>() : calibrate<psync::models::Mlp>();
       if (cnn && !c.step_given) c.mlp_step_s = mlp_costs_.step_s;
       const std::string note = c.step_note();
-      progress_.line("compare: virtual step " + fmt(c.step_s * 1e3, 3) + " ms (" +
+      progress_.line("compare: virtual step (" + c.model + ") " + fmt(c.step_s * 1e3, 3) + " ms (" +
                      (c.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), spread " +
                      fmt(100 * c.step_cv, 1) + "% (" + cv_source(c) + "), server " +
                      fmt(c.server_s_per_float * 1e9, 3) + " ns per float (" +
