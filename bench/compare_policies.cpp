@@ -9,8 +9,9 @@
 // psync::harness::run_until_target), so budgets (--budget, virtual seconds) are caps. `real`
 // runs threads over the emulated network with a wall-clock budget, as before.
 //
-// Trains the same model on the same data (Fashion-MNIST), from the same seed and
-// with the same wall-clock budget, under sequential SGD (the reference), BSP, ASP,
+// Trains the same model (the scenario's: the MLP 784-256-128-10, or the LeNet-5-like
+// CNN in cnn-paper-like, virtual time only) on the same data (Fashion-MNIST), from the
+// same seed and with the same budget, under sequential SGD (the reference), BSP, ASP,
 // SSP(s), OSP(S) and LOSP(S) (and any policy --policies names, DSSP included), over
 // an emulated network, and reports time to a target test accuracy, final accuracy,
 // throughput, where each worker's time went, OSP's hidden-communication fraction,
