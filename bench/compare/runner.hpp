@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -189,11 +190,22 @@ class Harness {
         test_subset_(psync::data::whole(d.test, 2000)),
         test_full_(psync::data::whole(d.test)) {}
 
-  psync::models::Mlp model() const {
-    psync::models::Mlp m({784, 256, 128, 10});
-    m.initialize(42);
-    return m;
+  // The model a scenario names (Scenario::model), initialized from seed 42. Virtual-time
+  // runs dispatch on the name once (scenario_virtual); real-time runs, traces and
+  // --validate train the MLP only.
+  template <class M>
+  static M make_model() {
+    if constexpr (std::is_same_v<M, psync::models::Cnn>) {
+      psync::models::Cnn m;
+      m.initialize(42);
+      return m;
+    } else {
+      psync::models::Mlp m({784, 256, 128, 10});
+      m.initialize(42);
+      return m;
+    }
   }
+  psync::models::Mlp model() const { return make_model<psync::models::Mlp>(); }
 
   std::uint32_t workers(const Scenario& s) const { return opt_.workers.value_or(s.workers); }
   float base_lr(const Scenario& s) const { return base_override_.value_or(opt_.lr.value_or(s.lr)); }
@@ -377,6 +389,19 @@ class Harness {
     std::size_t data_bytes = 0;   // the training and test features in memory
     std::size_t shard_bytes = 0;  // each run's shards: a copy of the training features
     std::size_t model_floats = 0;
+    std::string model = "mlp";    // Scenario::model these costs are for
+    // A CNN scenario: the MLP's step, measured by the same calibration (0: not measured,
+    // e.g. with --step-ms), for the ratio printed with the CNN's.
+    double mlp_step_s = 0;
+    // What the step cost is, for the tables: the model, and the CNN/MLP ratio if measured.
+    std::string step_note() const {
+      if (model != "cnn") return "";
+      std::string n = "the CNN's step (psync::models::Cnn, " + std::to_string(model_floats) + " parameters)";
+      if (mlp_step_s > 0)
+        n += "; the MLP 784-256-128-10's, calibrated the same way in this run: " + fmt(mlp_step_s * 1e3, 3) +
+             " ms, so CNN / MLP = " + fmt(step_s / mlp_step_s, 2) + "x";
+      return n;
+    }
   };
 
   // The step cost (median and spread of calibrate_step_spread, data touched first)
@@ -389,9 +414,10 @@ class Harness {
     return c.step_given ? "default with --step-ms" : "calibrated";
   }
 
+  template <class M>
   VirtualCosts calibrate() const {
     VirtualCosts c;
-    const auto m = model();
+    const auto m = make_model<M>();
     if (opt_.step_ms) {
       c.step_s = *opt_.step_ms * 1e-3;
       c.step_cv = 0.05;
@@ -411,6 +437,7 @@ class Harness {
     c.data_bytes = static_cast<std::size_t>(data_.train.features.size() + data_.test.features.size()) * sizeof(float);
     c.shard_bytes = static_cast<std::size_t>(data_.train.features.size()) * sizeof(float);
     c.model_floats = static_cast<std::size_t>(m.parameters().size());
+    if constexpr (std::is_same_v<M, psync::models::Cnn>) c.model = "cnn";
     return c;
   }
 
@@ -428,26 +455,36 @@ class Harness {
     o.codec = psync::compress::parse_codec(s.codec);
     o.learning_rate = lr(s, p);
     o.steps_per_worker = std::numeric_limits<std::uint64_t>::max() / 2;
-    o.compute.step_s = costs_.step_s;
-    o.compute.step_cv = costs_.step_cv;
+    const VirtualCosts& costs = costs_for(s);
+    o.compute.step_s = costs.step_s;
+    o.compute.step_cv = costs.step_cv;
     o.compute.slowdown = {s.slow_worker};
     // The simulator draws random slow steps for every worker (run_local: workers 1..P-1 only).
     o.compute.random_probability = s.random_p;
     o.compute.random_factor = s.random_factor;
     o.network = s.network();
     o.network.seed = 7 + seed - 1;
-    o.server_s_per_float = costs_.server_s_per_float;
+    o.server_s_per_float = costs.server_s_per_float;
     o.seed = seed;
     choose_optimizer(s, o);
     return o;
   }
 
-  psync::Evaluation evaluate_subset(const psync::models::Mlp& m) const {
+  template <class M>
+  psync::Evaluation evaluate_subset(const M& m) const {
     return psync::Evaluation{m.loss(eval_train_), m.accuracy(test_subset_)};
   }
+  // One evaluator type per model for every simulation (the simulator is instantiated
+  // once per policy and model, not once per call site).
+  template <class M>
+  struct SubsetEvaluator {
+    const Harness* h;
+    psync::Evaluation operator()(const M& m) const { return h->evaluate_subset(m); }
+  };
 
+  template <class M>
   double full_accuracy(const Eigen::VectorXf& parameters) const {
-    auto m = model();
+    auto m = make_model<M>();
     m.parameters() = parameters;
     return m.accuracy(test_full_);
   }
@@ -455,17 +492,19 @@ class Harness {
   // Sequential SGD at the scenario's base rate on batches seeded by `seed`, for
   // `max_steps` steps (virtual time steps x step_s), evaluated every `every` steps;
   // stops at the target when `stop_at_target`.
+  template <class M>
   psync::RunReport sequential_virtual(const Scenario& s, std::uint64_t seed, std::uint64_t max_steps,
                                       std::uint64_t every, double target, bool stop_at_target) const {
     psync::data::BatchSampler sampler(data_.train, s.batch, seed);
     return psync::harness::sequential_virtual(
-        model(), [&]() -> const psync::data::Batch& { return sampler.next(); }, base_lr(s), costs_.mean_step_s(), max_steps,
-        every, [this](const psync::models::Mlp& m) { return evaluate_subset(m); }, target, stop_at_target);
+        make_model<M>(), [&]() -> const psync::data::Batch& { return sampler.next(); }, base_lr(s),
+        costs_for(s).mean_step_s(), max_steps, every, SubsetEvaluator<M>{this}, target, stop_at_target);
   }
 
   // One policy, one seed, run until it reaches and holds the target (see
   // psync::harness::run_until_target), at most the scenario's cap, evaluations every
   // snapshot_s of the scenario; the simulator's real cost goes to `stats`.
+  template <class M>
   psync::RunReport run_virtual(const Scenario& s, const PolicyId& p, std::uint64_t seed, double target,
                                psync::sim::SimStats& stats) const {
     const auto shards = psync::data::shard(data_.train, static_cast<int>(workers(s)), seed);
@@ -475,32 +514,48 @@ class Harness {
     run.snapshot_s = s.snapshot_s;
     run.target = target;
     const auto options = sim_options(s, p, seed);
-    const auto evaluate = [this](const psync::models::Mlp& m) { return evaluate_subset(m); };
     return with_policy(p, [&](auto policy) {
-      return psync::harness::run_until_target(model(), policy, sources, options, evaluate, run, &stats);
+      return psync::harness::run_until_target(make_model<M>(), policy, sources, options, SubsetEvaluator<M>{this}, run,
+                                              &stats);
     });
   }
 
   // sequential@osp-samples costs as many real gradient steps as OSP computed: above this, it is skipped.
   static constexpr std::uint64_t max_reference_steps = 20000;
 
-  // The virtual costs, calibrated on first use.
-  const VirtualCosts& ensure_costs() {
-    if (!costs_.step_s) {
-      costs_ = calibrate();
-      progress_.line("compare: virtual step " + fmt(costs_.step_s * 1e3, 3) + " ms (" +
-                     (costs_.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), spread " +
-                     fmt(100 * costs_.step_cv, 1) + "% (" + cv_source(costs_) + "), server " +
-                     fmt(costs_.server_s_per_float * 1e9, 3) + " ns per float (" +
-                     (opt_.server_ns ? "--server-ns" : "median of += and copy") + ")");
+  // Scenario s's virtual costs (those of its model), calibrated on first use. A CNN
+  // scenario calibrates the MLP too (unless --step-ms), for the CNN / MLP step ratio.
+  const VirtualCosts& ensure_costs(const Scenario& s) {
+    const bool cnn = s.model == "cnn";
+    VirtualCosts& c = cnn ? cnn_costs_ : mlp_costs_;
+    if (!c.step_s) {
+      if (cnn && !opt_.step_ms) (void)ensure_costs(Scenario{});
+      c = cnn ? calibrate<psync::models::Cnn>() : calibrate<psync::models::Mlp>();
+      if (cnn && !c.step_given) c.mlp_step_s = mlp_costs_.step_s;
+      const std::string note = c.step_note();
+      progress_.line("compare: virtual step (" + c.model + ") " + fmt(c.step_s * 1e3, 3) + " ms (" +
+                     (c.step_given ? "--step-ms" : "calibrate_step median on this machine") + "), spread " +
+                     fmt(100 * c.step_cv, 1) + "% (" + cv_source(c) + "), server " +
+                     fmt(c.server_s_per_float * 1e9, 3) + " ns per float (" +
+                     (opt_.server_ns ? "--server-ns" : "median of += and copy") + ")" +
+                     (note.empty() ? "" : ": " + note));
     }
-    return costs_;
+    return c;
   }
 
   const Data& data() const { return data_; }
 
+  // Dispatches once on the scenario's model: everything below is one template.
   std::vector<Row> scenario_virtual(const Scenario& s, const std::vector<PolicyId>& policies, bool sample_references) {
-    ensure_costs();
+    ensure_costs(s);
+    if (s.model == "cnn") return scenario_virtual_as<psync::models::Cnn>(s, policies, sample_references);
+    if (s.model != "mlp") throw std::invalid_argument("scenario " + s.name + ": unknown model '" + s.model + "'");
+    return scenario_virtual_as<psync::models::Mlp>(s, policies, sample_references);
+  }
+
+  template <class M>
+  std::vector<Row> scenario_virtual_as(const Scenario& s, const std::vector<PolicyId>& policies, bool sample_references) {
+    const VirtualCosts& costs = costs_for(s);
     const double target = opt_.target.value_or(s.target);
     const double cap = virtual_cap(s);
     // One policy at the current base rate over every seed: the median row.
@@ -513,15 +568,15 @@ class Harness {
         const std::uint64_t seed = opt_.seed + k;
         psync::RunReport rep;
         if (p.sequential()) {
-          const auto max_steps = static_cast<std::uint64_t>(cap / costs_.mean_step_s());
-          const auto every = static_cast<std::uint64_t>(std::max(1.0, std::round(s.snapshot_s / costs_.mean_step_s())));
-          rep = sequential_virtual(s, seed, max_steps, every, target, true);
+          const auto max_steps = static_cast<std::uint64_t>(cap / costs.mean_step_s());
+          const auto every = static_cast<std::uint64_t>(std::max(1.0, std::round(s.snapshot_s / costs.mean_step_s())));
+          rep = sequential_virtual<M>(s, seed, max_steps, every, target, true);
         } else {
           psync::sim::SimStats st;
-          rep = run_virtual(s, p, seed, target, st);
+          rep = run_virtual<M>(s, p, seed, target, st);
           row_sim += st;
         }
-        const double acc = full_accuracy(rep.parameters);
+        const double acc = full_accuracy<M>(rep.parameters);
         Row r = summarize(p.label, lr(s, p), std::move(rep), target);
         r.final_acc = acc;
         progress_.line("  [" + s.name + "] " + p.label + " lr " + fmt(lr(s, p), 4) + " seed " + std::to_string(seed) +
@@ -574,7 +629,7 @@ class Harness {
       if (opt_.quick || !sample_references || it == rows.end()) continue;
       if (opt_.accuracy_steps > 0) {
         const auto pit = std::find_if(policies.begin(), policies.end(), [&](const PolicyId& p) { return p.label == label; });
-        if (pit != policies.end()) equal_steps_rows(s, *pit, it->lr, target, rows);
+        if (pit != policies.end()) equal_steps_rows<M>(s, *pit, it->lr, target, rows);
         continue;
       }
       const std::string name = std::string("sequential@") + kind + "-samples";
@@ -585,8 +640,8 @@ class Harness {
         continue;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      auto rep = sequential_virtual(s, opt_.seed, steps, 0, target, false);
-      const double acc = full_accuracy(rep.parameters);
+      auto rep = sequential_virtual<M>(s, opt_.seed, steps, 0, target, false);
+      const double acc = full_accuracy<M>(rep.parameters);
       Row r = summarize(name, base_lr(s), std::move(rep), target);
       r.final_acc = acc;
       r.tta = -1;
@@ -604,6 +659,7 @@ class Harness {
   // --accuracy-steps K: policy `p` at rate `rate` for K gradient steps in all (K / P per
   // worker, no time cap, first seed), then sequential SGD for K steps on the same seed;
   // rows "LABEL@K-steps" and "sequential@K-steps" (their final full-test accuracy).
+  template <class M>
   void equal_steps_rows(const Scenario& s, const PolicyId& p, float rate, double target, std::vector<Row>& rows) const {
     const std::uint64_t k = opt_.accuracy_steps;
     const std::string suffix = "@" + std::to_string(k) + "-steps";
@@ -617,10 +673,9 @@ class Harness {
     o.snapshot_interval_s = 1e9;  // only the start and the end
     auto t0 = std::chrono::steady_clock::now();
     auto rep = with_policy(p, [&](auto policy) {
-      return psync::sim::simulate(model(), sources, o, policy,
-                                  [this](const psync::models::Mlp& m) { return evaluate_subset(m); });
+      return psync::sim::simulate(make_model<M>(), sources, o, policy, SubsetEvaluator<M>{this});
     });
-    const double acc = full_accuracy(rep.parameters);
+    const double acc = full_accuracy<M>(rep.parameters);
     Row r = summarize(p.label + suffix, rate, std::move(rep), target);
     r.final_acc = acc;
     r.tta = -1;
@@ -635,9 +690,9 @@ class Harness {
     if (std::any_of(rows.begin(), rows.end(), [&](const Row& x) { return x.label == "sequential" + suffix && x.samples == samples; }))
       return;
     t0 = std::chrono::steady_clock::now();
-    auto seq = sequential_virtual(s, opt_.seed, std::max<std::uint64_t>(1, samples / static_cast<std::uint64_t>(s.batch)),
+    auto seq = sequential_virtual<M>(s, opt_.seed, std::max<std::uint64_t>(1, samples / static_cast<std::uint64_t>(s.batch)),
                                   0, target, false);
-    const double seq_acc = full_accuracy(seq.parameters);
+    const double seq_acc = full_accuracy<M>(seq.parameters);
     Row q = summarize("sequential" + suffix, base_lr(s), std::move(seq), target);
     q.final_acc = seq_acc;
     q.tta = -1;
@@ -664,7 +719,8 @@ class Harness {
     }
   }
 
-  const VirtualCosts& costs() const { return costs_; }
+  // Scenario s's costs (empty until a virtual-time run calibrated them).
+  const VirtualCosts& costs_for(const Scenario& s) const { return s.model == "cnn" ? cnn_costs_ : mlp_costs_; }
 
   void traces(const Scenario& s, const std::vector<PolicyId>& policies) const {
     fs::create_directories(opt_.trace_dir);
@@ -685,7 +741,7 @@ class Harness {
   const Data& data_;
   const Progress& progress_;
   psync::data::Batch eval_train_, test_subset_, test_full_;
-  VirtualCosts costs_;
+  VirtualCosts mlp_costs_, cnn_costs_;
   std::optional<float> base_override_;  // the --lr-grid rate being run
 };
 

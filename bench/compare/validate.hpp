@@ -76,7 +76,7 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   const double target = o.target.value_or(s.target);
   const double budget = o.budget_s.value_or(60);
   const std::uint64_t seed = o.seed;  // BSP's bit-for-bit check; time to target runs seeds seed..seed+K-1
-  const auto& costs = h.ensure_costs();
+  const auto& costs = h.ensure_costs(s);
   progress.line("validate: 2 workers, " + s.name + " network and straggler; virtual step " +
                 fmt(costs.step_s * 1e3, 3) + " ms (" + (costs.step_given ? "--step-ms" : "calibrated") +
                 "), spread " + fmt(100 * costs.step_cv, 1) + "%, real budget " + fmt(budget, 0) + " s per policy, target " + fmt(target, 2));

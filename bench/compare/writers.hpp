@@ -194,6 +194,8 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
       f << ",\n  \"step_s\": " << json_number(costs.step_s) << ",\n  \"step_cost\": "
         << json_string(costs.step_given ? "given (--step-ms)" : "calibrated (calibrate_step median)")
         << ",\n  \"step_cv\": " << json_number(costs.step_cv)
+        << (costs.model == "cnn" ? ",\n  \"model\": \"cnn\"" : "")
+        << (costs.mlp_step_s > 0 ? ",\n  \"mlp_step_s\": " + json_number(costs.mlp_step_s) : std::string())
         << ",\n  \"server_s_per_float\": " << json_number(costs.server_s_per_float) << ",\n  \"quick\": "
         << (o.quick ? "true" : "false");
     f << ",\n  \"goals\": [";
@@ -263,7 +265,7 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
          "data, one thread, with time modelled: a local step costs "
       << fmt(costs.step_s * 1e3, 3) << " ms ("
       << (costs.step_given ? "given with --step-ms" : "the median measured on this machine by `calibrate_step`")
-      << "), varies lognormally from step to step by " << fmt(100 * costs.step_cv, 1) << "% ("
+      << (costs.step_note().empty() ? "" : "; " + costs.step_note()) << "), varies lognormally from step to step by " << fmt(100 * costs.step_cv, 1) << "% ("
       << (costs.cv_given ? "given with --step-cv"
                          : costs.step_given ? "the default with --step-ms" : "measured with the step")
       << ", seeded) and is multiplied by the worker's slowdown; the server spends " << fmt(costs.server_s_per_float * 1e9, 3)
@@ -352,6 +354,9 @@ inline void print_table(const Scenario& s, const std::vector<Row>& rows, const s
   std::printf("\n== %s == (virtual time; cap %.0f virtual s per policy, target %.2f, %u seed(s) from %llu, %u workers)\n",
               s.name.c_str(), o.budget_s.value_or(o.quick ? s.quick_budget_s : s.virtual_budget_s), target, o.seeds,
               static_cast<unsigned long long>(o.seed), o.workers.value_or(s.workers));
+  if (const auto note = costs.step_note(); !note.empty())
+    std::printf("virtual step %s ms (%s): %s\n", fmt(costs.step_s * 1e3, 3).c_str(),
+                costs.step_given ? "--step-ms" : "calibrated", note.c_str());
   std::printf("%-22s %7s %10s %13s %9s %9s %8s %8s %8s %9s %6s %6s %10s %7s\n", "policy", "lr", "t_target", "min-max",
               "vs BSP", "steps@tgt", "vs seq", "final", "run(s)", "samples", "comp%", "wait%", "steps/push", "real s");
   for (const auto& r : rows) {
