@@ -415,12 +415,9 @@ TEST_CASE("Workers with --codec push encoded updates the server decodes, and the
   ServerProcess server(dir, with({"--metrics", (dir.path / "server.json").string()}));
   std::vector<std::unique_ptr<Process>> workers;
   for (int w = 0; w < 2; ++w) {
-    const std::string name = "codec-" + std::to_string(w);
-    std::vector<std::string> argv{exe, "--role", "worker", "--server", server.address(), "--id", std::to_string(w)};
-    auto args = with({"--metrics", (dir.path / (name + ".json")).string()});
+    auto args = with({"--metrics", (dir.path / ("codec-" + std::to_string(w) + ".json")).string()});
     if (w == 0) args.insert(args.end(), {"--codec", "topk:0.1"});
-    argv.insert(argv.end(), args.begin(), args.end());
-    workers.push_back(std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err")));
+    workers.push_back(start_worker(dir, server, w, args));
   }
   INFO("server stderr:\n" << server.process->err());
   double bytes_per_push[2] = {0, 0};
