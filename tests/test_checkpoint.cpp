@@ -330,8 +330,8 @@ TEST_CASE("the byte layout is pinned", "[checkpoint]") {
 }
 
 TEST_CASE("clock table and round restored from a checkpoint continue exactly as the uninterrupted run", "[checkpoint]") {
-  const Eigen::Index n = 4;
-  auto update = [n](int k) { return Eigen::VectorXf::Constant(n, 0.1f * static_cast<float>(k) + 0.013f); };
+  constexpr Eigen::Index n = 4;
+  auto update = [](int k) { return Eigen::VectorXf::Constant(n, 0.1f * static_cast<float>(k) + 0.013f); };
   // Two workers; worker 1 leaves after round 2 and rejoins lower, so max_clock_seen matters.
   auto first_half = [&](psync::ClockTable& t, psync::combine::RoundAverage& c, Eigen::VectorXf& m) {
     t.join(0, 0);
