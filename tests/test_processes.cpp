@@ -443,8 +443,6 @@ TEST_CASE("Workers with --codec push encoded updates the server decodes, and the
                {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--codec", "zip"},
                 "--codec: unknown codec 'zip'"},
                {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--codec", "topk:2"}, "--codec"},
-               {{"--role", "worker", "--server", "127.0.0.1:7000,127.0.0.1:7001", "--id", "0", "--codec", "fp16"},
-                "--codec does not apply to sharded servers"},
            });
 }
 
@@ -1088,6 +1086,11 @@ TEST_CASE("Series and budget flags: usage errors name the flag", "[processes][se
 // processes and two workers naming both. Under BSP with two workers the run is
 // deterministic, so the workers' final model (each evaluates the model it
 // reassembled from the shards) must score exactly what the unsharded server scores.
+// With --codec topk (the workers'), each push is cut into one payload per shard that
+// decodes to exactly its slice: the same holds against an unsharded run with the codec.
+// With qsgd8 the worker's buckets restart at the slices (the transport's push_segments
+// reach its encoder), so its stochastic rounding differs from the unsharded run's: that
+// run is only checked to train.
 TEST_CASE("Two shard servers and two workers under BSP end with the unsharded run's model", "[processes][sharding]") {
   const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
                                         "--batch", "32", "--lr", "0.1", "--seed", "3", "--timeout-ms", "10000",
@@ -1096,11 +1099,18 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
     more.insert(more.begin(), common.begin(), common.end());
     return more;
   };
+  const std::vector<std::string> codec = GENERATE(std::vector<std::string>{},
+                                                  std::vector<std::string>{"--codec", "topk:0.05"},
+                                                  std::vector<std::string>{"--codec", "qsgd8"});
+  const bool exact = codec.empty() || codec[1] != "qsgd8";
+  std::vector<std::string> worker_flags = common;
+  worker_flags.insert(worker_flags.end(), codec.begin(), codec.end());
+  INFO("worker flags: " << (codec.empty() ? std::string("(no codec)") : codec[1]));
   // The reference: one server.
   TempDir ref;
   ServerProcess server(ref, with({"--metrics", (ref.path / "server.json").string()}));
   std::vector<std::unique_ptr<Process>> ref_workers;
-  for (int w = 0; w < 2; ++w) ref_workers.push_back(start_worker(ref, server, w, common));
+  for (int w = 0; w < 2; ++w) ref_workers.push_back(start_worker(ref, server, w, worker_flags));
   expect_trained(ref, server, ref_workers, 200);
   const std::string reference = read_file(ref.path / "server.json");
 
@@ -1113,7 +1123,7 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
     const std::string name = "worker-" + std::to_string(w);
     std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
                                   "--id", std::to_string(w), "--metrics", (dw.path / (name + ".json")).string()};
-    argv.insert(argv.end(), common.begin(), common.end());
+    argv.insert(argv.end(), worker_flags.begin(), worker_flags.end());
     workers.push_back(std::make_unique<Process>(argv, dw.path / (name + ".out"), dw.path / (name + ".err")));
   }
   for (int w = 0; w < 2; ++w) {
@@ -1144,9 +1154,19 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
     INFO(report << "\nreference:\n" << reference);
     CHECK(json_number(report, "steps_done") == 100);
     // Printed with 9 significant digits: equal text is the same double from the same parameters.
-    CHECK(value_of(report, "final_test_accuracy") == value_of(reference, "final_test_accuracy"));
-    CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+    if (exact) {
+      CHECK(value_of(report, "final_test_accuracy") == value_of(reference, "final_test_accuracy"));
+      CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+    }
     CHECK(json_number(report, "final_test_accuracy") > 0.85);
+  }
+
+  if (!codec.empty()) {
+    for (int w = 0; w < 2; ++w) {
+      const std::string report = read_file(dw.path / ("worker-" + std::to_string(w) + ".json"));
+      CHECK(report.find("\"codec\": \"" + codec[1] + "\"") != std::string::npos);
+    }
+    return;  // the launch script below runs without a codec
   }
 
   // The launch script's --shards: the same cluster, started by it.

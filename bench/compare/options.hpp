@@ -438,8 +438,6 @@ inline Options parse(int argc, char** argv) {
   if (!o.sweep_codec.empty() && o.codec) bad("--sweep-codec sets the codec: drop --codec");
   if ((o.codec && *o.codec != "none") || !o.sweep_codec.empty()) {
     if (!o.virtual_time || o.validate) bad("--codec and --sweep-codec run in virtual time");
-    if ((o.shards && *o.shards > 1) || !o.sweep_shards.empty())
-      bad("--codec and --sweep-codec need one server shard (an encoded push is not split over shards)");
   }
   if (o.validate && (o.optimizer || o.schedule)) bad("--optimizer and --schedule do not apply to --validate (it checks SGD)");
   // --quick (the demo): a lower target, so every policy gets there in a few thousand steps.

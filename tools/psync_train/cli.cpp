@@ -573,10 +573,6 @@ std::optional<Config> parse(int argc, char** argv) {
   }
   if (c.shard_servers.size() > 1) {
     if (!c.id) throw UsageError("a worker of sharded servers needs --id (each shard would assign its own)");
-    if (c.codec.encoding != psync::Encoding::dense) {
-      throw UsageError(get("--codec")->source + " does not apply to sharded servers (an encoded push cannot be cut "
-                       "into slices)");
-    }
     if (c.reconnect.count() > 0) throw UsageError("--reconnect-ms is not supported with sharded servers");
   }
   if (is_server && c.host == "localhost") c.host = "127.0.0.1";  // the listener needs a numeric address

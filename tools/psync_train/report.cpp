@@ -138,7 +138,8 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
     << ",\n  \"id_assigned\": " << (c.id ? "false" : "true") << ",\n  \"ok\": " << (r ? "true" : "false")
     << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error))
     << ",\n  \"optimizer\": " << json_string(psync::optim::parse_optimizer(c.optimizer).name())
-    << ",\n  \"schedule\": " << json_string(c.schedule.empty() ? "constant" : c.schedule);
+    << ",\n  \"schedule\": " << json_string(c.schedule.empty() ? "constant" : c.schedule)
+    << ",\n  \"codec\": " << json_string(c.codec.name());
   if (r) {
     o << ",\n  \"steps_done\": " << r->steps << ",\n  \"samples\": " << r->samples << ",\n  \"pushes\": " << r->pushes
       << ",\n  \"pushed_bytes\": " << r->pushed_bytes << ",\n  \"installs\": " << r->installs << ",\n  \"wall_s\": " << json_number(r->wall_s)

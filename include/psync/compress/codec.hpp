@@ -10,6 +10,12 @@
 /// - qsgd8: ceil(n / `qsgd_bucket`) float32 scales (finite, >= 0), then n int8 levels in
 ///   [-`qsgd_levels`, `qsgd_levels`]; value i = scale(bucket of i) * level_i / `qsgd_levels`
 ///   (4 ceil(n / 512) + n bytes).
+///
+/// Segmented updates (a worker of sharded servers, `Encoder::reset` with the shard
+/// layout's slice sizes): fp16 and top-k are unchanged (top-k stays global over the n
+/// floats); qsgd8's buckets restart at each segment, and the payload is each segment's
+/// qsgd8 payload in turn. `split` cuts such a payload into one ordinary payload per
+/// segment, each decoding to exactly its slice of what the whole stands for.
 
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
@@ -119,6 +125,16 @@ inline std::uint64_t payload_bytes(const Codec& c, std::uint64_t n) noexcept {
   return 0;
 }
 
+/// @brief Payload bytes of a segmented update (segments of `sizes` floats, n their sum):
+/// as `payload_bytes` over n, except qsgd8, whose buckets restart at each segment.
+inline std::uint64_t payload_bytes(const Codec& c, std::span<const std::uint64_t> sizes) noexcept {
+  const std::uint64_t n = std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0});
+  if (c.encoding != Encoding::qsgd8 || sizes.size() < 2) return payload_bytes(c, n);
+  std::uint64_t bytes = 0;
+  for (const auto s : sizes) bytes += payload_bytes(c, s);
+  return bytes;
+}
+
 namespace detail {
 
 template <class T>
@@ -217,6 +233,87 @@ inline std::optional<std::string> decode(Encoding e, std::span<const std::byte> 
   return detail::decode_impl(e, static_cast<std::uint64_t>(out.size()), payload, out.data());
 }
 
+/// @brief Cuts `whole`, an encoding-`e` update of the floats of consecutive segments of
+/// `sizes` floats, into one payload per segment (`out[i]`, resized; its capacity is
+/// reused): `decode(e, out[i], slice)` gives exactly floats [offset_i, offset_i + sizes[i])
+/// of what `whole` stands for. A qsgd8 `whole` must have been encoded with these segments
+/// (`Encoder::reset(n, sizes)`); fp16, dense and top-k payloads need nothing of the kind.
+/// Returns what is wrong with `whole` instead (a size that does not fit, a top-k index out
+/// of range or out of order); the slices' contents are checked by whoever decodes them.
+inline std::optional<std::string> split(Encoding e, std::span<const std::byte> whole, std::span<const std::uint64_t> sizes,
+                                        std::vector<std::vector<std::byte>>& out) {
+  const std::uint64_t n = std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0});
+  const std::uint64_t size = whole.size();
+  const std::byte* b = whole.data();
+  out.resize(sizes.size());
+  const auto copy_bytes = [&](std::uint64_t per_float) -> std::optional<std::string> {
+    if (size != per_float * n) {
+      return std::string(encoding_name(e)) + " payload of " + std::to_string(size) + " bytes for " +
+             std::to_string(n) + " floats (expected " + std::to_string(per_float * n) + ")";
+    }
+    std::uint64_t at = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      out[i].assign(b + at, b + at + per_float * sizes[i]);
+      at += per_float * sizes[i];
+    }
+    return std::nullopt;
+  };
+  switch (e) {
+    case Encoding::dense: return copy_bytes(4);
+    case Encoding::fp16: return copy_bytes(2);
+    case Encoding::topk: {
+      if (size % 8 != 0) return "top-k payload of " + std::to_string(size) + " bytes is not a whole number of (index, value) pairs";
+      const std::uint64_t k = size / 8;
+      if (k > n) return "top-k payload holds " + std::to_string(k) + " values for " + std::to_string(n) + " floats";
+      // First pass: how many indices fall in each segment (they must increase, so the
+      // segment only moves forward).
+      std::vector<std::uint64_t> count(sizes.size(), 0);
+      std::size_t seg = 0;
+      std::uint64_t seg_end = sizes.empty() ? 0 : sizes[0], next = 0;
+      for (std::uint64_t j = 0; j < k; ++j) {
+        const std::uint64_t i = detail::load<std::uint32_t>(b + 4 * j);
+        if (i >= n) return "top-k index " + std::to_string(i) + " out of range (" + std::to_string(n) + " floats)";
+        if (i < next) {
+          return "top-k indices not strictly increasing (" + std::to_string(i) + " after " + std::to_string(next - 1) + ")";
+        }
+        next = i + 1;
+        while (i >= seg_end) seg_end += sizes[++seg];
+        ++count[seg];
+      }
+      // Second pass: each segment's pairs, indices made relative to its first float.
+      std::uint64_t j = 0, offset = 0;
+      for (std::size_t s = 0; s < sizes.size(); ++s) {
+        const std::uint64_t c = count[s];
+        out[s].resize(8 * c);
+        std::byte* o = out[s].data();
+        for (std::uint64_t t = 0; t < c; ++t, ++j) {
+          const auto i = detail::load<std::uint32_t>(b + 4 * j);
+          detail::store(o + 4 * t, static_cast<std::uint32_t>(i - offset));
+          std::memcpy(o + 4 * c + 4 * t, b + 4 * k + 4 * j, 4);
+        }
+        offset += sizes[s];
+      }
+      return std::nullopt;
+    }
+    case Encoding::qsgd8: {
+      const Codec q{Encoding::qsgd8, 0};
+      if (size != payload_bytes(q, sizes)) {
+        return "qsgd8 payload of " + std::to_string(size) + " bytes for " + std::to_string(sizes.size()) +
+               " segments of " + std::to_string(n) + " floats (expected " + std::to_string(payload_bytes(q, sizes)) +
+               ": encoded with buckets restarting at each segment?)";
+      }
+      std::uint64_t at = 0;
+      for (std::size_t i = 0; i < sizes.size(); ++i) {
+        const std::uint64_t bytes = payload_bytes(q, sizes[i]);
+        out[i].assign(b + at, b + at + bytes);
+        at += bytes;
+      }
+      return std::nullopt;
+    }
+  }
+  return "unknown encoding " + std::to_string(static_cast<unsigned>(e));
+}
+
 /// @brief The worker's side of a codec: encodes each push's update with error
 /// feedback. The update pushed is v = update + residual; what v's encoding does not
 /// carry (v - decode(encode(v))) becomes the new residual, added to the next push. So
@@ -235,11 +332,28 @@ class Encoder {
   /// @brief True unless the codec is dense.
   bool encodes() const noexcept { return codec_.encoding != Encoding::dense; }
   /// @brief Sizes the buffers for updates of `n` floats and clears the residual.
-  void reset(Eigen::Index n) {
+  /// `segments`, when given, are the sizes (summing to `n`) of the slices the payload
+  /// will be `split` into, one per server shard: qsgd8's buckets restart at each.
+  /// Throws `ConfigError` if they do not sum to `n` or one is 0.
+  void reset(Eigen::Index n, std::vector<std::uint64_t> segments = {}) {
+    if (!segments.empty()) {
+      std::uint64_t sum = 0;
+      for (const auto s : segments) {
+        if (s == 0) throw ConfigError("compress: an empty segment in the encoder's segments");
+        sum += s;
+      }
+      if (sum != static_cast<std::uint64_t>(n)) {
+        throw ConfigError("compress: encoder segments sum to " + std::to_string(sum) + " floats, the update has " +
+                          std::to_string(n));
+      }
+    }
+    segments_ = segments.size() > 1 ? std::move(segments) : std::vector<std::uint64_t>{};
     if (!encodes()) return;
     residual_ = Eigen::VectorXf::Zero(n);
     if (codec_.encoding == Encoding::topk) order_.resize(static_cast<std::size_t>(n));
   }
+  /// @brief The segments of `reset` (empty: one, the whole update).
+  const std::vector<std::uint64_t>& segments() const noexcept { return segments_; }
   /// @brief What was computed and not sent yet (zero for dense, or before the first push).
   const Eigen::VectorXf& residual() const noexcept { return residual_; }
   /// @brief Forgets the residual (its updates were dropped, e.g. with a lost push).
@@ -256,7 +370,7 @@ class Encoder {
                         std::to_string(n));
     }
     residual_ += update;  // v: everything not yet sent
-    payload.resize(payload_bytes(codec_, n));
+    payload.resize(segments_.empty() ? payload_bytes(codec_, n) : payload_bytes(codec_, segments_));
     std::byte* out = payload.data();
     float* v = residual_.data();
     switch (codec_.encoding) {
@@ -288,27 +402,13 @@ class Encoder {
         return;
       }
       case Encoding::qsgd8: {
-        const std::uint64_t buckets = (n + qsgd_bucket - 1) / qsgd_bucket;
-        std::byte* levels = out + 4 * buckets;
-        for (std::uint64_t q = 0; q < buckets; ++q) {
-          const std::uint64_t begin = q * qsgd_bucket, end = std::min(n, begin + qsgd_bucket);
-          float s = 0;
-          for (std::uint64_t i = begin; i < end; ++i) s = std::max(s, std::abs(v[i]));
-          detail::store(out + 4 * q, s);
-          const float unit = s / static_cast<float>(qsgd_levels);
-          for (std::uint64_t i = begin; i < end; ++i) {
-            std::int8_t l = 0;
-            if (unit > 0) {  // (a scale so small that s / 127 underflows sends zeros; the residual keeps v)
-              // Stochastic rounding of |v|/unit to a neighbouring level: unbiased.
-              const float x = std::min(std::abs(v[i]) / unit, static_cast<float>(qsgd_levels));
-              const float lo = std::floor(x);
-              const float u = static_cast<float>(rng_() >> 40) * 0x1p-24f;  // uniform in [0, 1)
-              int level = static_cast<int>(lo) + (u < x - lo ? 1 : 0);
-              level = std::min(level, qsgd_levels);
-              l = static_cast<std::int8_t>(v[i] < 0 ? -level : level);
-            }
-            detail::store(levels + i, l);
-            v[i] -= unit * static_cast<float>(l);
+        if (segments_.empty()) {
+          encode_qsgd8(v, n, out);
+        } else {
+          for (const auto s : segments_) {  // each segment a payload of its own, in turn
+            encode_qsgd8(v, s, out);
+            v += s;
+            out += payload_bytes(codec_, s);
           }
         }
         return;
@@ -317,7 +417,35 @@ class Encoder {
   }
 
  private:
+  // qsgd8 of the n floats at v (each minus what it sent) into the payload at out.
+  void encode_qsgd8(float* v, std::uint64_t n, std::byte* out) {
+    const std::uint64_t buckets = (n + qsgd_bucket - 1) / qsgd_bucket;
+    std::byte* levels = out + 4 * buckets;
+    for (std::uint64_t q = 0; q < buckets; ++q) {
+      const std::uint64_t begin = q * qsgd_bucket, end = std::min(n, begin + qsgd_bucket);
+      float s = 0;
+      for (std::uint64_t i = begin; i < end; ++i) s = std::max(s, std::abs(v[i]));
+      detail::store(out + 4 * q, s);
+      const float unit = s / static_cast<float>(qsgd_levels);
+      for (std::uint64_t i = begin; i < end; ++i) {
+        std::int8_t l = 0;
+        if (unit > 0) {  // (a scale so small that s / 127 underflows sends zeros; the residual keeps v)
+          // Stochastic rounding of |v|/unit to a neighbouring level: unbiased.
+          const float x = std::min(std::abs(v[i]) / unit, static_cast<float>(qsgd_levels));
+          const float lo = std::floor(x);
+          const float u = static_cast<float>(rng_() >> 40) * 0x1p-24f;  // uniform in [0, 1)
+          int level = static_cast<int>(lo) + (u < x - lo ? 1 : 0);
+          level = std::min(level, qsgd_levels);
+          l = static_cast<std::int8_t>(v[i] < 0 ? -level : level);
+        }
+        detail::store(levels + i, l);
+        v[i] -= unit * static_cast<float>(l);
+      }
+    }
+  }
+
   Codec codec_{};
+  std::vector<std::uint64_t> segments_;  // the slices qsgd8's buckets restart at (empty: one)
   std::mt19937_64 rng_{1};
   Eigen::VectorXf residual_;           // error feedback: v - what was sent
   std::vector<std::uint32_t> order_;   // top-k's index scratch

@@ -131,7 +131,10 @@ class Worker {
     }
     rng_.seed(options_.straggler.seed ^ (0x9E3779B97F4A7C15ull * (core_.id() + 1)));
     if (options_.codec.encoding != Encoding::dense) {
-      core_.use_codec(options_.codec, options_.codec_seed * 0xD1B54A32D192ED03ull + core_.id() + 1);
+      // Sharded servers: the push is cut into their slices (qsgd8's buckets restart at each).
+      std::vector<std::uint64_t> segments;
+      if constexpr (requires { transport_.push_segments(); }) segments = transport_.push_segments();
+      core_.use_codec(options_.codec, options_.codec_seed * 0xD1B54A32D192ED03ull + core_.id() + 1, std::move(segments));
     }
   }
 

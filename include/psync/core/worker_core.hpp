@@ -160,11 +160,13 @@ class WorkerCore {
 
   /// @brief Encodes every push with `codec` from now on; `seed` seeds its random draws
   /// (qsgd8), so a run is reproducible. Must be called before the first push (else
-  /// `ConfigError`). "none" keeps the dense push, bit for bit.
-  void use_codec(const compress::Codec& codec, std::uint64_t seed = 1) {
+  /// `ConfigError`). "none" keeps the dense push, bit for bit. `segments`: the slice
+  /// sizes of sharded servers (`Sharded::push_segments`), which the push is cut into
+  /// (`compress::split`); empty for one server.
+  void use_codec(const compress::Codec& codec, std::uint64_t seed = 1, std::vector<std::uint64_t> segments = {}) {
     if (report_.pushes != 0) throw ConfigError(who() + ": the codec must be chosen before the first push");
     encoder_ = compress::Encoder(codec, seed);
-    encoder_.reset(grad_.size());
+    encoder_.reset(grad_.size(), std::move(segments));
   }
 
   /// @brief The next message to send to the server, or nothing.

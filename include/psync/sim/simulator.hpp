@@ -95,7 +95,8 @@ struct SimOptions {
   /// flight share its own link equally (each is capped at the link's bandwidth / K).
   std::uint32_t shards = 1;
   /// @brief How every worker encodes its pushes (docs/compression.md); the network
-  /// charges the encoded size. A codec needs `shards == 1` (`ConfigError` otherwise).
+  /// charges the encoded size. With `shards` > 1 each push is cut into one payload per
+  /// shard (`compress::split`), each shard's link charged its own.
   compress::Codec codec{};
   /// @brief Virtual seconds between two snapshots of the global model for the series.
   double snapshot_interval_s = 0.5;
@@ -240,10 +241,6 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   }
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
   if (options.shards == 0) throw ConfigError("simulate: shards must be at least 1");
-  if (options.codec.encoding != Encoding::dense && options.shards != 1) {
-    throw ConfigError("simulate: codec '" + options.codec.name() + "' needs one server shard, not " +
-                      std::to_string(options.shards) + " (an encoded push is not split over shards)");
-  }
   const std::uint32_t K = options.shards;
   const ShardLayout layout(model.parameters().size(), K);  // ConfigError if K > the model's size
 
@@ -312,7 +309,6 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     auto& ws = workers[w];
     ws.core = std::make_unique<WorkerCore<M, P, optim::Any>>(model, w, options.learning_rate, policy, options.optimizer,
                                                              options.schedule);
-    if (options.codec.encoding != Encoding::dense) ws.core->use_codec(options.codec, options.seed * 0xC2B2AE3D27D4EB4Full + w + 1);
     ws.batches.emplace(batches_for(w));
     ws.rng.seed(options.seed * 0x9E3779B97F4A7C15ull + w + 1);
     ws.spread_rng.seed(options.seed * 0xD1B54A32D192ED03ull + w + 1);
@@ -327,6 +323,10 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     sho.equal_versions = shard_versions_agree<P>;
     ws.shards = std::make_unique<Sharded<detail::SimShardEndpoint>>(std::move(ends), std::vector<std::string>{},
                                                                     layout.dimension(), sho);
+    if (options.codec.encoding != Encoding::dense) {
+      // K > 1: each push is cut into the shards' slices (qsgd8's buckets restart at each).
+      ws.core->use_codec(options.codec, options.seed * 0xC2B2AE3D27D4EB4Full + w + 1, ws.shards->push_segments());
+    }
   }
   // The lognormal's sigma for a coefficient of variation cv: cv^2 = exp(sigma^2) - 1.
   const double spread_sigma = std::sqrt(std::log1p(options.compute.step_cv * options.compute.step_cv));

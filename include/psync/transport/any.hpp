@@ -13,9 +13,10 @@
 ///   psync::Worker<Model, psync::AnyTransport, Policy> worker(model, std::move(t), options);
 ///   server.run(psync::AnyTransport(std::ref(listener)));  // a view: the listener stays yours
 /// @endcode
-/// The server's optional hooks (`reserve_worker_ids`, `expect_dimension`) are passed on
-/// to the held transport when it has them, and do nothing when it does not, exactly as
-/// `Server::run` treats a transport without them.
+/// The optional hooks (the server's `reserve_worker_ids` and `expect_dimension`, the
+/// worker's `push_segments`) are passed on to the held transport when it has them, and
+/// do nothing (or return nothing) when it does not, exactly as `Server::run` and
+/// `Worker` treat a transport without them.
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
@@ -74,6 +75,9 @@ class AnyTransport {
   void reserve_worker_ids(const std::vector<PeerId>& ids) { impl().reserve_worker_ids(ids); }
   /// @brief Passed on if the held transport checks vector sizes; nothing otherwise.
   void expect_dimension(std::uint64_t dimension) { impl().expect_dimension(dimension); }
+  /// @brief The held transport's slice sizes if it cuts pushes over sharded servers
+  /// (`Sharded::push_segments`); empty otherwise.
+  std::vector<std::uint64_t> push_segments() const { return impl().push_segments(); }
 
   /// @brief The held transport if it is a `T` (held or referred to), else nullptr.
   template <class T>
@@ -90,6 +94,7 @@ class AnyTransport {
     virtual std::optional<Envelope> try_receive() = 0;
     virtual void reserve_worker_ids(const std::vector<PeerId>& ids) = 0;
     virtual void expect_dimension(std::uint64_t dimension) = 0;
+    virtual std::vector<std::uint64_t> push_segments() const = 0;
     virtual void* target(const std::type_info& type) noexcept = 0;
   };
 
@@ -122,6 +127,14 @@ class AnyTransport {
     void expect_dimension(std::uint64_t dimension) override {
       auto& u = get();
       if constexpr (requires { u.expect_dimension(dimension); }) u.expect_dimension(dimension);
+    }
+    std::vector<std::uint64_t> push_segments() const override {
+      const auto& u = get();
+      if constexpr (requires { u.push_segments(); }) {
+        return u.push_segments();
+      } else {
+        return {};
+      }
     }
     void* target(const std::type_info& type) noexcept override {
       auto& u = get();

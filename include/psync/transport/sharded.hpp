@@ -5,7 +5,8 @@
 ///
 /// The worker (`Worker`, `WorkerCore`) is unchanged: it sends one `Join`, `Push`,
 /// `Pull` or `Leave` to `server_peer` and waits for one answer. This adapter sends
-/// each shard its part (a push's update is cut into K slices, each sent at once:
+/// each shard its part (a push's update is cut into K slices, an encoded one by
+/// `compress::split` into K payloads that decode to exactly those slices; each sent at once:
 /// every transport's `send` only hands the message over, so the slices travel
 /// concurrently) and hands the worker one `msg::Model` only when every shard has
 /// answered the request, each shard's slice copied straight into the one full-size
@@ -22,6 +23,7 @@
 /// the pushes still in flight to some shard, and the answer carries the smallest
 /// (a version every shard has reached, as a push's `base_version` must be).
 
+#include "psync/compress/codec.hpp"
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
@@ -93,7 +95,9 @@ class Sharded {
         layout_(dimension, checked_count(shards_.size())),
         options_(options),
         got_(shards_.size()),
-        slice_spares_(shards_.size()) {
+        slice_spares_(shards_.size()),
+        cut_(shards_.size()),
+        payload_spares_(shards_.size()) {
     if (names_.empty()) {
       for (std::size_t i = 0; i < shards_.size(); ++i) names_.push_back("shard " + std::to_string(i));
     }
@@ -117,6 +121,15 @@ class Sharded {
   const ShardLayout& layout() const noexcept { return layout_; }
   /// @brief Number of shards.
   std::size_t shard_count() const noexcept { return shards_.size(); }
+  /// @brief The slice sizes an encoded push is cut into, in shard order (empty for
+  /// one shard): a worker's encoder takes them (`Worker` asks for them, the
+  /// `WorkerCore::use_codec` argument), so qsgd8's buckets restart at each slice.
+  std::vector<std::uint64_t> push_segments() const {
+    std::vector<std::uint64_t> sizes;
+    if (shards_.size() < 2) return sizes;
+    for (std::uint32_t i = 0; i < shards_.size(); ++i) sizes.push_back(static_cast<std::uint64_t>(layout_.size(i)));
+    return sizes;
+  }
   /// @brief The endpoint to shard `i`.
   T& shard(std::size_t i) { return shards_.at(i); }
 
@@ -231,17 +244,28 @@ class Sharded {
 
   void send_push(msg::Push&& p) {
     if (p.encoding != Encoding::dense) {
-      // A codec's payload is not cut into slices (qsgd8's buckets and top-k's indices
-      // span the whole vector): one shard takes it whole; more are not supported yet.
-      if (shards_.size() != 1) {
-        throw ConfigError(who_self() + ": a " + std::string(encoding_name(p.encoding)) + "-encoded push cannot be split over " +
-                          std::to_string(shards_.size()) + " shards (compression supports one server shard)");
-      }
       if (p.encoded_dimension != static_cast<std::uint64_t>(layout_.dimension())) {
         throw ProtocolError(who_self() + ": a push of " + std::to_string(p.encoded_dimension) +
                             " parameters, but the shards hold " + std::to_string(layout_.dimension()));
       }
-      send_to(0, std::move(p));
+      if (shards_.size() == 1) {
+        send_to(0, std::move(p));
+        requests_.push_back(false);
+        return;
+      }
+      // Cut into one ordinary payload per slice (compress::split), each decoding to
+      // exactly its slice of the whole: the shards together apply what one server would.
+      const auto sizes = push_segments();
+      for (std::size_t i = 0; i < shards_.size(); ++i) cut_[i] = take_payload(i);
+      if (auto fault = compress::split(p.encoding, p.payload, sizes, cut_)) {
+        throw ProtocolError(who_self() + ": cannot cut a " + std::string(encoding_name(p.encoding)) + " push over " +
+                            std::to_string(shards_.size()) + " shards: " + *fault);
+      }
+      for (std::size_t i = 0; i < shards_.size(); ++i) {
+        send_to(i, msg::Push{p.clock, p.base_version, p.steps, Eigen::VectorXf(), p.encoding, sizes[i], std::move(cut_[i])});
+      }
+      // The whole payload's buffer goes back to the worker with the answer, for its next push.
+      if (whole_payloads_.size() < 4) whole_payloads_.push_back(std::move(p.payload));
       requests_.push_back(false);
       return;
     }
@@ -272,6 +296,14 @@ class Sharded {
   void keep_slice(std::size_t i, Eigen::VectorXf&& v) {
     auto& pool = slice_spares_[i];
     if (v.size() == layout_.size(static_cast<std::uint32_t>(i)) && pool.size() < 4) pool.push_back(std::move(v));
+  }
+
+  std::vector<std::byte> take_payload(std::size_t i) {
+    auto& pool = payload_spares_[i];
+    if (pool.empty()) return {};
+    std::vector<std::byte> b = std::move(pool.back());
+    pool.pop_back();
+    return b;
   }
 
   void keep_full(Eigen::VectorXf&& v) {
@@ -351,8 +383,16 @@ class Sharded {
       out.parameters.segment(layout_.offset(s), layout_.size(s)) = m.values();
       keep_slice(i, std::move(m.parameters));
       keep_slice(i, std::move(m.spare));
-      if (shards_.size() == 1) out.spare_payload = std::move(m.spare_payload);  // an encoded push's buffer, back
+      if (shards_.size() == 1) {
+        out.spare_payload = std::move(m.spare_payload);  // an encoded push's buffer, back
+      } else if (m.spare_payload.capacity() != 0 && payload_spares_[i].size() < 4) {
+        payload_spares_[i].push_back(std::move(m.spare_payload));  // a slice's buffer, for the next cut
+      }
       got_[i].reset();
+    }
+    if (!whole_payloads_.empty()) {
+      out.spare_payload = std::move(whole_payloads_.back());
+      whole_payloads_.pop_back();
     }
     arrived_ = 0;
     requests_.pop_front();
@@ -373,6 +413,9 @@ class Sharded {
   std::deque<bool> requests_;                   // requests sent to every shard, oldest first (true: a join)
   std::vector<std::vector<Eigen::VectorXf>> slice_spares_;
   std::vector<Eigen::VectorXf> full_spares_;
+  std::vector<std::vector<std::byte>> cut_;                         // an encoded push's slices, being sent
+  std::vector<std::vector<std::vector<std::byte>>> payload_spares_;  // per shard: slice payload buffers back from it
+  std::vector<std::vector<std::byte>> whole_payloads_;              // encoded pushes' buffers, for the worker
 };
 
 }  // namespace psync
