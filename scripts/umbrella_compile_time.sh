@@ -5,8 +5,32 @@
 # each (default 5), median. The compiler and flags are the same for both:
 #   ${CXX:-g++} -std=c++20 -O2 -c, Eigen from /usr/include/eigen3.
 #   scripts/umbrella_compile_time.sh [REV] [N]
+#   scripts/umbrella_compile_time.sh --headers
+#       instead: the CPU seconds (user) of a translation unit that includes only one of
+#       the umbrella's headers (with what it includes), for each, largest first, and
+#       of <Eigen/Core> alone: where the umbrella's time goes. CPU time, not wall time,
+#       so a busy machine changes it less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --headers ]; then
+  cxx=${CXX:-g++}
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  cpu() {
+    printf '#include <%s>\nint main() { return 0; }\n' "$1" > "$work/one.cpp"
+    /usr/bin/time -f %U -o "$work/t" "$cxx" -std=c++20 -O2 -isystem /usr/include/eigen3 -Iinclude -c "$work/one.cpp" -o "$work/one.o"
+    cat "$work/t"
+  }
+  echo "CPU seconds of a TU including only the header ($cxx -std=c++20 -O2 -c):"
+  {
+    printf '%s Eigen/Core (alone)\n' "$(cpu Eigen/Core)"
+    printf '%s psync/psync.hpp (the umbrella)\n' "$(cpu psync/psync.hpp)"
+    for h in $(sed -n 's|^#include "\(psync/[^"]*\)"|\1|p' include/psync/psync.hpp); do
+      printf '%s %s\n' "$(cpu "$h")" "$h"
+    done
+  } | sort -rn
+  exit 0
+fi
 rev=${1:-727bf37}
 runs=${2:-5}
 cxx=${CXX:-g++}

@@ -320,13 +320,14 @@ TEST_CASE("A straggler holds BSP back but not ASP", "[cluster]") {
   ClusterSpec spec;
   spec.workers = 2;
   spec.steps = 40;
-  spec.step_delay = {1000us};  // worker 0 takes 1 ms a step, worker 1 nothing
+  spec.step_delay = {5000us};  // worker 0 takes 5 ms a step, worker 1 nothing
   const auto bsp = run_cluster<psync::Bsp>(spec);
   const auto asp = run_cluster<psync::Asp>(spec);
-  // Under BSP the fast worker waits for the slow one every round (about 40 ms in all,
-  // less when the host is busy and the fast thread loses its core: two loaded CI runs
-  // measured 4 and 13 ms), while the slow worker's reads are ready when it asks; under
-  // ASP no read is ever held.
+  // Under BSP the fast worker waits for the slow one every round (about 200 ms in all,
+  // less when the host is busy and the fast thread loses its core), while the slow
+  // worker's reads are ready when it asks; under ASP no read is ever held. (At 1 ms a
+  // step, a loaded run with the fast worker's test code at -O0 saw the slow worker held
+  // 106 ms and the fast one 9 ms: the fast thread had lost its core for whole rounds.)
   REQUIRE(bsp.workers[1].held_s > 0.004);
   REQUIRE(bsp.workers[1].held_s > bsp.workers[0].held_s);
   REQUIRE(asp.workers[1].held_s == 0.0);
