@@ -265,33 +265,30 @@ inline std::optional<std::string> split(Encoding e, std::span<const std::byte> w
       if (size % 8 != 0) return "top-k payload of " + std::to_string(size) + " bytes is not a whole number of (index, value) pairs";
       const std::uint64_t k = size / 8;
       if (k > n) return "top-k payload holds " + std::to_string(k) + " values for " + std::to_string(n) + " floats";
-      // First pass: how many indices fall in each segment (they must increase, so the
-      // segment only moves forward).
-      std::vector<std::uint64_t> count(sizes.size(), 0);
-      std::size_t seg = 0;
-      std::uint64_t seg_end = sizes.empty() ? 0 : sizes[0], next = 0;
-      for (std::uint64_t j = 0; j < k; ++j) {
-        const std::uint64_t i = detail::load<std::uint32_t>(b + 4 * j);
-        if (i >= n) return "top-k index " + std::to_string(i) + " out of range (" + std::to_string(n) + " floats)";
-        if (i < next) {
-          return "top-k indices not strictly increasing (" + std::to_string(i) + " after " + std::to_string(next - 1) + ")";
-        }
-        next = i + 1;
-        while (i >= seg_end) seg_end += sizes[++seg];
-        ++count[seg];
-      }
-      // Second pass: each segment's pairs, indices made relative to its first float.
-      std::uint64_t j = 0, offset = 0;
+      // One pass: the indices increase, so each segment's pairs are the next run of
+      // them below its end; each is written with its index made relative to the
+      // segment's first float. Allocates nothing once `out`'s buffers are big enough.
+      std::uint64_t j = 0, offset = 0, next = 0;
       for (std::size_t s = 0; s < sizes.size(); ++s) {
-        const std::uint64_t c = count[s];
+        const std::uint64_t end = offset + sizes[s], first = j;
+        for (; j < k; ++j) {
+          const std::uint64_t i = detail::load<std::uint32_t>(b + 4 * j);
+          if (i >= n) return "top-k index " + std::to_string(i) + " out of range (" + std::to_string(n) + " floats)";
+          if (i < next) {
+            return "top-k indices not strictly increasing (" + std::to_string(i) + " after " + std::to_string(next - 1) + ")";
+          }
+          if (i >= end) break;
+          next = i + 1;
+        }
+        const std::uint64_t c = j - first;
         out[s].resize(8 * c);
         std::byte* o = out[s].data();
-        for (std::uint64_t t = 0; t < c; ++t, ++j) {
-          const auto i = detail::load<std::uint32_t>(b + 4 * j);
+        for (std::uint64_t t = 0; t < c; ++t) {
+          const auto i = detail::load<std::uint32_t>(b + 4 * (first + t));
           detail::store(o + 4 * t, static_cast<std::uint32_t>(i - offset));
-          std::memcpy(o + 4 * c + 4 * t, b + 4 * k + 4 * j, 4);
+          std::memcpy(o + 4 * c + 4 * t, b + 4 * k + 4 * (first + t), 4);
         }
-        offset += sizes[s];
+        offset = end;
       }
       return std::nullopt;
     }

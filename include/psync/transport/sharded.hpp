@@ -98,6 +98,7 @@ class Sharded {
         slice_spares_(shards_.size()),
         cut_(shards_.size()),
         payload_spares_(shards_.size()) {
+    for (std::uint32_t i = 0; i < shards_.size(); ++i) sizes_.push_back(static_cast<std::uint64_t>(layout_.size(i)));
     if (names_.empty()) {
       for (std::size_t i = 0; i < shards_.size(); ++i) names_.push_back("shard " + std::to_string(i));
     }
@@ -124,12 +125,7 @@ class Sharded {
   /// @brief The slice sizes an encoded push is cut into, in shard order (empty for
   /// one shard): a worker's encoder takes them (`Worker` asks for them, the
   /// `WorkerCore::use_codec` argument), so qsgd8's buckets restart at each slice.
-  std::vector<std::uint64_t> push_segments() const {
-    std::vector<std::uint64_t> sizes;
-    if (shards_.size() < 2) return sizes;
-    for (std::uint32_t i = 0; i < shards_.size(); ++i) sizes.push_back(static_cast<std::uint64_t>(layout_.size(i)));
-    return sizes;
-  }
+  std::vector<std::uint64_t> push_segments() const { return shards_.size() < 2 ? std::vector<std::uint64_t>{} : sizes_; }
   /// @brief The endpoint to shard `i`.
   T& shard(std::size_t i) { return shards_.at(i); }
 
@@ -255,14 +251,13 @@ class Sharded {
       }
       // Cut into one ordinary payload per slice (compress::split), each decoding to
       // exactly its slice of the whole: the shards together apply what one server would.
-      const auto sizes = push_segments();
       for (std::size_t i = 0; i < shards_.size(); ++i) cut_[i] = take_payload(i);
-      if (auto fault = compress::split(p.encoding, p.payload, sizes, cut_)) {
+      if (auto fault = compress::split(p.encoding, p.payload, sizes_, cut_)) {
         throw ProtocolError(who_self() + ": cannot cut a " + std::string(encoding_name(p.encoding)) + " push over " +
                             std::to_string(shards_.size()) + " shards: " + *fault);
       }
       for (std::size_t i = 0; i < shards_.size(); ++i) {
-        send_to(i, msg::Push{p.clock, p.base_version, p.steps, Eigen::VectorXf(), p.encoding, sizes[i], std::move(cut_[i])});
+        send_to(i, msg::Push{p.clock, p.base_version, p.steps, Eigen::VectorXf(), p.encoding, sizes_[i], std::move(cut_[i])});
       }
       // The whole payload's buffer goes back to the worker with the answer, for its next push.
       if (whole_payloads_.size() < 4) whole_payloads_.push_back(std::move(p.payload));
@@ -413,6 +408,7 @@ class Sharded {
   std::deque<bool> requests_;                   // requests sent to every shard, oldest first (true: a join)
   std::vector<std::vector<Eigen::VectorXf>> slice_spares_;
   std::vector<Eigen::VectorXf> full_spares_;
+  std::vector<std::uint64_t> sizes_;                                // each shard's slice size, in shard order
   std::vector<std::vector<std::byte>> cut_;                         // an encoded push's slices, being sent
   std::vector<std::vector<std::vector<std::byte>>> payload_spares_;  // per shard: slice payload buffers back from it
   std::vector<std::vector<std::byte>> whole_payloads_;              // encoded pushes' buffers, for the worker
