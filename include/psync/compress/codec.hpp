@@ -246,21 +246,28 @@ inline std::optional<std::string> split(Encoding e, std::span<const std::byte> w
   const std::uint64_t size = whole.size();
   const std::byte* b = whole.data();
   out.resize(sizes.size());
-  const auto copy_bytes = [&](std::uint64_t per_float) -> std::optional<std::string> {
-    if (size != per_float * n) {
+  // Dense, fp16 and (segmented) qsgd8: segment i is the next payload_bytes(sizes[i]) bytes.
+  const auto cut_by_bytes = [&]() -> std::optional<std::string> {
+    const Codec c{e, 0};
+    const std::uint64_t expected = payload_bytes(c, sizes);
+    if (size != expected) {
       return std::string(encoding_name(e)) + " payload of " + std::to_string(size) + " bytes for " +
-             std::to_string(n) + " floats (expected " + std::to_string(per_float * n) + ")";
+             std::to_string(sizes.size()) + " segments of " + std::to_string(n) + " floats (expected " +
+             std::to_string(expected) +
+             (e == Encoding::qsgd8 ? std::string(": encoded with buckets restarting at each segment?)") : std::string(")"));
     }
     std::uint64_t at = 0;
     for (std::size_t i = 0; i < sizes.size(); ++i) {
-      out[i].assign(b + at, b + at + per_float * sizes[i]);
-      at += per_float * sizes[i];
+      const std::uint64_t bytes = payload_bytes(c, sizes[i]);
+      out[i].assign(b + at, b + at + bytes);
+      at += bytes;
     }
     return std::nullopt;
   };
   switch (e) {
-    case Encoding::dense: return copy_bytes(4);
-    case Encoding::fp16: return copy_bytes(2);
+    case Encoding::dense:
+    case Encoding::fp16:
+    case Encoding::qsgd8: return cut_by_bytes();
     case Encoding::topk: {
       if (size % 8 != 0) return "top-k payload of " + std::to_string(size) + " bytes is not a whole number of (index, value) pairs";
       const std::uint64_t k = size / 8;
@@ -289,21 +296,6 @@ inline std::optional<std::string> split(Encoding e, std::span<const std::byte> w
           std::memcpy(o + 4 * c + 4 * t, b + 4 * k + 4 * (first + t), 4);
         }
         offset = end;
-      }
-      return std::nullopt;
-    }
-    case Encoding::qsgd8: {
-      const Codec q{Encoding::qsgd8, 0};
-      if (size != payload_bytes(q, sizes)) {
-        return "qsgd8 payload of " + std::to_string(size) + " bytes for " + std::to_string(sizes.size()) +
-               " segments of " + std::to_string(n) + " floats (expected " + std::to_string(payload_bytes(q, sizes)) +
-               ": encoded with buckets restarting at each segment?)";
-      }
-      std::uint64_t at = 0;
-      for (std::size_t i = 0; i < sizes.size(); ++i) {
-        const std::uint64_t bytes = payload_bytes(q, sizes[i]);
-        out[i].assign(b + at, b + at + bytes);
-        at += bytes;
       }
       return std::nullopt;
     }
