@@ -13,6 +13,8 @@
 //                   [--latency-us N] [--no-warmup] [--out FILE]
 #include <psync/data/fashion_mnist.hpp>
 #include <psync/detail/json.hpp>
+#include <psync/harness.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 
 #include <chrono>

@@ -8,6 +8,8 @@
 // at base_rate * its combiner's scale relative to averaging, so one round moves the
 // model equally far under every policy.
 #include <psync/data/fashion_mnist.hpp>
+#include <psync/harness.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // Your own model and batch type, trained under every policy (docs/models.md):
 // least squares y = w.x, each worker on its own samples of the same problem.
+#include <psync/harness.hpp>
 #include <psync/psync.hpp>
 
 #include <Eigen/Core>

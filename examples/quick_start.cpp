@@ -1,6 +1,8 @@
 // Quick start: train softmax regression with 4 workers under BSP, all in this
 // process, on synthetic data. Change `psync::Bsp` to `psync::Asp`,
 // `psync::Ssp<3>` or `psync::Osp<20>` to switch the synchronization policy.
+#include <psync/harness.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 
 #include <cstdio>

@@ -5,6 +5,7 @@
 //   tcp_cluster worker HOST PORT ID      one worker, id 0..WORKERS-1
 // Every process builds the same synthetic data from the same seed; each worker draws
 // its own batches. Change `Policy` to switch the synchronization policy.
+#include <psync/models.hpp>
 #include <psync/tcp.hpp>
 
 #include <spawn.h>

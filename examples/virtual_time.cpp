@@ -5,6 +5,7 @@
 // fairly between transfers, links have a bandwidth and a latency. Same seed, same
 // answer, on any machine. Change the network or the worker count and rerun.
 #include <psync/harness/time_to_target.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 #include <psync/sim/simulator.hpp>
 

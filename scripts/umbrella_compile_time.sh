@@ -60,5 +60,5 @@ ma=$(median "${after[@]}")
 echo "umbrella TU ($cxx ${flags[*]}; $runs runs each, interleaved; load average $(cut -d' ' -f1 /proc/loadavg) at the end)"
 printf '| | preprocessed lines | compile time, median (s) |\n|---|---:|---:|\n'
 printf '| before (%s) | %s | %.2f |\n' "$rev" "$(lines "$work/before/include")" "$mb"
-printf '| after (%s) | %s | %.2f |\n' "$(git rev-parse --short HEAD)" "$(lines include)" "$ma"
+printf '| after (%s) | %s | %.2f |\n' "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- include || echo +changes)" "$(lines include)" "$ma"
 printf 'ratio before/after: %.2fx\n' "$(echo "$mb / $ma" | bc -l)"

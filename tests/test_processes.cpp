@@ -7,6 +7,7 @@
 #include "synthetic_task.hpp"
 #include "tls_test_certs.hpp"
 
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 
 #include <arpa/inet.h>

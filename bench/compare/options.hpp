@@ -7,6 +7,7 @@
 #include <psync/compress/codec.hpp>
 #include <psync/core/error.hpp>
 #include <psync/core/metrics.hpp>
+#include <psync/models.hpp>
 #include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/policies/rules.hpp>

@@ -8,6 +8,7 @@
 #include "scenarios.hpp"
 
 #include <psync/harness/time_to_target.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 #include <psync/sim/simulator.hpp>
 

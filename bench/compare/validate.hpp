@@ -20,6 +20,7 @@
 #include "writers.hpp"
 
 #include <psync/harness/time_to_target.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 #include <psync/sim/simulator.hpp>
 

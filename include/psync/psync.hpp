@@ -4,6 +4,12 @@
 /// one template argument. Include this one header; it needs Eigen and the standard
 /// library only (CMake: `psync::psync`).
 ///
+/// Opt-in headers of the same target, kept out of the umbrella to keep its compile
+/// time down:
+/// - `psync/models.hpp`: the bundled models (linear, softmax, MLP, CNN) and data sets;
+/// - `psync/harness.hpp`: `run_local` / `run_sequential`, a whole cluster in one call;
+/// - `psync/sim/simulator.hpp`: virtual time (`psync::sim::simulate`).
+///
 /// Opt-in, each with its own CMake target and dependency:
 /// - `psync/tcp.hpp`: the TCP transport (`psync::tcp`, Boost.Asio);
 /// - `psync/data/fashion_mnist.hpp`: IDX and Fashion-MNIST files (`psync::data`, zlib);
@@ -29,13 +35,6 @@
 #include "psync/core/types.hpp"
 #include "psync/core/worker.hpp"
 #include "psync/core/worker_core.hpp"
-#include "psync/data/dataset.hpp"
-#include "psync/data/synthetic.hpp"
-#include "psync/harness/local_cluster.hpp"
-#include "psync/models/cnn.hpp"
-#include "psync/models/linear.hpp"
-#include "psync/models/mlp.hpp"
-#include "psync/models/softmax.hpp"
 #include "psync/optim/any.hpp"
 #include "psync/optim/optimizer.hpp"
 #include "psync/optim/parse.hpp"

@@ -1,13 +1,15 @@
 // Builds against an installed psync via find_package and trains a tiny cluster, with
-// psync::psync alone: the umbrella header must need Eigen and the standard library only.
-#include <psync/harness/local_cluster.hpp>  // installed where psync.hpp expects it
+// psync::psync alone: the umbrella header and its opt-in models and harness must need
+// Eigen and the standard library only.
+#include <psync/harness.hpp>
+#include <psync/models.hpp>
 #include <psync/psync.hpp>
 
 #if defined(BOOST_ASIO_VERSION) || defined(BOOST_VERSION)
-#error "psync/psync.hpp pulled in Boost: the TCP transport belongs to psync/tcp.hpp (psync::tcp)"
+#error "psync::psync's headers pulled in Boost: the TCP transport belongs to psync/tcp.hpp (psync::tcp)"
 #endif
 #if defined(ZLIB_VERSION)
-#error "psync/psync.hpp pulled in zlib: the IDX reader belongs to psync/data/fashion_mnist.hpp (psync::data)"
+#error "psync::psync's headers pulled in zlib: the IDX reader belongs to psync/data/fashion_mnist.hpp (psync::data)"
 #endif
 
 #include <cstdio>

@@ -1,5 +1,6 @@
 // psync::tcp from an installed psync: a server and two workers over loopback TCP,
 // each worker with its own connection, training softmax regression under BSP.
+#include <psync/models.hpp>
 #include <psync/tcp.hpp>
 
 #include <cstdio>
