@@ -18,6 +18,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__SSE__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -238,7 +242,24 @@ class Adam {
     const double t = static_cast<double>(t_);
     const auto c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b1_), t)));
     const auto c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b2_), t)));
-    g.array() = -lr * (m_.array() * c1) / ((v_.array() * c2).sqrt() + eps_);
+    // A correctly rounded sqrt in every lane (sqrtps, then std::sqrt for the tail), with
+    // the same operations in the same order, so an element's update does not depend on
+    // where it lies: Eigen's vectorized float sqrt (EIGEN_FAST_MATH, its default) is off
+    // in the last bits, and an element would take it or not by its slice's alignment,
+    // so a sharded server's Adam would differ from one server's.
+    const float* m = m_.data();
+    const float* v = v_.data();
+    float* out = g.data();
+    const Eigen::Index n = g.size();
+    Eigen::Index i = 0;
+#if defined(__SSE__) || defined(_M_X64)
+    const __m128 lr4 = _mm_set1_ps(-lr), c14 = _mm_set1_ps(c1), c24 = _mm_set1_ps(c2), eps4 = _mm_set1_ps(eps_);
+    for (; i + 4 <= n; i += 4) {
+      const __m128 root = _mm_sqrt_ps(_mm_mul_ps(_mm_loadu_ps(v + i), c24));
+      _mm_storeu_ps(out + i, _mm_div_ps(_mm_mul_ps(lr4, _mm_mul_ps(_mm_loadu_ps(m + i), c14)), _mm_add_ps(root, eps4)));
+    }
+#endif
+    for (; i < n; ++i) out[i] = -lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps_);
   }
   /// @brief Steps taken (t).
   std::uint64_t steps() const noexcept { return t_; }
