@@ -494,8 +494,151 @@ TEST_CASE("Workers with --optimizer and --schedule run them, and say so; bad tex
                {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--schedule", "cosine:0"},
                 "--schedule: schedule 'cosine:0'"},
                {{"--role", "server", "--server", "127.0.0.1:0", "--optimizer", "adam"},
-                "--optimizer is a worker option (this is a server"},
+                "--optimizer is a worker option (this is a server: for an optimizer on the server, give it --server-optimizer"},
            });
+}
+
+// The optimizer on the server (docs/optimizers.md#on-the-server): a psync-train server
+// with --server-optimizer applies it to the combined gradient, and its workers, given
+// --optimizer server, push gradients. Under BSP with two workers the runs are
+// deterministic, so:
+// - plain SGD on the server at a power-of-two rate is bit for bit SGD on the workers
+//   (halving and 2^-k scaling are exact in float);
+// - momentum on the server equals momentum on the workers up to rounding (the mean of
+//   the workers' buffers is the server's buffer on the mean gradient), and is not SGD;
+// - Adam works element by element, so two shard servers each running it on their
+//   slice end with exactly the one server's model.
+TEST_CASE("A server-side optimizer: --server-optimizer on the server, --optimizer server on the workers",
+          "[processes][optimizer][server-optimizer]") {
+  const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
+                                        "--batch", "32", "--lr", "0.125", "--seed", "5", "--timeout-ms", "10000",
+                                        "--quiet"};
+  const auto value_of = [](const std::string& json, const std::string& key) {
+    const std::string tag = "\"" + key + "\": ";
+    const auto at = json.find(tag);
+    // Up to the end of the line: some values have commas ("adam(0.9,0.999,1e-08)").
+    const auto end = json.find(",\n", at);
+    return at == std::string::npos ? std::string("(absent)") : json.substr(at + tag.size(), end - at - tag.size());
+  };
+  // One server and two workers; returns worker 0's metrics (the final model's figures
+  // are the server's, which every worker of a BSP run ends with) and the server's.
+  const auto run = [&](const std::vector<std::string>& server_flags, const std::vector<std::string>& worker_flags) {
+    TempDir dir;
+    std::vector<std::string> sargs = common;
+    sargs.insert(sargs.end(), server_flags.begin(), server_flags.end());
+    sargs.insert(sargs.end(), {"--metrics", (dir.path / "server.json").string()});
+    ServerProcess server(dir, sargs);
+    std::vector<std::unique_ptr<Process>> workers;
+    for (int w = 0; w < 2; ++w) {
+      std::vector<std::string> wargs = common;
+      wargs.insert(wargs.end(), worker_flags.begin(), worker_flags.end());
+      wargs.insert(wargs.end(), {"--metrics", (dir.path / ("worker-" + std::to_string(w) + ".json")).string()});
+      workers.push_back(start_worker(dir, server, w, wargs));
+    }
+    expect_trained(dir, server, workers, 200);
+    return std::pair{read_file(dir.path / "server.json"), read_file(dir.path / "worker-0.json")};
+  };
+  const std::vector<std::string> gradients{"--optimizer", "server"};
+
+  SECTION("SGD on the server is SGD on the workers, bit for bit") {
+    const auto [on_workers, w0] = run({}, {});
+    const auto [on_server, w1] = run({"--server-optimizer", "sgd"}, gradients);
+    INFO("workers' SGD:\n" << on_workers << "\nserver's SGD:\n" << on_server);
+    CHECK(value_of(on_server, "optimizer") == "\"sgd\"");
+    CHECK(value_of(on_server, "schedule") == "\"constant\"");
+    CHECK(value_of(on_workers, "optimizer") == "null");
+    CHECK(value_of(w1, "optimizer") == "\"on-server\"");
+    CHECK(value_of(on_server, "final_test_loss") == value_of(on_workers, "final_test_loss"));
+    CHECK(value_of(on_server, "final_test_accuracy") == value_of(on_workers, "final_test_accuracy"));
+    CHECK(json_number(on_server, "final_test_accuracy") > 0.8);
+  }
+  SECTION("Momentum on the server: the workers' momentum up to rounding, not SGD") {
+    const auto [sgd, w0] = run({}, {});
+    const auto [on_workers, w1] = run({}, {"--optimizer", "momentum:0.9"});
+    const auto [on_server, w2] = run({"--server-optimizer", "momentum:0.9", "--server-schedule", "step:0.5,50"},
+                                     gradients);
+    const auto [on_server_const, w3] = run({"--server-optimizer", "momentum:0.9"}, gradients);
+    INFO("SGD:\n" << sgd << "\nworkers' momentum:\n" << on_workers << "\nserver's momentum:\n" << on_server_const);
+    CHECK(value_of(on_server_const, "optimizer") == "\"momentum(0.9)\"");
+    CHECK(value_of(on_server, "schedule") == "\"step:0.5,50\"");
+    const double loss = json_number(on_server_const, "final_test_loss");
+    CHECK(loss == Approx(json_number(on_workers, "final_test_loss")).epsilon(1e-4));
+    CHECK(std::abs(loss - json_number(sgd, "final_test_loss")) > 1e-3);
+    // The schedule reaches the server: halving the rate after 50 rounds changes the end.
+    CHECK(std::abs(json_number(on_server, "final_test_loss") - loss) > 1e-4);
+  }
+  SECTION("Adam on two shard servers is Adam on one, bit for bit") {
+    const auto [one, w0] = run({"--server-optimizer", "adam"}, gradients);
+    CHECK(value_of(one, "optimizer") == "\"adam(0.9,0.999,1e-08)\"");
+    TempDir d0, d1, dw;
+    std::vector<std::string> s0 = common, s1 = common;
+    s0.insert(s0.end(), {"--shard", "0/2", "--server-optimizer", "adam"});
+    s1.insert(s1.end(), {"--shard", "1/2", "--server-optimizer", "adam"});
+    ServerProcess shard0(d0, s0);
+    ServerProcess shard1(d1, s1);
+    std::vector<std::unique_ptr<Process>> workers;
+    for (int w = 0; w < 2; ++w) {
+      std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
+                                    "--id", std::to_string(w), "--optimizer", "server", "--metrics",
+                                    (dw.path / ("worker-" + std::to_string(w) + ".json")).string()};
+      argv.insert(argv.end(), common.begin(), common.end());
+      workers.push_back(std::make_unique<Process>(argv, dw.path / ("worker-" + std::to_string(w) + ".out"),
+                                                  dw.path / ("worker-" + std::to_string(w) + ".err")));
+    }
+    for (int w = 0; w < 2; ++w) {
+      INFO("worker " << w << " stderr:\n" << workers[w]->err());
+      REQUIRE(workers[w]->wait(30s, "sharded worker " + std::to_string(w)) == 0);
+    }
+    for (auto* s : {&shard0, &shard1}) {
+      INFO("shard stderr:\n" << s->process->err());
+      REQUIRE(s->process->wait(20s, "shard server") == 0);
+    }
+    for (int w = 0; w < 2; ++w) {
+      const std::string report = read_file(dw.path / ("worker-" + std::to_string(w) + ".json"));
+      INFO(report << "\none server:\n" << one);
+      CHECK(value_of(report, "final_test_loss") == value_of(one, "final_test_loss"));
+      CHECK(value_of(report, "final_test_accuracy") == value_of(one, "final_test_accuracy"));
+    }
+  }
+  SECTION("A worker that pushes updates to a server with an optimizer is refused at join, and the reverse") {
+    for (const bool server_has_optimizer : {true, false}) {
+      TempDir dir;
+      std::vector<std::string> sargs{"--workers", "1", "--data", "synthetic", "--timeout-ms", "3000", "--quiet"};
+      if (server_has_optimizer) sargs.insert(sargs.end(), {"--server-optimizer", "sgd"});
+      ServerProcess server(dir, sargs);
+      std::vector<std::string> wargs{"--workers", "1", "--data", "synthetic", "--timeout-ms", "3000", "--quiet"};
+      if (!server_has_optimizer) wargs.insert(wargs.end(), gradients.begin(), gradients.end());
+      auto worker = start_worker(dir, server, 0, wargs);
+      const int code = worker->wait(15s, "refused worker");
+      INFO("worker stderr:\n" << worker->err());
+      CHECK(code != 0);
+      CHECK(worker->err().find(server_has_optimizer ? "workers must push gradients"
+                                                    : "pushes gradients for a server-side optimizer") !=
+            std::string::npos);
+      server.process->wait(15s, "server without its worker");
+    }
+  }
+  SECTION("Usage errors name the flag") {
+    TempDir dir;
+    expect_usage_errors(
+        dir, {
+                 {{"--role", "server", "--server", "127.0.0.1:0", "--server-optimizer", "rmsprop"},
+                  "--server-optimizer: optimizer 'rmsprop': unknown optimizer"},
+                 {{"--role", "server", "--server", "127.0.0.1:0", "--server-schedule", "cosine:100"},
+                  "--server-schedule needs --server-optimizer"},
+                 {{"--role", "server", "--server", "127.0.0.1:0", "--server-optimizer", "adam", "--server-schedule",
+                   "cosine:0"},
+                  "--server-schedule: schedule 'cosine:0'"},
+                 {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--server-optimizer", "adam"},
+                  "--server-optimizer is a server option (this is a worker: give it --optimizer server"},
+                 {{"--role", "server", "--server", "127.0.0.1:0", "--policy", "losp:4", "--server-optimizer", "sgd"},
+                  "--policy losp:4 (LOSP's local compensation) cannot run with a server-side optimizer"},
+                 {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--policy", "losp-uninstalled:4",
+                   "--optimizer", "server"},
+                  "--policy losp-uninstalled:4 (LOSP's local compensation) cannot run with a server-side optimizer "
+                  "(--optimizer server)"},
+             });
+  }
 }
 
 TEST_CASE("The server killed mid-run: every worker fails within its deadline, naming the server",

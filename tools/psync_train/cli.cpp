@@ -14,6 +14,8 @@
 #include <map>
 #include <ostream>
 #include <string_view>
+#include <type_traits>
+#include <variant>
 
 namespace psync_train {
 
@@ -63,17 +65,27 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
   --batch N                 minibatch size (default 64)                PSYNC_BATCH
   --codec C                 worker: how pushes are encoded: none | fp16 |
                             topk:R | qsgd8 (default none; error feedback on the
-                            lossy ones; the server decodes any; not with sharded
-                            servers; docs/compression.md)              PSYNC_CODEC
+                            lossy ones; the server decodes any; sharded servers
+                            each get their slice; docs/compression.md) PSYNC_CODEC
   --optimizer O             worker: sgd | momentum[:MU] | nesterov[:MU] |
                             adam[:B1,B2,EPS] (default sgd; MU 0.9, adam
                             0.9,0.999,1e-8); each worker keeps its own state.
-                            The server only combines updates (no server-side
-                            optimizer here; docs/optimizers.md)        PSYNC_OPTIMIZER
+                            server: the server runs the optimizer (its
+                            --server-optimizer) and this worker pushes gradients
+                            (not with losp; docs/optimizers.md)        PSYNC_OPTIMIZER
   --schedule S              worker: learning rate per local step, from --lr:
                             constant | step:GAMMA,EVERY | cosine:STEPS[,MIN_LR] |
                             warmup:N[,SCHEDULE] (e.g. warmup:100,cosine:900;
                             default constant)                          PSYNC_SCHEDULE
+  --server-optimizer O      server: apply this optimizer (the --optimizer forms)
+                            to the combined gradient: once per round under
+                            bsp/osp, once per push under asp/ssp/dssp (MXNet's
+                            set_optimizer; not with losp). Every worker then
+                            needs --optimizer server (default: none, the server
+                            adds the workers' updates)          PSYNC_SERVER_OPTIMIZER
+  --server-schedule S       server: that optimizer's learning rate by optimizer
+                            step, from --lr (the --schedule forms; default
+                            constant)                           PSYNC_SERVER_SCHEDULE
   --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
   --metrics FILE            write this process's report as JSON       PSYNC_METRICS
   --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
@@ -333,6 +345,7 @@ constexpr OptionSpec option_specs[] = {
     {"--batch", "PSYNC_BATCH", true},       {"--seed", "PSYNC_SEED", true},
     {"--codec", "PSYNC_CODEC", true},
     {"--optimizer", "PSYNC_OPTIMIZER", true}, {"--schedule", "PSYNC_SCHEDULE", true},
+    {"--server-optimizer", "PSYNC_SERVER_OPTIMIZER", true}, {"--server-schedule", "PSYNC_SERVER_SCHEDULE", true},
     {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
@@ -353,6 +366,58 @@ struct RawValue {
 
 
 /// The flags both transports share (after the role and address are known).
+// --server-optimizer and --server-schedule (the server's own optimizer, whose workers
+// push gradients: --optimizer server), checked against each other and the policy.
+// Under --transport mpi every rank gets the same flags: the server ranks take the
+// optimizer and the worker ranks push gradients to it.
+template <class Get>
+void parse_server_optimizer(const Get& get, bool is_server, Config& c) {
+  const bool mpi = c.transport == "mpi";
+  for (const char* flag : {"--server-optimizer", "--server-schedule"}) {
+    if (const auto* v = get(flag); v && !is_server && !mpi) {
+      throw UsageError(v->source + " is a server option (this is a worker: give it --optimizer " +
+                       on_server_optimizer + " to push gradients to the server's optimizer)");
+    }
+  }
+  if (const auto* v = get("--server-optimizer")) {
+    try {
+      (void)psync::optim::parse_optimizer(v->value);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+    c.server_optimizer = v->value;
+  }
+  if (const auto* v = get("--server-schedule")) {
+    if (c.server_optimizer.empty()) throw UsageError(v->source + " needs --server-optimizer (the optimizer it sets the rate of)");
+    try {
+      (void)psync::optim::parse_schedule(v->value, c.lr);
+    } catch (const psync::ConfigError& e) {
+      throw UsageError(v->source + ": " + e.what());
+    }
+    c.server_schedule = v->value;
+  }
+  if (mpi && !c.server_optimizer.empty()) {
+    if (const auto* v = get("--optimizer"); v && v->value != on_server_optimizer) {
+      throw UsageError(v->source + " '" + v->value + "' with --server-optimizer: under --transport mpi the worker "
+                       "ranks push gradients to the server's optimizer (drop " + v->source + ")");
+    }
+    c.optimizer = on_server_optimizer;
+  }
+  // LOSP installs global + the worker's own unsent updates, which a worker pushing
+  // gradients to a server-side optimizer does not know (ServerCore refuses it too).
+  const bool compensated = std::visit(
+      [](const auto& policy) {
+        return !std::is_same_v<typename std::decay_t<decltype(policy)>::Install, psync::install::Global>;
+      },
+      psync::parse_policy(c.policy));
+  if ((c.pushes_gradients() || !c.server_optimizer.empty()) && compensated) {
+    throw UsageError("--policy " + c.policy + " (LOSP's local compensation) cannot run with a server-side optimizer (" +
+                     (c.pushes_gradients() && c.server_optimizer.empty() ? "--optimizer " + std::string(on_server_optimizer)
+                                                                          : "--server-optimizer " + c.server_optimizer) +
+                     "): run the optimizer on the workers (--optimizer)");
+  }
+}
+
 template <class Get>
 void parse_common(const Get& get, bool is_server, Config& c) {
   if (const auto* v = get("--workers")) {
@@ -400,19 +465,22 @@ void parse_common(const Get& get, bool is_server, Config& c) {
       throw UsageError(v->source + ": " + e.what());
     }
   }
-  // Worker-side only: psync-train's server has no optimizer of its own, so a server given
-  // one is told rather than left to run plain update-adding as if it had taken it.
+  // A server's own optimizer is --server-optimizer: a server given a worker's flag is
+  // told rather than left to add updates as if it had taken it.
   for (const char* flag : {"--optimizer", "--schedule"}) {
     if (const auto* v = get(flag); v && is_server) {
-      throw UsageError(v->source + " is a worker option (this is a server; psync-train runs the optimizer on the "
-                       "workers, the server only combines their updates)");
+      throw UsageError(v->source + " is a worker option (this is a server: for an optimizer on the server, give it "
+                       "--server-optimizer and its workers --optimizer server)");
     }
   }
   if (const auto* v = get("--optimizer")) {
-    try {
-      (void)psync::optim::parse_optimizer(v->value);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
+    if (v->value != on_server_optimizer) {
+      try {
+        (void)psync::optim::parse_optimizer(v->value);
+      } catch (const psync::ConfigError& e) {
+        throw UsageError(v->source + ": " + e.what() + " (or '" + on_server_optimizer +
+                         "': the server runs the optimizer)");
+      }
     }
     c.optimizer = v->value;
   }
@@ -424,6 +492,7 @@ void parse_common(const Get& get, bool is_server, Config& c) {
     }
     c.schedule = v->value;
   }
+  parse_server_optimizer(get, is_server, c);
   if (const auto* v = get("--seed")) {
     c.seed = parse_integer<std::uint64_t>(v->source, v->value, 0, std::numeric_limits<std::uint64_t>::max());
   }

@@ -26,6 +26,8 @@ constexpr int exit_failure = 1;
 constexpr int exit_usage = 2;
 
 constexpr const char* program = "psync-train";
+/// The --optimizer text of a worker whose server runs the optimizer (--server-optimizer).
+constexpr const char* on_server_optimizer = "server";
 
 /// A mistake in the command line or the environment: exit code 2.
 class UsageError : public std::runtime_error {
@@ -62,8 +64,18 @@ struct Config {
   /// Worker: the optimizer (--optimizer, psync::optim::parse_optimizer's text) and the
   /// learning-rate schedule (--schedule, parse_schedule's; empty: constant --lr), both
   /// checked when parsed. docs/optimizers.md#choosing-at-run-time.
+  /// `on_server_optimizer` ("server"): the server runs the optimizer and this worker
+  /// pushes gradients (`psync::optim::OnServer`).
   std::string optimizer = "sgd";
   std::string schedule;
+  /// Server: its own optimizer (--server-optimizer, parse_optimizer's text; empty: none,
+  /// the server adds the workers' updates) and that optimizer's learning-rate schedule
+  /// from --lr (--server-schedule; empty: constant --lr). With one, every worker must
+  /// push gradients (--optimizer server); docs/optimizers.md#on-the-server.
+  std::string server_optimizer;
+  std::string server_schedule;
+  /// True when this worker pushes gradients to a server-side optimizer.
+  bool pushes_gradients() const { return optimizer == on_server_optimizer; }
   Eigen::Index batch = 64;
   std::uint64_t seed = 1;
   std::string metrics;

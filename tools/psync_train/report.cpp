@@ -97,6 +97,12 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
     << ",\n  \"interrupted\": " << (s.interrupted ? "true" : "false") << ",\n  \"wall_s\": "
     << json_number(report.wall_s) << ",\n  \"version\": " << report.version
     << ",\n  \"updates_applied\": " << report.updates_applied << ",\n  \"steps_applied\": " << report.steps_applied
+    << ",\n  \"optimizer\": "
+    << (c.server_optimizer.empty() ? std::string("null")
+                                   : json_string(psync::optim::parse_optimizer(c.server_optimizer).name()))
+    << ",\n  \"schedule\": "
+    << (c.server_optimizer.empty() ? std::string("null")
+                                   : json_string(c.server_schedule.empty() ? "constant" : c.server_schedule))
     << ",\n  \"final_test_accuracy\": " << json_number(s.final_test_accuracy)
     << ",\n  \"final_test_loss\": " << json_number(s.final_test_loss) << ",\n  \"test_samples\": " << s.test_samples
     << ",\n  \"workers_lost\": " << s.workers_lost << ",\n  \"checkpoints_written\": " << report.checkpoints_written
@@ -137,7 +143,9 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
   o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
     << ",\n  \"id_assigned\": " << (c.id ? "false" : "true") << ",\n  \"ok\": " << (r ? "true" : "false")
     << ",\n  \"error\": " << (error.empty() ? std::string("null") : json_string(error))
-    << ",\n  \"optimizer\": " << json_string(psync::optim::parse_optimizer(c.optimizer).name())
+    << ",\n  \"optimizer\": "
+    << json_string(c.pushes_gradients() ? psync::optim::OnServer::name()
+                                        : psync::optim::parse_optimizer(c.optimizer).name())
     << ",\n  \"schedule\": " << json_string(c.schedule.empty() ? "constant" : c.schedule)
     << ",\n  \"codec\": " << json_string(c.codec.name());
   if (r) {

@@ -11,6 +11,8 @@
 #include <psync/core/server.hpp>
 #include <psync/core/sharding.hpp>
 #include <psync/data/dataset.hpp>
+#include <psync/optim/any.hpp>
+#include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 #include <psync/transport/any.hpp>
 #include <psync/transport/tcp.hpp>
@@ -32,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 namespace psync_train {
@@ -113,10 +116,30 @@ std::vector<psync::SeriesPoint> evaluate_series(const psync::ServerReport& repor
   return out;
 }
 
+/// ", optimizer NAME" for the server's line when it runs one (--server-optimizer).
+std::string optimizer_text(const Config& c) {
+  if (c.server_optimizer.empty()) return "";
+  return ", optimizer " + psync::optim::parse_optimizer(c.server_optimizer).name() +
+         (c.server_schedule.empty() ? "" : ", schedule " + c.server_schedule);
+}
+
+/// Calls `f(optimizer)` with the server's optimizer: `optim::None` (the server adds
+/// the workers' updates) without --server-optimizer, else the `optim::Any` it names.
+/// A compensated policy (LOSP) is never instantiated with one: parse() refuses it.
+template <class P, class F>
+int with_server_optimizer(const Config& c, F&& f) {
+  if (c.server_optimizer.empty()) return f(psync::optim::None{});
+  if constexpr (std::is_same_v<typename P::Install, psync::install::Global>) {
+    return f(psync::optim::parse_optimizer(c.server_optimizer));
+  } else {
+    throw std::logic_error("--server-optimizer with a compensated policy got past the command line's check");
+  }
+}
+
 /// Serves over the endpoint `open(dimension)` returns (a `psync::TcpServer` or a
 /// `psync::Mpi`); `where(transport)` is what the "listening on" line names.
-template <class M, class P, class Open, class Where>
-int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, Open open, Where where_of) {
+template <class M, class P, class O, class Open, class Where>
+int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Dataset& test, Open open, Where where_of) {
   // Copies made before serving, so evaluation never allocates or first-touches memory mid-run.
   const psync::data::Batch probe = psync::data::whole(test, progress_samples);
   const psync::data::Batch full_test = psync::data::whole(test);
@@ -135,7 +158,7 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
   const std::string where = where_of(transport);
   std::cout << program << ": listening on " << where << std::endl;
   if (!c.quiet) {
-    std::cout << program << ": server: policy " << policy.name() << ", model " << c.model << " ("
+    std::cout << program << ": server: policy " << policy.name() << optimizer_text(c) << ", model " << c.model << " ("
               << model.parameters().size() << " parameters), data " << c.data << ", waiting for " << c.workers
               << " worker(s)" << std::endl;
   }
@@ -177,7 +200,10 @@ int serve(const Config& c, M model, P policy, const psync::data::Dataset& test, 
     };
   }
 
-  psync::Server<M, P> server(std::move(model), so, policy);
+  if constexpr (!std::is_same_v<O, psync::optim::None>) {
+    so.optimizer_schedule = psync::optim::parse_schedule(c.server_schedule, c.lr);
+  }
+  psync::Server<M, P, O> server(std::move(model), so, policy, std::move(optimizer));
   const StopOnSignal stop_on_signal(server);
 
   // Through a view of one type: Server::run is compiled once per policy and model, not per transport too.
@@ -254,8 +280,9 @@ psync::TcpServer open_tcp(const Config& c, std::uint64_t dimension) {
 /// the endpoint `open(slice size)` returns, named by `where_of(endpoint)`. A slice
 /// cannot be evaluated: the shard reports versions and steps, the workers report the
 /// assembled model (worker_role.cpp).
-template <class P, class Open, class Where>
-int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P policy, Open open, Where where_of) {
+template <class P, class O, class Open, class Where>
+int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P policy, O optimizer, Open open,
+                Where where_of) {
   const psync::ShardLayout layout(full.size(), c.shard_count);
   const std::uint32_t i = *c.shard_index;
   psync::ParameterSlice slice = psync::ParameterSlice::of(full, layout, i);
@@ -267,7 +294,8 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   if (!c.quiet) {
     std::cout << program << ": shard " << shard << ": parameters " << layout.offset(i) << " to "
               << layout.offset(i) + layout.size(i) << " of " << layout.dimension() << " (model " << c.model
-              << "), policy " << policy.name() << ", waiting for " << c.workers << " worker(s)" << std::endl;
+              << "), policy " << policy.name() << optimizer_text(c) << ", waiting for " << c.workers << " worker(s)"
+              << std::endl;
   }
   psync::ServerOptions so;
   so.expected_workers = c.workers;
@@ -283,7 +311,12 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
       std::cout << line << std::endl;
     };
   }
-  psync::Server<psync::ParameterSlice, P> server(std::move(slice), so, policy);
+  // A server-side optimizer works element by element: each shard runs it on its slice,
+  // with its own state, and the shards together make the unsharded server's update.
+  if constexpr (!std::is_same_v<O, psync::optim::None>) {
+    so.optimizer_schedule = psync::optim::parse_schedule(c.server_schedule, c.lr);
+  }
+  psync::Server<psync::ParameterSlice, P, O> server(std::move(slice), so, policy, std::move(optimizer));
   const StopOnSignal stop_on_signal(server);
   psync::AnyTransport endpoint(std::ref(transport));  // one Server::run per policy, as in serve()
   const psync::ServerReport report = server.run(endpoint);
@@ -322,27 +355,29 @@ int run_server(const Config& c) {
   const Eigen::Index inputs = data.test.dimension();
   const int classes = data.test.num_classes;
   return psync::with_policy(c.policy, [&](auto policy) {
-    return with_model(c, inputs, classes, [&](auto model) {
+    return with_server_optimizer<decltype(policy)>(c, [&](auto optimizer) {
+      return with_model(c, inputs, classes, [&](auto model) {
 #ifdef PSYNC_TRAIN_WITH_MPI
-      if (c.transport == "mpi") {
-        // Ranks 0..K-1 serve (--shards K); Server::run tells the endpoint its dimension.
-        const auto open = [&c](std::uint64_t) {
-          psync::MpiOptions o;
-          o.servers = static_cast<int>(c.shard_count);
-          return psync::Mpi(o);
-        };
-        const auto where = [](const psync::Mpi& t) {
-          return "MPI rank " + std::to_string(t.rank()) + " of " + std::to_string(t.size()) + " (" +
-                 std::to_string(t.workers()) + " worker ranks)";
-        };
-        if (c.shard_index) return serve_shard(c, model.parameters(), policy, open, where);
-        return serve(c, std::move(model), policy, data.test, open, where);
-      }
+        if (c.transport == "mpi") {
+          // Ranks 0..K-1 serve (--shards K); Server::run tells the endpoint its dimension.
+          const auto open = [&c](std::uint64_t) {
+            psync::MpiOptions o;
+            o.servers = static_cast<int>(c.shard_count);
+            return psync::Mpi(o);
+          };
+          const auto where = [](const psync::Mpi& t) {
+            return "MPI rank " + std::to_string(t.rank()) + " of " + std::to_string(t.size()) + " (" +
+                   std::to_string(t.workers()) + " worker ranks)";
+          };
+          if (c.shard_index) return serve_shard(c, model.parameters(), policy, optimizer, open, where);
+          return serve(c, std::move(model), policy, optimizer, data.test, open, where);
+        }
 #endif
-      const auto open = [&c](std::uint64_t dimension) { return open_tcp(c, dimension); };
-      const auto where = [&c](const psync::TcpServer& t) { return host_port(c.host, t.port()); };
-      if (c.shard_index) return serve_shard(c, model.parameters(), policy, open, where);
-      return serve(c, std::move(model), policy, data.test, open, where);
+        const auto open = [&c](std::uint64_t dimension) { return open_tcp(c, dimension); };
+        const auto where = [&c](const psync::TcpServer& t) { return host_port(c.host, t.port()); };
+        if (c.shard_index) return serve_shard(c, model.parameters(), policy, optimizer, open, where);
+        return serve(c, std::move(model), policy, optimizer, data.test, open, where);
+      });
     });
   });
 }

@@ -27,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace psync_train {
@@ -50,8 +51,10 @@ void check_shard(const Config& c, std::uint32_t id) {
 /// connected within the deadline, MPI, the rank's endpoint, or either sharded).
 /// `test`: when given (a worker of sharded servers), the last global model is evaluated
 /// on it and reported, since no shard holds the whole model.
-template <class M, class P, class Open>
-int train_worker(const Config& c, M model, P policy, psync::data::Dataset train, Open open,
+/// `rule`: the worker's `optim::Any` (--optimizer), or `optim::OnServer` (--optimizer
+/// server: it pushes gradients to the server's optimizer).
+template <class M, class P, class O, class Open>
+int train_worker(const Config& c, M model, P policy, O rule, psync::data::Dataset train, Open open,
                  const psync::data::Dataset* test = nullptr) {
   // Without --id the shard is picked once the join reply has told us our id.
   g_worker_id = c.id;
@@ -84,9 +87,7 @@ int train_worker(const Config& c, M model, P policy, psync::data::Dataset train,
   wo.reply_timeout = 2 * c.timeout;
   wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
   if (!c.schedule.empty()) wo.learning_rate_schedule = psync::optim::parse_schedule(c.schedule, c.lr);
-  // optim::Any whatever --optimizer says: one Worker type, not one per optimizer.
-  const psync::optim::Any optimizer = psync::optim::parse_optimizer(c.optimizer);
-  psync::Worker<M, T, P, psync::optim::Any> worker(std::move(model), std::move(transport), wo, policy, optimizer);
+  psync::Worker<M, T, P, O> worker(std::move(model), std::move(transport), wo, policy, std::move(rule));
   // A reconnection keeps the id: an assigned one is what the worker rejoins under.
   if (c.reconnect.count() > 0) {
     worker.reconnect_with([&] { return connect(worker.core().id(), std::chrono::milliseconds(500)); });
@@ -233,7 +234,18 @@ int run_worker(const Config& c) {
       const auto open = [&c](std::uint32_t id, std::chrono::milliseconds within, std::uint64_t dimension) {
         return open_endpoint<P>(c, id, within, dimension);
       };
-      return train_worker(c, std::move(model), policy, std::move(data.train), open, sharded ? &data.test : nullptr);
+      const psync::data::Dataset* test = sharded ? &data.test : nullptr;
+      if (c.pushes_gradients()) {
+        // A compensated policy (LOSP) is never instantiated with it: parse() refuses it.
+        if constexpr (std::is_same_v<typename P::Install, psync::install::Global>) {
+          return train_worker(c, std::move(model), policy, psync::optim::OnServer{}, std::move(data.train), open, test);
+        } else {
+          throw std::logic_error("--optimizer server with a compensated policy got past the command line's check");
+        }
+      }
+      // optim::Any whatever --optimizer says: one Worker type, not one per optimizer.
+      return train_worker(c, std::move(model), policy, psync::optim::parse_optimizer(c.optimizer),
+                          std::move(data.train), open, test);
     });
   });
 }
