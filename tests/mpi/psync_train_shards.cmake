@@ -3,7 +3,8 @@
 #     each receives all 200 updates (both workers' 100 steps), none lost; both workers,
 #     holding the model reassembled from both shards, reach test accuracy 0.9.
 #  2. BSP with an MLP (a random initial model, so a shard rank serving another shard's
-#     slice shows), sharded (-n 4 --shards 2) against unsharded (-n 3): the same final
+#     slice shows), sharded (-n 4 --shards 2) against unsharded (-n 3), plain, with
+#     --codec topk:0.05 and with --server-optimizer adam: the same final
 #     test accuracy and loss. Two workers' round sums are exact in either arrival order and
 #     each shard runs the unsharded server's arithmetic on its slice, so the model after
 #     the last round is the same bit for bit: the workers' reports of it (sharded) must
@@ -45,22 +46,26 @@ foreach(i 0 1)
   endif()
 endforeach()
 
-# 2.
-run_job(3 ${common} --policy bsp --model mlp:8)
-if(NOT out MATCHES "final test accuracy ([0-9.]+), loss ([0-9.]+) on")
-  message(FATAL_ERROR "the unsharded server reports no final test accuracy")
-endif()
-set(unsharded "accuracy ${CMAKE_MATCH_1}, loss ${CMAKE_MATCH_2}")
-run_job(4 ${common} --policy bsp --model mlp:8 --shards 2)
-foreach(i 0 1)
-  if(NOT out MATCHES "worker ${i}: final test accuracy ([0-9.]+), loss ([0-9.]+) on")
-    message(FATAL_ERROR "sharded BSP: worker ${i} reports no final test accuracy")
+# 2. Also with the workers' top-k codec (each push cut into per-shard payloads that
+#    decode to exactly their slices) and with Adam on the server (element by element, so
+#    each shard's Adam on its slice is the unsharded server's): bit for bit as well.
+foreach(extra "" "--codec;topk:0.05" "--server-optimizer;adam")
+  run_job(3 ${common} --policy bsp --model mlp:8 ${extra})
+  if(NOT out MATCHES "final test accuracy ([0-9.]+), loss ([0-9.]+) on")
+    message(FATAL_ERROR "the unsharded server (${extra}) reports no final test accuracy")
   endif()
-  set(sharded "accuracy ${CMAKE_MATCH_1}, loss ${CMAKE_MATCH_2}")
-  if(NOT sharded STREQUAL unsharded)
-    message(FATAL_ERROR "sharded BSP: worker ${i} ends with ${sharded}, the unsharded server with ${unsharded}")
-  endif()
-  message("sharded BSP worker ${i}: ${sharded}; unsharded server: ${unsharded}")
+  set(unsharded "accuracy ${CMAKE_MATCH_1}, loss ${CMAKE_MATCH_2}")
+  run_job(4 ${common} --policy bsp --model mlp:8 --shards 2 ${extra})
+  foreach(i 0 1)
+    if(NOT out MATCHES "worker ${i}: final test accuracy ([0-9.]+), loss ([0-9.]+) on")
+      message(FATAL_ERROR "sharded BSP (${extra}): worker ${i} reports no final test accuracy")
+    endif()
+    set(sharded "accuracy ${CMAKE_MATCH_1}, loss ${CMAKE_MATCH_2}")
+    if(NOT sharded STREQUAL unsharded)
+      message(FATAL_ERROR "sharded BSP (${extra}): worker ${i} ends with ${sharded}, the unsharded server with ${unsharded}")
+    endif()
+    message("sharded BSP (${extra}) worker ${i}: ${sharded}; unsharded server: ${unsharded}")
+  endforeach()
 endforeach()
 
 # 3.

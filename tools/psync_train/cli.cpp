@@ -545,8 +545,7 @@ std::optional<Config> parse_mpi(const Get& get, Config& c) {
     const std::pair<const char*, bool> refused[] = {{"--series-ms", c.series_every.count() > 0},
                                                     {"--target", c.target.has_value()},
                                                     {"--checkpoint", !c.checkpoint.empty()},
-                                                    {"--resume", c.resume},
-                                                    {"--codec", c.codec.encoding != psync::Encoding::dense}};
+                                                    {"--resume", c.resume}};
     for (const auto& [flag, set] : refused) {
       if (set) throw UsageError(get(flag)->source + " does not apply to sharded servers (--shards " +
                                 std::to_string(c.shard_count) + ")");
