@@ -274,6 +274,41 @@ void expect_usage_errors(const TempDir& dir,
   }
 }
 
+/// Two workers (ids 0 and 1) of the shard servers `shard0` and `shard1`, each with
+/// `flags` and --metrics worker-W.json in `dir`: all four processes must exit 0.
+void train_on_two_shards(ServerProcess& shard0, ServerProcess& shard1, const TempDir& dir,
+                         const std::vector<std::string>& flags) {
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    const std::string name = "worker-" + std::to_string(w);
+    std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
+                                  "--id", std::to_string(w), "--metrics", (dir.path / (name + ".json")).string()};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    workers.push_back(std::make_unique<Process>(argv, dir.path / (name + ".out"), dir.path / (name + ".err")));
+  }
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "sharded worker " + std::to_string(w)) == 0);
+  }
+  for (auto* s : {&shard0, &shard1}) {
+    INFO("shard stderr:\n" << s->process->err());
+    REQUIRE(s->process->wait(20s, "shard server") == 0);
+  }
+}
+
+/// The text of `key`'s value in a psync-train report, up to the end of its line
+/// (values may hold commas: "adam(0.9,0.999,1e-08)"); "(absent)" if there is none.
+/// Reports print numbers with 9 significant digits: equal text is the same double.
+std::string json_value(const std::string& json, const std::string& key) {
+  const std::string tag = "\"" + key + "\": ";
+  const auto at = json.find(tag);
+  if (at == std::string::npos) return "(absent)";
+  const auto start = at + tag.size();
+  std::string value = json.substr(start, json.find('\n', start) - start);
+  if (!value.empty() && value.back() == ',') value.pop_back();
+  return value;
+}
+
 }  // namespace
 
 TEST_CASE("launch_local.sh trains over TCP processes under every policy, as well as in-process",
@@ -513,13 +548,6 @@ TEST_CASE("A server-side optimizer: --server-optimizer on the server, --optimize
   const std::vector<std::string> common{"--workers", "2", "--policy", "bsp", "--data", "synthetic", "--steps", "100",
                                         "--batch", "32", "--lr", "0.125", "--seed", "5", "--timeout-ms", "10000",
                                         "--quiet"};
-  const auto value_of = [](const std::string& json, const std::string& key) {
-    const std::string tag = "\"" + key + "\": ";
-    const auto at = json.find(tag);
-    // Up to the end of the line: some values have commas ("adam(0.9,0.999,1e-08)").
-    const auto end = json.find(",\n", at);
-    return at == std::string::npos ? std::string("(absent)") : json.substr(at + tag.size(), end - at - tag.size());
-  };
   // One server and two workers; returns worker 0's metrics (the final model's figures
   // are the server's, which every worker of a BSP run ends with) and the server's.
   const auto run = [&](const std::vector<std::string>& server_flags, const std::vector<std::string>& worker_flags) {
@@ -544,12 +572,12 @@ TEST_CASE("A server-side optimizer: --server-optimizer on the server, --optimize
     const auto [on_workers, w0] = run({}, {});
     const auto [on_server, w1] = run({"--server-optimizer", "sgd"}, gradients);
     INFO("workers' SGD:\n" << on_workers << "\nserver's SGD:\n" << on_server);
-    CHECK(value_of(on_server, "optimizer") == "\"sgd\"");
-    CHECK(value_of(on_server, "schedule") == "\"constant\"");
-    CHECK(value_of(on_workers, "optimizer") == "null");
-    CHECK(value_of(w1, "optimizer") == "\"on-server\"");
-    CHECK(value_of(on_server, "final_test_loss") == value_of(on_workers, "final_test_loss"));
-    CHECK(value_of(on_server, "final_test_accuracy") == value_of(on_workers, "final_test_accuracy"));
+    CHECK(json_value(on_server, "optimizer") == "\"sgd\"");
+    CHECK(json_value(on_server, "schedule") == "\"constant\"");
+    CHECK(json_value(on_workers, "optimizer") == "null");
+    CHECK(json_value(w1, "optimizer") == "\"on-server\"");
+    CHECK(json_value(on_server, "final_test_loss") == json_value(on_workers, "final_test_loss"));
+    CHECK(json_value(on_server, "final_test_accuracy") == json_value(on_workers, "final_test_accuracy"));
     CHECK(json_number(on_server, "final_test_accuracy") > 0.8);
   }
   SECTION("Momentum on the server: the workers' momentum up to rounding, not SGD") {
@@ -559,8 +587,8 @@ TEST_CASE("A server-side optimizer: --server-optimizer on the server, --optimize
                                      gradients);
     const auto [on_server_const, w3] = run({"--server-optimizer", "momentum:0.9"}, gradients);
     INFO("SGD:\n" << sgd << "\nworkers' momentum:\n" << on_workers << "\nserver's momentum:\n" << on_server_const);
-    CHECK(value_of(on_server_const, "optimizer") == "\"momentum(0.9)\"");
-    CHECK(value_of(on_server, "schedule") == "\"step:0.5,50\"");
+    CHECK(json_value(on_server_const, "optimizer") == "\"momentum(0.9)\"");
+    CHECK(json_value(on_server, "schedule") == "\"step:0.5,50\"");
     const double loss = json_number(on_server_const, "final_test_loss");
     CHECK(loss == Approx(json_number(on_workers, "final_test_loss")).epsilon(1e-4));
     CHECK(std::abs(loss - json_number(sgd, "final_test_loss")) > 1e-3);
@@ -569,35 +597,21 @@ TEST_CASE("A server-side optimizer: --server-optimizer on the server, --optimize
   }
   SECTION("Adam on two shard servers is Adam on one, bit for bit") {
     const auto [one, w0] = run({"--server-optimizer", "adam"}, gradients);
-    CHECK(value_of(one, "optimizer") == "\"adam(0.9,0.999,1e-08)\"");
+    CHECK(json_value(one, "optimizer") == "\"adam(0.9,0.999,1e-08)\"");
     TempDir d0, d1, dw;
     std::vector<std::string> s0 = common, s1 = common;
     s0.insert(s0.end(), {"--shard", "0/2", "--server-optimizer", "adam"});
     s1.insert(s1.end(), {"--shard", "1/2", "--server-optimizer", "adam"});
     ServerProcess shard0(d0, s0);
     ServerProcess shard1(d1, s1);
-    std::vector<std::unique_ptr<Process>> workers;
-    for (int w = 0; w < 2; ++w) {
-      std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
-                                    "--id", std::to_string(w), "--optimizer", "server", "--metrics",
-                                    (dw.path / ("worker-" + std::to_string(w) + ".json")).string()};
-      argv.insert(argv.end(), common.begin(), common.end());
-      workers.push_back(std::make_unique<Process>(argv, dw.path / ("worker-" + std::to_string(w) + ".out"),
-                                                  dw.path / ("worker-" + std::to_string(w) + ".err")));
-    }
-    for (int w = 0; w < 2; ++w) {
-      INFO("worker " << w << " stderr:\n" << workers[w]->err());
-      REQUIRE(workers[w]->wait(30s, "sharded worker " + std::to_string(w)) == 0);
-    }
-    for (auto* s : {&shard0, &shard1}) {
-      INFO("shard stderr:\n" << s->process->err());
-      REQUIRE(s->process->wait(20s, "shard server") == 0);
-    }
+    std::vector<std::string> worker_flags = common;
+    worker_flags.insert(worker_flags.end(), gradients.begin(), gradients.end());
+    train_on_two_shards(shard0, shard1, dw, worker_flags);
     for (int w = 0; w < 2; ++w) {
       const std::string report = read_file(dw.path / ("worker-" + std::to_string(w) + ".json"));
       INFO(report << "\none server:\n" << one);
-      CHECK(value_of(report, "final_test_loss") == value_of(one, "final_test_loss"));
-      CHECK(value_of(report, "final_test_accuracy") == value_of(one, "final_test_accuracy"));
+      CHECK(json_value(report, "final_test_loss") == json_value(one, "final_test_loss"));
+      CHECK(json_value(report, "final_test_accuracy") == json_value(one, "final_test_accuracy"));
     }
   }
   SECTION("A worker that pushes updates to a server with an optimizer is refused at join, and the reverse") {
@@ -1262,22 +1276,7 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
   TempDir d0, d1, dw;
   ServerProcess shard0(d0, with({"--shard", "0/2", "--metrics", (d0.path / "server.json").string()}));
   ServerProcess shard1(d1, with({"--shard", "1/2", "--metrics", (d1.path / "server.json").string()}));
-  std::vector<std::unique_ptr<Process>> workers;
-  for (int w = 0; w < 2; ++w) {
-    const std::string name = "worker-" + std::to_string(w);
-    std::vector<std::string> argv{exe, "--role", "worker", "--server", shard0.address() + "," + shard1.address(),
-                                  "--id", std::to_string(w), "--metrics", (dw.path / (name + ".json")).string()};
-    argv.insert(argv.end(), worker_flags.begin(), worker_flags.end());
-    workers.push_back(std::make_unique<Process>(argv, dw.path / (name + ".out"), dw.path / (name + ".err")));
-  }
-  for (int w = 0; w < 2; ++w) {
-    INFO("worker " << w << " stderr:\n" << workers[w]->err());
-    REQUIRE(workers[w]->wait(30s, "sharded worker " + std::to_string(w)) == 0);
-  }
-  for (auto* s : {&shard0, &shard1}) {
-    INFO("shard stderr:\n" << s->process->err());
-    REQUIRE(s->process->wait(20s, "shard server") == 0);
-  }
+  train_on_two_shards(shard0, shard1, dw, worker_flags);
   for (const auto* d : {&d0, &d1}) {
     const std::string report = read_file(d->path / "server.json");
     INFO(report);
@@ -1288,19 +1287,14 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
     CHECK(report.find("\"final_test_accuracy\": null") != std::string::npos);  // a slice is not evaluated
   }
   CHECK(read_file(d1.path / "server.json").find("\"shard\": \"1/2\"") != std::string::npos);
-  const auto value_of = [](const std::string& json, const std::string& key) {
-    const std::string tag = "\"" + key + "\": ";
-    const auto at = json.find(tag);
-    return at == std::string::npos ? std::string("(absent)") : json.substr(at + tag.size(), json.find(',', at) - at - tag.size());
-  };
   for (int w = 0; w < 2; ++w) {
     const std::string report = read_file(dw.path / ("worker-" + std::to_string(w) + ".json"));
     INFO(report << "\nreference:\n" << reference);
     CHECK(json_number(report, "steps_done") == 100);
     // Printed with 9 significant digits: equal text is the same double from the same parameters.
     if (exact) {
-      CHECK(value_of(report, "final_test_accuracy") == value_of(reference, "final_test_accuracy"));
-      CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+      CHECK(json_value(report, "final_test_accuracy") == json_value(reference, "final_test_accuracy"));
+      CHECK(json_value(report, "final_test_loss") == json_value(reference, "final_test_loss"));
     }
     CHECK(json_number(report, "final_test_accuracy") > 0.85);
   }
@@ -1327,7 +1321,7 @@ TEST_CASE("Two shard servers and two workers under BSP end with the unsharded ru
   for (int w = 0; w < 2; ++w) {
     const std::string report = read_file(run / ("worker-" + std::to_string(w) + ".json"));
     INFO(report);
-    CHECK(value_of(report, "final_test_loss") == value_of(reference, "final_test_loss"));
+    CHECK(json_value(report, "final_test_loss") == json_value(reference, "final_test_loss"));
   }
 }
 
