@@ -165,10 +165,14 @@ TEMPLATE_TEST_CASE("Every policy combines disagreeing workers by its rule and lo
   if constexpr (std::is_same_v<TestType, psync::Bsp>) {
     REQUIRE((c.final_parameters - averaged_sgd(spec.workers, spec.steps, spec.lr)).cwiseAbs().maxCoeff() < 1e-5f);
   }
-  if constexpr (!std::is_same_v<TestType, psync::Asp>) {
-    // Bounded staleness settles near the minimiser of the summed loss, the mean target 2.5.
-    // (ASP bounds nothing: whichever worker the scheduler lets finish last pulls the end
-    // point towards its own target.)
+  constexpr bool bounds_clock_gap = std::is_same_v<TestType, psync::Bsp> || std::is_same_v<TestType, psync::Ssp<2>> ||
+                                     std::is_same_v<TestType, psync::Dssp<1, 3>>;
+  if constexpr (bounds_clock_gap) {
+    // A bounded clock gap settles near the minimiser of the summed loss, the mean target
+    // 2.5. ASP bounds nothing, and OSP bounds each worker's unsent steps, not how far its
+    // clock runs ahead of the others' (one push a round, of up to S steps): under either,
+    // a worker the scheduler holds back finishes its steps alone and pulls the end point
+    // towards its own target (a loaded CI run saw osp-uninstalled:4 end at 1.77).
     for (Eigen::Index i = 0; i < dim; ++i) REQUIRE(c.final_parameters[i] == Approx(2.5).margin(0.5));
   }
 }
