@@ -407,7 +407,7 @@ void parse_server_optimizer(const Get& get, bool is_server, Config& c) {
   // gradients to a server-side optimizer does not know (ServerCore refuses it too).
   const bool compensated = std::visit(
       [](const auto& policy) {
-        return !std::is_same_v<typename std::decay_t<decltype(policy)>::Install, psync::install::Global>;
+        return !psync::installs_global<std::decay_t<decltype(policy)>>;
       },
       psync::parse_policy(c.policy));
   if ((c.pushes_gradients() || !c.server_optimizer.empty()) && compensated) {
@@ -653,6 +653,10 @@ bool mpi_available() {
 #else
   return false;
 #endif
+}
+
+std::string server_optimizer_name(const Config& c) {
+  return c.server_optimizer.empty() ? std::string() : psync::optim::parse_optimizer(c.server_optimizer).name();
 }
 
 std::string host_port(const std::string& host, std::uint16_t port) {

@@ -115,4 +115,8 @@ bool mpi_available();
 /// "host:port", with brackets around an IPv6 host.
 std::string host_port(const std::string& host, std::uint16_t port);
 
+/// The name of the server's optimizer (--server-optimizer), as its core reports it
+/// ("momentum(0.9)"); empty without one.
+std::string server_optimizer_name(const Config& c);
+
 }  // namespace psync_train

@@ -98,8 +98,7 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
     << json_number(report.wall_s) << ",\n  \"version\": " << report.version
     << ",\n  \"updates_applied\": " << report.updates_applied << ",\n  \"steps_applied\": " << report.steps_applied
     << ",\n  \"optimizer\": "
-    << (c.server_optimizer.empty() ? std::string("null")
-                                   : json_string(psync::optim::parse_optimizer(c.server_optimizer).name()))
+    << (c.server_optimizer.empty() ? std::string("null") : json_string(server_optimizer_name(c)))
     << ",\n  \"schedule\": "
     << (c.server_optimizer.empty() ? std::string("null")
                                    : json_string(c.server_schedule.empty() ? "constant" : c.server_schedule))

@@ -119,7 +119,7 @@ std::vector<psync::SeriesPoint> evaluate_series(const psync::ServerReport& repor
 /// ", optimizer NAME" for the server's line when it runs one (--server-optimizer).
 std::string optimizer_text(const Config& c) {
   if (c.server_optimizer.empty()) return "";
-  return ", optimizer " + psync::optim::parse_optimizer(c.server_optimizer).name() +
+  return ", optimizer " + server_optimizer_name(c) +
          (c.server_schedule.empty() ? "" : ", schedule " + c.server_schedule);
 }
 
@@ -129,7 +129,7 @@ std::string optimizer_text(const Config& c) {
 template <class P, class F>
 int with_server_optimizer(const Config& c, F&& f) {
   if (c.server_optimizer.empty()) return f(psync::optim::None{});
-  if constexpr (std::is_same_v<typename P::Install, psync::install::Global>) {
+  if constexpr (psync::installs_global<P>) {
     return f(psync::optim::parse_optimizer(c.server_optimizer));
   } else {
     throw std::logic_error("--server-optimizer with a compensated policy got past the command line's check");

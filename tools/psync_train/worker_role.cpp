@@ -237,7 +237,7 @@ int run_worker(const Config& c) {
       const psync::data::Dataset* test = sharded ? &data.test : nullptr;
       if (c.pushes_gradients()) {
         // A compensated policy (LOSP) is never instantiated with it: parse() refuses it.
-        if constexpr (std::is_same_v<typename P::Install, psync::install::Global>) {
+        if constexpr (psync::installs_global<P>) {
           return train_worker(c, std::move(model), policy, psync::optim::OnServer{}, std::move(data.train), open, test);
         } else {
           throw std::logic_error("--optimizer server with a compensated policy got past the command line's check");

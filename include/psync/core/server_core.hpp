@@ -105,7 +105,7 @@ class ServerCore {
         throw ConfigError("server: the server-side optimizer '" + optimizer_.name() +
                           "' needs a learning rate (ServerCoreOptions::optimizer_schedule is empty)");
       }
-      if constexpr (!std::is_same_v<typename P::Install, install::Global>) {
+      if constexpr (!installs_global<P>) {
         throw ConfigError("server: policy '" + policy_.name() + "' installs '" + P::Install::name +
                           "' models (LOSP's local compensation), which a server-side optimizer ('" + optimizer_.name() +
                           "') cannot support: run the optimizer on the workers");

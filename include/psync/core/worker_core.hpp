@@ -94,7 +94,7 @@ class WorkerCore {
       throw ConfigError(who() + ": learning rate must be positive and finite, got " + std::to_string(learning_rate_));
     }
     if constexpr (pushes_gradients) {
-      if constexpr (!std::is_same_v<typename P::Install, install::Global>) {
+      if constexpr (!installs_global<P>) {
         // Compensation adds the worker's own unreflected *updates* to the global model;
         // with the server's optimizer making the updates, the worker does not know them.
         throw ConfigError(who() + ": policy '" + policy_.name() + "' installs '" + P::Install::name +

@@ -11,6 +11,7 @@
 #include <concepts>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace psync {
 
@@ -64,6 +65,12 @@ concept SyncPolicy = std::copy_constructible<P> && requires {
   { p.compute_may_continue(s) } -> std::same_as<bool>;
   { p.name() } -> std::convertible_to<std::string>;
 };
+
+/// @brief True when `P` installs the global model as it arrives (`install::Global`):
+/// every policy but LOSP's local compensation, the ones a server-side optimizer
+/// (`optim::OnServer` workers) can run with.
+template <class P>
+inline constexpr bool installs_global = std::is_same_v<typename P::Install, install::Global>;
 
 namespace detail {
 
