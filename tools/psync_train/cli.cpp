@@ -364,6 +364,16 @@ struct RawValue {
   std::string source;  // "--steps" or "PSYNC_STEPS", for messages
 };
 
+/// `parse(v.value)`, a library parser's `ConfigError` turned into a usage error that
+/// names the flag (or variable), with `hint` after the library's message.
+template <class F>
+auto parsed(const RawValue& v, F&& parse, const std::string& hint = "") {
+  try {
+    return parse(v.value);
+  } catch (const psync::ConfigError& e) {
+    throw UsageError(v.source + ": " + e.what() + hint);
+  }
+}
 
 /// The flags both transports share (after the role and address are known).
 // --server-optimizer and --server-schedule (the server's own optimizer, whose workers
@@ -380,20 +390,12 @@ void parse_server_optimizer(const Get& get, bool is_server, Config& c) {
     }
   }
   if (const auto* v = get("--server-optimizer")) {
-    try {
-      (void)psync::optim::parse_optimizer(v->value);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    (void)parsed(*v, [](const std::string& t) { return psync::optim::parse_optimizer(t); });
     c.server_optimizer = v->value;
   }
   if (const auto* v = get("--server-schedule")) {
     if (c.server_optimizer.empty()) throw UsageError(v->source + " needs --server-optimizer (the optimizer it sets the rate of)");
-    try {
-      (void)psync::optim::parse_schedule(v->value, c.lr);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    (void)parsed(*v, [&](const std::string& t) { return psync::optim::parse_schedule(t, c.lr); });
     c.server_schedule = v->value;
   }
   if (mpi && !c.server_optimizer.empty()) {
@@ -432,11 +434,7 @@ void parse_common(const Get& get, bool is_server, Config& c) {
     }
   }
   if (const auto* v = get("--policy")) {
-    try {
-      (void)psync::parse_policy(v->value);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    (void)parsed(*v, [](const std::string& t) { return psync::parse_policy(t); });
     c.policy = v->value;
   }
   if (const auto* v = get("--model")) {
@@ -459,11 +457,7 @@ void parse_common(const Get& get, bool is_server, Config& c) {
   if (const auto* v = get("--lr")) c.lr = parse_positive_float(v->source, v->value);
   if (const auto* v = get("--batch")) c.batch = parse_integer<Eigen::Index>(v->source, v->value, 1, 1 << 20);
   if (const auto* v = get("--codec")) {
-    try {
-      c.codec = psync::compress::parse_codec(v->value);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    c.codec = parsed(*v, [](const std::string& t) { return psync::compress::parse_codec(t); });
   }
   // A server's own optimizer is --server-optimizer: a server given a worker's flag is
   // told rather than left to add updates as if it had taken it.
@@ -475,21 +469,13 @@ void parse_common(const Get& get, bool is_server, Config& c) {
   }
   if (const auto* v = get("--optimizer")) {
     if (v->value != on_server_optimizer) {
-      try {
-        (void)psync::optim::parse_optimizer(v->value);
-      } catch (const psync::ConfigError& e) {
-        throw UsageError(v->source + ": " + e.what() + " (or '" + on_server_optimizer +
-                         "': the server runs the optimizer)");
-      }
+      (void)parsed(*v, [](const std::string& t) { return psync::optim::parse_optimizer(t); },
+                   std::string(" (or '") + on_server_optimizer + "': the server runs the optimizer)");
     }
     c.optimizer = v->value;
   }
   if (const auto* v = get("--schedule")) {
-    try {
-      (void)psync::optim::parse_schedule(v->value, c.lr);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    (void)parsed(*v, [&](const std::string& t) { return psync::optim::parse_schedule(t, c.lr); });
     c.schedule = v->value;
   }
   parse_server_optimizer(get, is_server, c);
@@ -509,11 +495,7 @@ void parse_common(const Get& get, bool is_server, Config& c) {
   if (const auto* v = get("--quiet")) c.quiet = v->value == "1";
   if (const auto* v = get("--secret-file")) {
     if (v->value.empty()) throw UsageError(v->source + " is empty");
-    try {
-      c.secret = psync::read_secret_file(v->value);
-    } catch (const psync::ConfigError& e) {
-      throw UsageError(v->source + ": " + e.what());
-    }
+    c.secret = parsed(*v, [](const std::string& t) { return psync::read_secret_file(t); });
   }
 }
 

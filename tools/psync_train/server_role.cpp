@@ -123,6 +123,21 @@ std::string optimizer_text(const Config& c) {
          (c.server_schedule.empty() ? "" : ", schedule " + c.server_schedule);
 }
 
+/// The options every server of this process has, whole or shard: the cluster's size,
+/// the deadlines, the log, and the rate of its optimizer `O` if it runs one.
+template <class O>
+psync::ServerOptions server_options(const Config& c) {
+  psync::ServerOptions so;
+  so.expected_workers = c.workers;
+  so.join_timeout = c.timeout;
+  so.peer_timeout = c.timeout;
+  so.log = c.quiet ? nullptr : &std::cerr;
+  if constexpr (!std::is_same_v<O, psync::optim::None>) {
+    so.optimizer_schedule = psync::optim::parse_schedule(c.server_schedule, c.lr);
+  }
+  return so;
+}
+
 /// Calls `f(optimizer)` with the server's optimizer: `optim::None` (the server adds
 /// the workers' updates) without --server-optimizer, else the `optim::Any` it names.
 /// A compensated policy (LOSP) is never instantiated with one: parse() refuses it.
@@ -163,11 +178,7 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
               << " worker(s)" << std::endl;
   }
 
-  psync::ServerOptions so;
-  so.expected_workers = c.workers;
-  so.join_timeout = c.timeout;
-  so.peer_timeout = c.timeout;
-  so.log = c.quiet ? nullptr : &std::cerr;
+  psync::ServerOptions so = server_options<O>(c);
   so.checkpoint_dir = c.checkpoint;
   so.checkpoint_every = c.checkpoint_every;
   so.checkpoint_keep = c.checkpoint_keep;
@@ -200,9 +211,6 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
     };
   }
 
-  if constexpr (!std::is_same_v<O, psync::optim::None>) {
-    so.optimizer_schedule = psync::optim::parse_schedule(c.server_schedule, c.lr);
-  }
   psync::Server<M, P, O> server(std::move(model), so, policy, std::move(optimizer));
   const StopOnSignal stop_on_signal(server);
 
@@ -297,11 +305,7 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
               << "), policy " << policy.name() << optimizer_text(c) << ", waiting for " << c.workers << " worker(s)"
               << std::endl;
   }
-  psync::ServerOptions so;
-  so.expected_workers = c.workers;
-  so.join_timeout = c.timeout;
-  so.peer_timeout = c.timeout;
-  so.log = c.quiet ? nullptr : &std::cerr;
+  psync::ServerOptions so = server_options<O>(c);
   if (!c.quiet) {
     so.on_progress = [&](const psync::ServerProgress& p) {
       char line[200];
@@ -313,9 +317,6 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   }
   // A server-side optimizer works element by element: each shard runs it on its slice,
   // with its own state, and the shards together make the unsharded server's update.
-  if constexpr (!std::is_same_v<O, psync::optim::None>) {
-    so.optimizer_schedule = psync::optim::parse_schedule(c.server_schedule, c.lr);
-  }
   psync::Server<psync::ParameterSlice, P, O> server(std::move(slice), so, policy, std::move(optimizer));
   const StopOnSignal stop_on_signal(server);
   psync::AnyTransport endpoint(std::ref(transport));  // one Server::run per policy, as in serve()
