@@ -19,6 +19,7 @@ step(${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${WORK_DIR}/build -DCMAKE_PREFIX_PATH=
      -DCMAKE_CXX_FLAGS_RELEASE=-O0 -DPSYNC_EXPECT_MPI=${EXPECT_MPI})
 step(${CMAKE_COMMAND} --build ${WORK_DIR}/build --parallel 2)
 step(${WORK_DIR}/build/consumer)
+step(${WORK_DIR}/build/consumer_separate)
 step(${WORK_DIR}/build/consumer_policies)
 step(${WORK_DIR}/build/consumer_tcp)
 step(${WORK_DIR}/build/consumer_data)

@@ -4,6 +4,7 @@
 
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
+#include "psync/detail/config.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -32,70 +33,32 @@ struct WorkerClock {
 class ClockTable {
  public:
   /// @brief Registers `w` as live with clock `clock`; returns false if `w` is already live.
-  bool join(PeerId w, std::uint64_t clock) {
-    auto [it, inserted] = entries_.try_emplace(w, Entry{clock, true});
-    if (!inserted) {
-      if (it->second.live) return false;
-      it->second = Entry{clock, true};
-    }
-    max_seen_ = std::max(max_seen_, clock);
-    return true;
-  }
+  bool join(PeerId w, std::uint64_t clock);
 
   /// @brief Marks `w` as gone; returns false if it was not live.
-  bool leave(PeerId w) {
-    auto it = entries_.find(w);
-    if (it == entries_.end() || !it->second.live) return false;
-    it->second.live = false;
-    return true;
-  }
+  bool leave(PeerId w);
 
   /// @brief Counts one accepted push from live worker `w`; returns its new clock.
-  std::uint64_t tick(PeerId w) {
-    auto& e = entries_.at(w);
-    ++e.clock;
-    max_seen_ = std::max(max_seen_, e.clock);
-    return e.clock;
-  }
+  std::uint64_t tick(PeerId w);
 
   /// @brief True if `w` has joined and not left.
-  bool live(PeerId w) const {
-    auto it = entries_.find(w);
-    return it != entries_.end() && it->second.live;
-  }
+  bool live(PeerId w) const;
 
   /// @brief `w`'s clock (live or not); 0 if unknown.
-  std::uint64_t clock(PeerId w) const {
-    auto it = entries_.find(w);
-    return it == entries_.end() ? 0 : it->second.clock;
-  }
+  std::uint64_t clock(PeerId w) const;
 
   /// @brief Slowest live clock; with no live worker, the largest clock ever seen
   /// (so nothing still waiting can be held back by workers that are gone).
-  std::uint64_t min_clock() const {
-    std::uint64_t m = std::numeric_limits<std::uint64_t>::max();
-    for (const auto& [id, e] : entries_) {
-      if (e.live) m = std::min(m, e.clock);
-    }
-    return m == std::numeric_limits<std::uint64_t>::max() ? max_seen_ : m;
-  }
+  std::uint64_t min_clock() const;
 
   /// @brief Number of live workers.
-  std::size_t live_count() const {
-    return static_cast<std::size_t>(std::count_if(entries_.begin(), entries_.end(),
-                                                  [](const auto& kv) { return kv.second.live; }));
-  }
+  std::size_t live_count() const;
 
   /// @brief Number of workers that ever joined.
   std::size_t known_count() const { return entries_.size(); }
 
   /// @brief Every worker that ever joined, by ascending id (what a checkpoint stores).
-  std::vector<WorkerClock> entries() const {
-    std::vector<WorkerClock> out;
-    out.reserve(entries_.size());
-    for (const auto& [id, e] : entries_) out.push_back(WorkerClock{id, e.clock, e.live});
-    return out;
-  }
+  std::vector<WorkerClock> entries() const;
 
   /// @brief Largest clock ever held by any worker. Not derivable from `entries()`: a
   /// worker that left and rejoined at the slowest clock lowered its own entry.
@@ -103,20 +66,7 @@ class ClockTable {
 
   /// @brief Replaces the table with checkpointed entries; throws `ConfigError` on a
   /// worker listed twice or a clock above `max_clock_seen`.
-  void restore(std::span<const WorkerClock> entries, std::uint64_t max_clock_seen) {
-    std::map<PeerId, Entry> restored;
-    for (const WorkerClock& w : entries) {
-      if (w.clock > max_clock_seen) {
-        throw ConfigError("clock table: worker " + std::to_string(w.worker) + " has clock " + std::to_string(w.clock) +
-                          ", above the largest clock seen " + std::to_string(max_clock_seen));
-      }
-      if (!restored.try_emplace(w.worker, Entry{w.clock, w.live}).second) {
-        throw ConfigError("clock table: worker " + std::to_string(w.worker) + " listed twice");
-      }
-    }
-    entries_ = std::move(restored);
-    max_seen_ = max_clock_seen;
-  }
+  void restore(std::span<const WorkerClock> entries, std::uint64_t max_clock_seen);
 
   /// @brief Calls `f(id, clock, live)` for every worker that ever joined, by ascending id.
   template <class F>
@@ -142,3 +92,7 @@ class ClockTable {
 };
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/clock_table.ipp"
+#endif

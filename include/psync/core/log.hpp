@@ -17,8 +17,9 @@
 /// concurrently: keep it short and thread-safe. It must not throw (what it throws is
 /// swallowed).
 
+#include "psync/detail/config.hpp"
+
 #include <functional>
-#include <iostream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -50,13 +51,7 @@ constexpr std::string_view log_level_name(LogLevel level) noexcept {
 using LogHandler = std::function<void(LogLevel, std::string_view)>;
 
 /// @brief The default handler: the line and a newline to `std::cerr`, in one write.
-inline void stderr_log_handler(LogLevel, std::string_view line) {
-  std::string out;
-  out.reserve(line.size() + 1);
-  out.append(line);
-  out.push_back('\n');
-  std::cerr << out << std::flush;
-}
+PSYNC_DECL void stderr_log_handler(LogLevel, std::string_view line);
 
 namespace detail {
 
@@ -65,38 +60,20 @@ struct LogState {
   std::shared_ptr<const LogHandler> handler = std::make_shared<const LogHandler>(stderr_log_handler);
 };
 
-inline LogState& log_state() {
-  static LogState state;
-  return state;
-}
+PSYNC_DECL LogState& log_state();
 
 }  // namespace detail
 
 /// @brief Routes every later log line to `handler`; an empty handler silences the
 /// library. Returns the previous handler (empty if it was silenced). Thread-safe;
 /// a line being written concurrently may still go to the previous handler.
-inline LogHandler set_log_handler(LogHandler handler) {
-  auto next = std::make_shared<const LogHandler>(std::move(handler));
-  auto& s = detail::log_state();
-  std::lock_guard lock(s.mutex);
-  LogHandler previous = *s.handler;
-  s.handler = std::move(next);
-  return previous;
-}
+PSYNC_DECL LogHandler set_log_handler(LogHandler handler);
 
 /// @brief Sends one line to the current handler (nothing if silenced).
-inline void log(LogLevel level, std::string_view line) noexcept {
-  std::shared_ptr<const LogHandler> h;
-  {
-    auto& s = detail::log_state();
-    std::lock_guard lock(s.mutex);
-    h = s.handler;
-  }
-  if (!h || !*h) return;
-  try {
-    (*h)(level, line);
-  } catch (...) {  // a logger must not take the I/O thread down with it
-  }
-}
+PSYNC_DECL void log(LogLevel level, std::string_view line) noexcept;
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/log.ipp"
+#endif

@@ -4,6 +4,7 @@
 /// server's snapshots and the evaluated loss/accuracy series.
 
 #include "psync/core/message.hpp"
+#include "psync/detail/config.hpp"
 
 #include <Eigen/Core>
 
@@ -182,20 +183,12 @@ struct RunReport {
 /// @brief First time in `series` the mean test accuracy of the last `window`
 /// points reached `target`, or a negative value if never (or if the series has
 /// fewer than `window` points). One lucky evaluation cannot decide it.
-inline double time_to_accuracy(const std::vector<SeriesPoint>& series, double target,
-                               std::size_t window = 3) noexcept {
-  if (window == 0) window = 1;
-  double sum = 0;
-  for (std::size_t i = 0; i < series.size(); ++i) {
-    sum += series[i].test_accuracy;
-    if (i >= window) sum -= series[i - window].test_accuracy;
-    if (i + 1 >= window && sum / static_cast<double>(window) >= target) return series[i].seconds;
-  }
-  return -1;
-}
+PSYNC_DECL double time_to_accuracy(const std::vector<SeriesPoint>& series, double target,
+                                   std::size_t window = 3) noexcept;
 
-inline double RunReport::time_to_accuracy(double target, std::size_t window) const noexcept {
-  return psync::time_to_accuracy(series, target, window);
-}
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/metrics.ipp"
+#endif

@@ -12,6 +12,7 @@
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
+#include "psync/detail/config.hpp"
 
 #include <Eigen/Core>
 
@@ -29,28 +30,16 @@ class ShardLayout {
  public:
   /// @brief Splits `dimension` floats over `shards` shards. Throws `ConfigError` if
   /// `shards` is 0 or larger than `dimension` (a shard must own at least one float).
-  ShardLayout(Eigen::Index dimension, std::uint32_t shards) : dimension_(dimension), shards_(shards) {
-    if (shards_ == 0) throw ConfigError("shard layout: the shard count is 0");
-    if (dimension_ < static_cast<Eigen::Index>(shards_)) {
-      throw ConfigError("shard layout: " + std::to_string(shards_) + " shards for a model of " +
-                        std::to_string(dimension_) + " parameters (each shard needs at least one)");
-    }
-  }
+  ShardLayout(Eigen::Index dimension, std::uint32_t shards);
 
   /// @brief Parameters in the whole model.
   Eigen::Index dimension() const noexcept { return dimension_; }
   /// @brief Number of shards.
   std::uint32_t shards() const noexcept { return shards_; }
   /// @brief Index of shard `i`'s first parameter in the whole model.
-  Eigen::Index offset(std::uint32_t i) const noexcept {
-    const Eigen::Index k = shards_, idx = i;
-    return idx * (dimension_ / k) + std::min(idx, dimension_ % k);
-  }
+  Eigen::Index offset(std::uint32_t i) const noexcept;
   /// @brief Number of parameters shard `i` owns.
-  Eigen::Index size(std::uint32_t i) const noexcept {
-    const Eigen::Index k = shards_, idx = i;
-    return dimension_ / k + (idx < dimension_ % k ? 1 : 0);
-  }
+  Eigen::Index size(std::uint32_t i) const noexcept;
 
  private:
   Eigen::Index dimension_;
@@ -67,17 +56,7 @@ class ParameterSlice {
   explicit ParameterSlice(Eigen::VectorXf values) : values_(std::move(values)) {}
   /// @brief Shard `shard`'s slice of `full` (which must have `layout.dimension()` floats;
   /// `ConfigError` otherwise, or for a shard index out of range).
-  static ParameterSlice of(Eigen::Ref<const Eigen::VectorXf> full, const ShardLayout& layout, std::uint32_t shard) {
-    if (full.size() != layout.dimension()) {
-      throw ConfigError("parameter slice: the model has " + std::to_string(full.size()) +
-                        " parameters, the shard layout " + std::to_string(layout.dimension()));
-    }
-    if (shard >= layout.shards()) {
-      throw ConfigError("parameter slice: shard " + std::to_string(shard) + " of " +
-                        std::to_string(layout.shards()));
-    }
-    return ParameterSlice(full.segment(layout.offset(shard), layout.size(shard)));
-  }
+  static ParameterSlice of(Eigen::Ref<const Eigen::VectorXf> full, const ShardLayout& layout, std::uint32_t shard);
 
   /// @brief The slice's values.
   Eigen::Ref<const Eigen::VectorXf> parameters() const { return values_; }
@@ -91,3 +70,7 @@ class ParameterSlice {
 static_assert(ParameterSet<ParameterSlice>);
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/sharding.ipp"
+#endif

@@ -5,6 +5,7 @@
 
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
+#include "psync/detail/config.hpp"
 #include "psync/detail/json.hpp"
 
 #include <algorithm>
@@ -13,7 +14,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -36,9 +36,7 @@ class Trace {
  public:
   /// @brief An empty trace whose time origin is now; room for `reserve_events`
   /// events is allocated up front so recording does not reallocate mid-run.
-  explicit Trace(std::size_t reserve_events = std::size_t{1} << 16) : origin_(Clock::now()) {
-    events_.reserve(reserve_events);
-  }
+  explicit Trace(std::size_t reserve_events = std::size_t{1} << 16);
   Trace(const Trace&) = delete;
   Trace& operator=(const Trace&) = delete;
 
@@ -46,100 +44,26 @@ class Trace {
   Clock::time_point origin() const noexcept { return origin_; }
 
   /// @brief Gives `track` a display name (e.g. "worker 3", "server"); a later call renames it.
-  void name_track(std::uint32_t track, std::string name) {
-    std::lock_guard lock(mutex_);
-    track_names_[track] = std::move(name);
-  }
+  void name_track(std::uint32_t track, std::string name);
 
   /// @brief Records that `name` (e.g. "compute", "push", "pull", "wait", "apply") ran
   /// on `track` from `begin` to `end`; an `end` before `begin` records zero length.
-  void span(std::uint32_t track, std::string_view name, Clock::time_point begin, Clock::time_point end) {
-    const std::int64_t b = since_origin(begin);
-    const std::int64_t d = std::max<std::int64_t>(0, since_origin(end) - b);
-    std::lock_guard lock(mutex_);
-    events_.push_back(Event{b, d, track, intern(name), Kind::span});
-  }
+  void span(std::uint32_t track, std::string_view name, Clock::time_point begin, Clock::time_point end);
 
   /// @brief Records a point event `name` on `track` at `at`.
-  void instant(std::uint32_t track, std::string_view name, Clock::time_point at) {
-    const std::int64_t t = since_origin(at);
-    std::lock_guard lock(mutex_);
-    events_.push_back(Event{t, 0, track, intern(name), Kind::instant});
-  }
+  void instant(std::uint32_t track, std::string_view name, Clock::time_point at);
 
   /// @brief Number of spans and instants recorded (track names not counted).
-  std::size_t size() const {
-    std::lock_guard lock(mutex_);
-    return events_.size();
-  }
+  std::size_t size() const;
 
   /// @brief Writes the trace as `{"traceEvents":[...],"displayTimeUnit":"ms"}`: a
   /// `thread_name` and `thread_sort_index` metadata event per named track, then the
   /// events in recording order. Throws `Error` if the stream fails.
-  void write_json(std::ostream& out) const {
-    // Copied so recording threads are held up only for the copy, not the formatting.
-    std::vector<Event> events;
-    std::vector<std::string> names;
-    std::map<std::uint32_t, std::string> tracks;
-    {
-      std::lock_guard lock(mutex_);
-      events = events_;
-      names = names_;
-      tracks = track_names_;
-    }
-    std::string line;
-    line.reserve(256);
-    out << "{\"traceEvents\":[\n";
-    out << R"({"name":"process_name","ph":"M","pid":1,"tid":0,"args":{"name":"psync"}})";
-    for (const auto& [track, name] : tracks) {
-      line.assign(R"(,
-{"name":"thread_name","ph":"M","pid":1,"tid":)");
-      append_int(line, track);
-      line += R"(,"args":{"name":")";
-      detail::append_json_escaped(line, name);
-      line += R"("}},
-{"name":"thread_sort_index","ph":"M","pid":1,"tid":)";
-      append_int(line, track);
-      line += R"(,"args":{"sort_index":)";
-      append_int(line, track);
-      line += "}}";
-      out << line;
-    }
-    for (const Event& e : events) {
-      line.assign(",\n{\"name\":\"");
-      detail::append_json_escaped(line, names[e.name]);
-      if (e.kind == Kind::span) {
-        line += R"(","ph":"X","ts":)";
-        append_us(line, e.begin_ns);
-        line += ",\"dur\":";
-        append_us(line, e.dur_ns);
-      } else {
-        line += R"(","ph":"i","s":"t","ts":)";
-        append_us(line, e.begin_ns);
-      }
-      line += ",\"pid\":1,\"tid\":";
-      append_int(line, e.track);
-      line += '}';
-      out << line;
-    }
-    out << "\n],\"displayTimeUnit\":\"ms\"}\n";
-    out.flush();
-    if (!out) throw Error("trace: writing the JSON failed");
-  }
+  void write_json(std::ostream& out) const;
 
   /// @brief Writes the JSON to `path` (replacing it); throws `Error` naming the path
   /// if it cannot be opened or written.
-  void write_json(const std::filesystem::path& path) const {
-    std::ofstream file(path, std::ios::binary | std::ios::trunc);
-    if (!file) throw Error("trace: cannot open " + path.string() + " for writing");
-    try {
-      write_json(static_cast<std::ostream&>(file));
-      file.close();
-    } catch (const Error&) {
-      throw Error("trace: cannot write " + path.string());
-    }
-    if (!file) throw Error("trace: cannot write " + path.string());
-  }
+  void write_json(const std::filesystem::path& path) const;
 
  private:
   enum class Kind : std::uint8_t { span, instant };
@@ -152,18 +76,10 @@ class Trace {
     Kind kind;
   };
 
-  std::int64_t since_origin(Clock::time_point t) const noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(t - origin_).count();
-  }
+  std::int64_t since_origin(Clock::time_point t) const noexcept;
 
   /// Looks the name up without allocating; only a name never seen before is copied. Lock held.
-  std::uint32_t intern(std::string_view name) {
-    if (auto it = name_ids_.find(name); it != name_ids_.end()) return it->second;
-    const auto id = static_cast<std::uint32_t>(names_.size());
-    names_.emplace_back(name);
-    name_ids_.emplace(std::string(name), id);
-    return id;
-  }
+  std::uint32_t intern(std::string_view name);
 
   template <class I>
   static void append_int(std::string& s, I v) {
@@ -174,18 +90,7 @@ class Trace {
 
   /// Microseconds with three decimals, formatted from integers so the output does
   /// not depend on the stream's locale or floating-point settings.
-  static void append_us(std::string& s, std::int64_t ns) {
-    if (ns < 0) {
-      s += '-';
-      ns = -ns;
-    }
-    append_int(s, ns / 1000);
-    const auto frac = static_cast<int>(ns % 1000);
-    s += '.';
-    s += static_cast<char>('0' + frac / 100);
-    s += static_cast<char>('0' + frac / 10 % 10);
-    s += static_cast<char>('0' + frac % 10);
-  }
+  static void append_us(std::string& s, std::int64_t ns);
 
   mutable std::mutex mutex_;
   Clock::time_point origin_;
@@ -227,3 +132,7 @@ class ScopedSpan {
 };
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/trace.ipp"
+#endif

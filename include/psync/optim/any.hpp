@@ -8,6 +8,7 @@
 /// `apply` is the wrapped optimizer's, bit for bit.
 
 #include "psync/core/error.hpp"
+#include "psync/detail/config.hpp"
 #include "psync/optim/optimizer.hpp"
 
 #include <Eigen/Core>
@@ -42,32 +43,16 @@ class Any {
   Any(Adam o) : held_(std::move(o)) {}  // NOLINT(google-explicit-constructor)
 
   /// @brief The held optimizer's name: "sgd", "momentum(0.9)", "nesterov(0.9)", "adam(0.9,0.999,1e-08)".
-  std::string name() const {
-    return std::visit([](const auto& o) { return std::string(o.name()); }, held_);
-  }
+  std::string name() const;
   /// @brief Sizes and zeroes the held optimizer's state for `n` parameters.
-  void reset(Eigen::Index n) {
-    std::visit([n](auto& o) { o.reset(n); }, held_);
-  }
+  void reset(Eigen::Index n);
   /// @brief The held optimizer's step: `g` in, the update to add out.
-  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr) {
-    std::visit([&g, lr](auto& o) { o.apply(g, lr); }, held_);
-  }
+  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr);
   /// @brief Appends the held optimizer's name, then its state.
-  void save(std::vector<std::byte>& out) const {
-    put_string(out, name());
-    std::visit([&out](const auto& o) { o.save(out); }, held_);
-  }
+  void save(std::vector<std::byte>& out) const;
   /// @brief Reads state written by `save` of an `Any` holding the same optimizer
   /// (same name); anything else is a `ConfigError` naming both.
-  void restore(StateReader& in) {
-    const std::string saved = in.string();
-    const std::string mine = name();
-    if (saved != mine) {
-      throw ConfigError("optimizer state: saved by optimizer '" + saved + "', cannot restore it into '" + mine + "'");
-    }
-    std::visit([&in](auto& o) { o.restore(in); }, held_);
-  }
+  void restore(StateReader& in);
 
   /// @brief The held optimizer if it is an `O`, else nullptr.
   template <class O>
@@ -84,3 +69,7 @@ class Any {
 static_assert(Optimizer<Any> && WorkerRule<Any>);
 
 }  // namespace psync::optim
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/optim_any.ipp"
+#endif

@@ -15,12 +15,9 @@
 /// update `-lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`, t counting from 1.
 
 #include "psync/core/error.hpp"
+#include "psync/detail/config.hpp"
 
 #include <Eigen/Core>
-
-#if defined(__SSE__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
 
 #include <cmath>
 #include <concepts>
@@ -78,87 +75,38 @@ class StateReader {
   /// @brief Reads from `bytes`.
   explicit StateReader(std::span<const std::byte> bytes) : bytes_(bytes) {}
   /// @brief One little-endian u64.
-  std::uint64_t u64() {
-    std::uint64_t v = 0;
-    take(&v, sizeof v);
-    return v;
-  }
+  std::uint64_t u64();
   /// @brief A string saved by `put_string`.
-  std::string string() {
-    const std::uint64_t n = u64();
-    if (n > left()) fail("a string of " + std::to_string(n) + " bytes");
-    std::string s(static_cast<std::size_t>(n), '\0');
-    take(s.data(), s.size());
-    return s;
-  }
+  std::string string();
   /// @brief A float vector saved by `put_floats`, into `out`, which must have `expected` floats.
-  void floats(Eigen::VectorXf& out, Eigen::Index expected) {
-    const std::uint64_t n = u64();
-    if (n != static_cast<std::uint64_t>(expected)) {
-      throw ConfigError("optimizer state: a vector of " + std::to_string(n) + " floats, the model has " +
-                        std::to_string(expected));
-    }
-    out.resize(expected);
-    take(out.data(), static_cast<std::size_t>(n) * sizeof(float));
-  }
+  void floats(Eigen::VectorXf& out, Eigen::Index expected);
   /// @brief Bytes not read yet.
   std::size_t left() const noexcept { return bytes_.size() - at_; }
 
  private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw ConfigError("optimizer state: truncated (" + what + " at byte " + std::to_string(at_) + " of " +
-                      std::to_string(bytes_.size()) + ")");
-  }
-  void take(void* to, std::size_t n) {
-    if (n > left()) fail(std::to_string(n) + " more bytes");
-    if (n) std::memcpy(to, bytes_.data() + at_, n);
-    at_ += n;
-  }
+  [[noreturn]] void fail(const std::string& what) const;
+  void take(void* to, std::size_t n);
   std::span<const std::byte> bytes_;
   std::size_t at_ = 0;
 };
 
 /// @brief Appends a u64 (host order; checkpoints are little-endian files on the platforms psync builds on).
-inline void put_u64(std::vector<std::byte>& out, std::uint64_t v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  out.insert(out.end(), p, p + sizeof v);
-}
+PSYNC_DECL void put_u64(std::vector<std::byte>& out, std::uint64_t v);
 /// @brief Appends a length-prefixed string.
-inline void put_string(std::vector<std::byte>& out, const std::string& s) {
-  put_u64(out, s.size());
-  const auto* p = reinterpret_cast<const std::byte*>(s.data());
-  out.insert(out.end(), p, p + s.size());
-}
+PSYNC_DECL void put_string(std::vector<std::byte>& out, const std::string& s);
 /// @brief Appends a length-prefixed float vector.
-inline void put_floats(std::vector<std::byte>& out, const Eigen::VectorXf& v) {
-  put_u64(out, static_cast<std::uint64_t>(v.size()));
-  const auto* p = reinterpret_cast<const std::byte*>(v.data());
-  out.insert(out.end(), p, p + static_cast<std::size_t>(v.size()) * sizeof(float));
-}
+PSYNC_DECL void put_floats(std::vector<std::byte>& out, const Eigen::VectorXf& v);
 
 namespace detail {
 
 /// "%g" of a hyper-parameter, for names.
-inline std::string num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
-}
+PSYNC_DECL std::string num(double v);
 
 /// Throws `ConfigError` unless `v` is in [0, 1).
-inline void check_unit(const char* who, const char* what, double v) {
-  if (!(v >= 0 && v < 1)) throw ConfigError(std::string(who) + ": " + what + " must be in [0, 1), got " + num(v));
-}
+PSYNC_DECL void check_unit(const char* who, const char* what, double v);
 
 /// Sizes `state` for `g` at first use; a different size later is a misuse.
-inline void fit(Eigen::VectorXf& state, Eigen::Index n, const char* who) {
-  if (state.size() == n) return;
-  if (state.size() != 0) {
-    throw ConfigError(std::string(who) + ": state sized for " + std::to_string(state.size()) + " parameters, got a gradient of " +
-                      std::to_string(n));
-  }
-  state = Eigen::VectorXf::Zero(n);
-}
+PSYNC_DECL void fit(Eigen::VectorXf& state, Eigen::Index n, const char* who);
 
 }  // namespace detail
 
@@ -181,33 +129,19 @@ struct Sgd {
 class Momentum {
  public:
   /// @brief Momentum `mu` in [0, 1); `nesterov` for the look-ahead variant.
-  explicit Momentum(float mu = 0.9f, bool nesterov = false) : mu_(mu), nesterov_(nesterov) {
-    detail::check_unit("momentum optimizer", "momentum", mu);
-  }
+  explicit Momentum(float mu = 0.9f, bool nesterov = false);
   /// @brief "momentum(mu)" or "nesterov(mu)".
   std::string name() const { return std::string(nesterov_ ? "nesterov(" : "momentum(") + detail::num(mu_) + ")"; }
   /// @brief Zeroes the velocity for `n` parameters.
   void reset(Eigen::Index n) { v_ = Eigen::VectorXf::Zero(n); }
   /// @brief One step: `g` in, the update out.
-  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr) {
-    detail::fit(v_, g.size(), "momentum optimizer");
-    v_ = mu_ * v_ + g;
-    if (nesterov_) {
-      g = -lr * (g + mu_ * v_);
-    } else {
-      g = -lr * v_;
-    }
-  }
+  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr);
   /// @brief The velocity.
   const Eigen::VectorXf& velocity() const noexcept { return v_; }
   /// @brief Appends the velocity.
   void save(std::vector<std::byte>& out) const { put_floats(out, v_); }
   /// @brief Reads the velocity back (its size must be the current one, if sized).
-  void restore(StateReader& in) {
-    Eigen::VectorXf v;
-    in.floats(v, v_.size());
-    v_ = std::move(v);
-  }
+  void restore(StateReader& in);
 
  private:
   float mu_;
@@ -219,66 +153,19 @@ class Momentum {
 class Adam {
  public:
   /// @brief `beta1`, `beta2` in [0, 1); `eps` > 0.
-  explicit Adam(float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f) : b1_(beta1), b2_(beta2), eps_(eps) {
-    detail::check_unit("adam optimizer", "beta1", beta1);
-    detail::check_unit("adam optimizer", "beta2", beta2);
-    if (!(eps > 0) || !std::isfinite(eps)) throw ConfigError("adam optimizer: eps must be positive and finite, got " + detail::num(eps));
-  }
+  explicit Adam(float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f);
   /// @brief "adam(beta1,beta2,eps)".
   std::string name() const { return "adam(" + detail::num(b1_) + "," + detail::num(b2_) + "," + detail::num(eps_) + ")"; }
   /// @brief Zeroes both moments and the step count for `n` parameters.
-  void reset(Eigen::Index n) {
-    m_ = Eigen::VectorXf::Zero(n);
-    v_ = Eigen::VectorXf::Zero(n);
-    t_ = 0;
-  }
+  void reset(Eigen::Index n);
   /// @brief One step: `g` in, the update out.
-  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr) {
-    detail::fit(m_, g.size(), "adam optimizer");
-    detail::fit(v_, g.size(), "adam optimizer");
-    ++t_;
-    m_ = b1_ * m_ + (1 - b1_) * g;
-    v_.array() = b2_ * v_.array() + (1 - b2_) * g.array().square();
-    const double t = static_cast<double>(t_);
-    const auto c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b1_), t)));
-    const auto c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b2_), t)));
-    // A correctly rounded sqrt in every lane (sqrtps, then std::sqrt for the tail), with
-    // the same operations in the same order, so an element's update does not depend on
-    // where it lies: Eigen's vectorized float sqrt (EIGEN_FAST_MATH, its default) is off
-    // in the last bits, and an element would take it or not by its slice's alignment,
-    // so a sharded server's Adam would differ from one server's.
-    const float* m = m_.data();
-    const float* v = v_.data();
-    float* out = g.data();
-    const Eigen::Index n = g.size();
-    Eigen::Index i = 0;
-#if defined(__SSE__) || defined(_M_X64)
-    const __m128 lr4 = _mm_set1_ps(-lr), c14 = _mm_set1_ps(c1), c24 = _mm_set1_ps(c2), eps4 = _mm_set1_ps(eps_);
-    for (; i + 4 <= n; i += 4) {
-      const __m128 root = _mm_sqrt_ps(_mm_mul_ps(_mm_loadu_ps(v + i), c24));
-      _mm_storeu_ps(out + i, _mm_div_ps(_mm_mul_ps(lr4, _mm_mul_ps(_mm_loadu_ps(m + i), c14)), _mm_add_ps(root, eps4)));
-    }
-#endif
-    for (; i < n; ++i) out[i] = -lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps_);
-  }
+  void apply(Eigen::Ref<Eigen::VectorXf> g, float lr);
   /// @brief Steps taken (t).
   std::uint64_t steps() const noexcept { return t_; }
   /// @brief Appends t and both moments.
-  void save(std::vector<std::byte>& out) const {
-    put_u64(out, t_);
-    put_floats(out, m_);
-    put_floats(out, v_);
-  }
+  void save(std::vector<std::byte>& out) const;
   /// @brief Reads t and both moments back.
-  void restore(StateReader& in) {
-    const std::uint64_t t = in.u64();
-    Eigen::VectorXf m, v;
-    in.floats(m, m_.size());
-    in.floats(v, v_.size());
-    t_ = t;
-    m_ = std::move(m);
-    v_ = std::move(v);
-  }
+  void restore(StateReader& in);
 
  private:
   float b1_, b2_, eps_;
@@ -290,3 +177,7 @@ static_assert(Optimizer<Sgd> && Optimizer<Momentum> && Optimizer<Adam>);
 static_assert(WorkerRule<OnServer> && !Optimizer<OnServer> && !Optimizer<None>);
 
 }  // namespace psync::optim
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/optimizer.ipp"
+#endif

@@ -12,6 +12,7 @@
 /// server options; an empty one means "the constant learning rate of the options".
 
 #include "psync/core/error.hpp"
+#include "psync/detail/config.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -37,11 +38,7 @@ using Schedule = std::function<float(std::uint64_t)>;
 namespace detail {
 
 /// Throws `ConfigError` unless `lr` is positive and finite.
-inline void check_rate(const char* who, const char* what, double lr) {
-  if (!(lr > 0) || !std::isfinite(lr)) {
-    throw ConfigError(std::string(who) + ": " + what + " must be positive and finite, got " + std::to_string(lr));
-  }
-}
+PSYNC_DECL void check_rate(const char* who, const char* what, double lr);
 
 }  // namespace detail
 
@@ -132,3 +129,7 @@ float rate_at(const Schedule& schedule, float fallback, std::uint64_t step, Who&
 }
 
 }  // namespace psync::optim
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/schedule.ipp"
+#endif

@@ -13,6 +13,7 @@
 #include "psync/concepts.hpp"
 #include "psync/core/error.hpp"
 #include "psync/core/message.hpp"
+#include "psync/detail/config.hpp"
 #include "psync/transport/in_process.hpp"
 
 #include <algorithm>
@@ -82,27 +83,7 @@ inline constexpr std::size_t emulated_header_bytes = 64;
 /// @brief The size a message is charged on an emulated link: header plus payload
 /// (4 bytes per float, the bytes of any string). A `Pull`'s buffer is a local
 /// allocation hint that a real wire does not carry, so it is not charged.
-inline std::size_t emulated_size(const Message& m) noexcept {
-  const std::size_t payload = std::visit(
-      [](const auto& x) -> std::size_t {
-        using M = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<M, msg::Push>) {
-          // An encoded push costs its codec's bytes (docs/compression.md).
-          if (x.encoding != Encoding::dense) return x.payload.size();
-          return static_cast<std::size_t>(x.update.size()) * sizeof(float);
-        } else if constexpr (std::is_same_v<M, msg::Model>) {
-          return static_cast<std::size_t>(x.values().size()) * sizeof(float);
-        } else if constexpr (std::is_same_v<M, msg::Join>) {
-          return x.policy.size();
-        } else if constexpr (std::is_same_v<M, msg::Error>) {
-          return x.text.size();
-        } else {
-          return 0;
-        }
-      },
-      m);
-  return emulated_header_bytes + payload;
-}
+PSYNC_DECL std::size_t emulated_size(const Message& m) noexcept;
 
 /// @brief When one message crosses the emulated network (all on `Clock`).
 struct Transmission {
@@ -123,11 +104,7 @@ class Network {
  public:
   /// @brief Validates `spec`: throws `ConfigError` on a negative or NaN bandwidth,
   /// latency or jitter.
-  explicit Network(NetworkSpec spec) : spec_(std::move(spec)) {
-    check_bandwidth(spec_.server_nic_bytes_per_s, "server NIC");
-    check_link(spec_.worker_link, "default worker link");
-    for (const auto& [id, link] : spec_.per_worker) check_link(link, "worker " + std::to_string(id) + "'s link");
-  }
+  explicit Network(NetworkSpec spec);
 
   /// @brief The specification this network was built from.
   const NetworkSpec& spec() const noexcept { return spec_; }
@@ -137,78 +114,21 @@ class Network {
 
   /// @brief Reserves the links for a message of `bytes` bytes that `from` hands to
   /// the network at `now` for `to`, and returns when it is transmitted and delivered.
-  Transmission schedule(PeerId from, PeerId to, std::size_t bytes, Clock::time_point now) {
-    std::lock_guard lock(mutex_);
-    // An infinitely fast link is never busy, so it neither delays nor is reserved:
-    // an unlimited server NIC must not serialise the workers' pushes.
-    const double up_bw = bandwidth(from);
-    const double down_bw = bandwidth(to);
-    Clock::time_point* up = limited(up_bw) ? &uplink_busy_[from] : nullptr;
-    Clock::time_point* down = limited(down_bw) ? &downlink_busy_[to] : nullptr;
-
-    Transmission t;
-    t.sent = now;
-    t.start = now;
-    if (up) t.start = std::max(t.start, *up);
-    if (down) t.start = std::max(t.start, *down);
-    const double bw = slower(up_bw, down_bw);
-    Clock::duration tx{0};
-    if (limited(bw)) {
-      // Rounded up so the emulated time never undercuts the physical bound.
-      tx = std::chrono::ceil<Clock::duration>(std::chrono::duration<double>(static_cast<double>(bytes) / bw));
-    }
-    t.finish = t.start + tx;
-    if (up) *up = t.finish;
-    if (down) *down = t.finish;
-
-    Clock::duration delay = latency(from) + latency(to);
-    if (const auto spread = jitter(from) + jitter(to); spread.count() > 0) {
-      auto [it, fresh] = jitter_rng_.try_emplace(from, spec_.seed ^ static_cast<std::uint64_t>(from));
-      static_cast<void>(fresh);
-      // Built from the raw engine output, not std::uniform_*_distribution, whose
-      // algorithm differs between standard libraries: the schedule stays
-      // reproducible across platforms.
-      const double unit = static_cast<double>(it->second() >> 11) * 0x1.0p-53;
-      delay += std::chrono::duration_cast<Clock::duration>(
-          std::chrono::duration<double, std::micro>(unit * static_cast<double>(spread.count())));
-    }
-    // A link is a FIFO: jitter must never let a message overtake an earlier one
-    // from the same sender to the same receiver.
-    Clock::time_point& last = last_delivery_[{from, to}];
-    t.deliver_at = std::max(t.finish + delay, last);
-    last = t.deliver_at;
-    return t;
-  }
+  Transmission schedule(PeerId from, PeerId to, std::size_t bytes, Clock::time_point now);
 
  private:
-  static void check_bandwidth(double bw, const std::string& what) {
-    if (!(bw >= 0)) throw ConfigError("emulated network: " + what + " bandwidth must be >= 0 (0 = infinite)");
-  }
-  static void check_link(const LinkSpec& link, const std::string& what) {
-    check_bandwidth(link.bandwidth_bytes_per_s, what);
-    if (link.latency.count() < 0) throw ConfigError("emulated network: " + what + " latency must be >= 0");
-    if (link.jitter.count() < 0) throw ConfigError("emulated network: " + what + " jitter must be >= 0");
-  }
+  static void check_bandwidth(double bw, const std::string& what);
+  static void check_link(const LinkSpec& link, const std::string& what);
 
   /// 0 (and +inf) stand for an unlimited link.
   static bool limited(double bw) noexcept { return bw > 0 && std::isfinite(bw); }
 
   /// 0 stands for infinite, so the slower of two links is the smaller positive one.
-  static double slower(double a, double b) noexcept {
-    if (a <= 0) return b;
-    if (b <= 0) return a;
-    return std::min(a, b);
-  }
+  static double slower(double a, double b) noexcept;
 
-  double bandwidth(PeerId p) const noexcept {
-    return p == server_peer ? spec_.server_nic_bytes_per_s : spec_.link(p).bandwidth_bytes_per_s;
-  }
-  Clock::duration latency(PeerId p) const noexcept {
-    return p == server_peer ? Clock::duration{0} : Clock::duration{spec_.link(p).latency};
-  }
-  std::chrono::microseconds jitter(PeerId p) const noexcept {
-    return p == server_peer ? std::chrono::microseconds{0} : spec_.link(p).jitter;
-  }
+  double bandwidth(PeerId p) const noexcept;
+  Clock::duration latency(PeerId p) const noexcept;
+  std::chrono::microseconds jitter(PeerId p) const noexcept;
 
   NetworkSpec spec_;
   std::mutex mutex_;
@@ -428,3 +348,7 @@ class Emulated {
 static_assert(Transport<Emulated<InProcess>>);
 
 }  // namespace psync
+
+#if PSYNC_HEADER_ONLY
+#include "psync/impl/emulated.ipp"
+#endif
