@@ -21,26 +21,28 @@
 #       compile time is paid once, and again only when psync changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# elapsed CMD...: the wall seconds CMD took. median X...: the middle value.
+elapsed() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@"
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 if [ "${1:-}" = --program ]; then
   file=${2:?--program needs a source file}
   runs=${3:-3}
   cxx=${CXX:-g++}
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  wall() {
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$cxx" -std=c++20 -O2 -isystem /usr/include/eigen3 -Iinclude "$@" -c "$file" -o "$work/p.o"
-    t1=$(date +%s.%N)
-    echo "$t1 - $t0" | bc
-  }
+  wall() { elapsed "$cxx" -std=c++20 -O2 -isystem /usr/include/eigen3 -Iinclude "$@" -c "$file" -o "$work/p.o"; }
   h=()
   s=()
   for ((i = 0; i < runs; i++)); do
     h+=("$(wall)")
     s+=("$(wall -DPSYNC_SEPARATE_COMPILATION)")
   done
-  median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   mh=$(median "${h[@]}")
   ms=$(median "${s[@]}")
   echo "$file ($cxx -std=c++20 -O2 -c; $runs runs each, interleaved; load average $(cut -d' ' -f1 /proc/loadavg) at the end)"
@@ -78,13 +80,7 @@ git archive "$rev" include | tar -x -C "$work/before"
 printf '#include <psync/psync.hpp>\nint main() { return 0; }\n' > "$work/umbrella.cpp"
 flags=(-std=c++20 -O2 -isystem /usr/include/eigen3)
 lines() { "$cxx" "${flags[@]}" ${2:+"$2"} -I"$1" -E "${3:-$work/umbrella.cpp}" | wc -l; }
-one() {
-  local t0 t1 src=${2:-$work/umbrella.cpp}
-  t0=$(date +%s.%N)
-  "$cxx" "${flags[@]}" "${@:3}" -I"$1" -c "$src" -o "$work/u.o"
-  t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc
-}
+one() { elapsed "$cxx" "${flags[@]}" "${@:3}" -I"$1" -c "${2:-$work/umbrella.cpp}" -o "$work/u.o"; }
 printf '#include <psync/src.hpp>\n' > "$work/src.cpp"
 before=()
 after=()
@@ -95,7 +91,6 @@ for ((i = 0; i < runs; i++)); do
   separate+=("$(one include "$work/umbrella.cpp" -DPSYNC_SEPARATE_COMPILATION)")
 done
 src_once=$(one include "$work/src.cpp" -DPSYNC_SEPARATE_COMPILATION)
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mb=$(median "${before[@]}")
 ma=$(median "${after[@]}")
 ms=$(median "${separate[@]}")
