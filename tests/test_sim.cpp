@@ -492,3 +492,113 @@ TEMPLATE_TEST_CASE("Sharded servers in virtual time: every policy runs and keeps
   const auto again = run_wide<TestType>(o, 50);
   REQUIRE(again.parameters == r.parameters);
 }
+
+TEST_CASE("A shared host: more runnable jobs than cores slow each one down", "[sim][host]") {
+  // Four ASP workers, 1 ms steps, an instant network: alone, 100 steps take 0.1 s.
+  psync::sim::SimOptions o;
+  o.workers = 4;
+  o.steps_per_worker = 100;
+  o.compute.step_s = 1e-3;
+  const auto own_cores = run<psync::Asp>(o);
+  REQUIRE(own_cores.wall_s == Approx(0.1).epsilon(1e-3));
+  // On 2 shared cores each step runs at half a core: 2 ms; on 3 cores at 3/4: 4/3 ms.
+  o.host.cores = 2;
+  const auto two = run<psync::Asp>(o);
+  REQUIRE(two.wall_s == Approx(0.2).epsilon(1e-3));
+  for (const auto& w : two.workers) REQUIRE(w.compute_s == Approx(0.2).epsilon(1e-3));  // a step's duration, as a real clock sees it
+  o.host.cores = 3;
+  REQUIRE(run<psync::Asp>(o).wall_s == Approx(0.4 / 3).epsilon(1e-3));
+  // No job runs on more than one core: 8 cores for 4 workers is no faster than 4.
+  o.host.cores = 8;
+  REQUIRE(run<psync::Asp>(o).wall_s == Approx(0.1).epsilon(1e-3));
+  // The math does not change, only time: the same parameters as with cores of their own.
+  REQUIRE(two.parameters == own_cores.parameters);
+}
+
+TEST_CASE("A shared host: communication's CPU is taken from compute", "[sim][host]") {
+  // One ASP worker on one core with an instant network. Each push and each reply
+  // cost s_per_byte per byte at the sender and again at the receiver; the core never
+  // idles (the reply is instant), so the run lasts its total work: 100 steps of 1 ms
+  // plus, per step, two 4,000-byte messages charged twice each.
+  constexpr Eigen::Index n = 1000;
+  psync::sim::SimOptions o;
+  o.workers = 1;
+  o.steps_per_worker = 100;
+  o.compute.step_s = 1e-3;
+  const double message = static_cast<double>(psync::emulated_header_bytes + n * sizeof(float));
+  const auto alone = run_wide<psync::Asp>(o, n);
+  o.host.cores = 1;
+  o.host.s_per_byte = 0.25e-3 / message;  // each end of each message: 0.25 ms
+  const auto shared = run_wide<psync::Asp>(o, n);
+  INFO("own core " << alone.wall_s << " s, shared " << shared.wall_s << " s");
+  REQUIRE(alone.wall_s == Approx(0.1).epsilon(0.01));
+  REQUIRE(shared.wall_s == Approx(0.2).epsilon(0.02));  // + join and leave, a few hundred bytes
+  REQUIRE(shared.parameters == alone.parameters);
+  // Same options, same run, bit for bit.
+  const auto again = run_wide<psync::Asp>(o, n);
+  REQUIRE(again.wall_s == shared.wall_s);
+  REQUIRE(again.parameters == shared.parameters);
+  // A message is delivered once both ends' CPU work is done: one BSP worker on two
+  // cores, 1 ms per end of each message, waits 1 ms for its push (both ends at once)
+  // and 1 ms for the reply: 3 ms a step.
+  o.workers = 1;
+  o.steps_per_worker = 50;
+  o.host.cores = 2;
+  o.host.s_per_byte = 1e-3 / message;
+  REQUIRE(run_wide<psync::Bsp>(o, n).wall_s == Approx(50 * 3e-3).epsilon(0.02));
+  // Communication costs compute only where compute is shared.
+  o.host.cores = 0;
+  REQUIRE_THROWS_AS(run_wide<psync::Asp>(o, n), psync::ConfigError);
+  o.host.cores = -1;
+  o.host.s_per_byte = 0;
+  REQUIRE_THROWS_AS(run_wide<psync::Asp>(o, n), psync::ConfigError);
+}
+
+TEST_CASE("A shared host: OSP's overlap costs compute when the cores are shared", "[sim][host]") {
+  // Two OSP workers on two cores: alone they never wait, so every step is compute.
+  // With communication charged to the same cores, their steps stretch; BSP's workers
+  // wait out each round trip anyway, so they lose far less (only the reply's receiving
+  // end, which runs beside the next step).
+  constexpr Eigen::Index n = 1000;
+  psync::sim::SimOptions o;
+  o.workers = 2;
+  o.steps_per_worker = 200;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link.latency = 2ms;
+  o.host.cores = 2;
+  const double message = static_cast<double>(psync::emulated_header_bytes + n * sizeof(float));
+  const auto osp_free = run_wide<psync::Osp<20>>(o, n);
+  const auto bsp_free = run_wide<psync::Bsp>(o, n);
+  o.host.s_per_byte = 0.5e-3 / message;
+  const auto osp = run_wide<psync::Osp<20>>(o, n);
+  const auto bsp = run_wide<psync::Bsp>(o, n);
+  INFO("OSP " << osp_free.wall_s << " -> " << osp.wall_s << " s, BSP " << bsp_free.wall_s << " -> " << bsp.wall_s << " s");
+  REQUIRE(osp.wall_s > 1.5 * osp_free.wall_s);
+  REQUIRE(bsp.wall_s < 1.2 * bsp_free.wall_s);
+}
+
+TEST_CASE("Replies taken at step ends, as psync's Worker takes them, push one step later", "[sim][replies]") {
+  // Two OSP workers whose replies land mid-step. Taken at once (a dedicated thread),
+  // the next push leaves then, and the step that was running goes out one push later,
+  // computed on the model before the install: its push is two versions stale. Taken at
+  // the step's end (Worker::run), the push holds that step: one version.
+  psync::sim::SimOptions o;
+  o.workers = 2;
+  o.steps_per_worker = 400;
+  o.compute.step_s = 1e-3;
+  o.network.worker_link.latency = std::chrono::microseconds(2250);
+  const auto staleness = [](const psync::RunReport& r) { return r.version_staleness().mean(); };
+  const auto arrival = run<psync::Osp<20>>(o);
+  o.replies = psync::sim::Replies::at_step_end;
+  const auto step_end = run<psync::Osp<20>>(o);
+  INFO("version staleness: on arrival " << staleness(arrival) << ", at step end " << staleness(step_end));
+  REQUIRE(staleness(arrival) == Approx(2).margin(0.05));
+  REQUIRE(staleness(step_end) == Approx(1).margin(0.05));
+  // BSP workers wait for every reply, so nothing is ever held: the same run either way.
+  o.replies = psync::sim::Replies::on_arrival;
+  const auto bsp = run<psync::Bsp>(o);
+  o.replies = psync::sim::Replies::at_step_end;
+  const auto bsp_end = run<psync::Bsp>(o);
+  REQUIRE(bsp_end.wall_s == bsp.wall_s);
+  REQUIRE(bsp_end.parameters == bsp.parameters);
+}

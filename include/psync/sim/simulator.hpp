@@ -61,6 +61,38 @@ struct ComputeCost {
   double random_factor = 1;
 };
 
+/// @brief The host the cluster runs on, when its processes share cores (a test box
+/// running every worker and the server, as `scripts/netns_crosscheck.sh --validate`
+/// does on 2 cores). By default (`cores` = 0) every worker and server shard has cores
+/// of its own and communication costs no compute: a real cluster.
+///
+/// With `cores` > 0, every worker's steps, every server shard's message handling and
+/// the CPU work of communication run as jobs on `cores` processor-shared cores, as the
+/// kernel's scheduler shares them between runnable threads: n jobs on c cores each run
+/// at min(1, c / n) of a core. A step of cost t takes t alone, and longer while more
+/// jobs than cores are runnable.
+struct HostCpu {
+  /// @brief Cores the whole cluster shares (0: none shared).
+  double cores = 0;
+  /// @brief CPU seconds each byte of a message costs its sender, and again its receiver
+  /// (serialization, the kernel's TCP stack and its soft interrupts, copies). Each side
+  /// is a job of its own that starts with the transfer and runs beside it, as the kernel
+  /// handles packets while they stream; the message is delivered once the transfer
+  /// (and latency) and both jobs are done. So communication takes cores from compute,
+  /// and a host short of cores slows communication down too.
+  double s_per_byte = 0;
+};
+
+/// @brief When a worker that is computing takes a reply that arrived mid-step.
+enum class Replies {
+  /// At once, as a dedicated sender/receiver thread would (the OSP authors' reference
+  /// code): the next push leaves the moment the reply lands. The default.
+  on_arrival,
+  /// At the end of the step, as psync's own `Worker` driver does (it takes replies at
+  /// step boundaries): the next push leaves then and holds the step that was running.
+  at_step_end,
+};
+
 /// @brief A virtual-time run's set-up.
 struct SimOptions {
   std::uint32_t workers = 4;
@@ -87,6 +119,11 @@ struct SimOptions {
   Sharing sharing = Sharing::fair;
   /// @brief Server seconds per float of a push (apply and copy into the reply; calibrate or give it).
   double server_s_per_float = 0;
+  /// @brief Shared cores and the CPU cost of communication (default: none shared, as in a real cluster).
+  HostCpu host{};
+  /// @brief When a computing worker takes a reply (only OSP's workers compute while
+  /// one is due): `on_arrival` (default) or, to model psync's `Worker`, `at_step_end`.
+  Replies replies = Replies::on_arrival;
   /// @brief Server shards (K): shard i owns a contiguous slice of the parameters
   /// (`ShardLayout`), runs its own `ServerCore` on its own thread and NIC (each
   /// direction at `network.server_nic_bytes_per_s`, shared as `sharing` says), and
@@ -241,6 +278,16 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   }
   if (!(options.snapshot_interval_s > 0)) throw ConfigError("simulate: snapshot_interval_s must be positive");
   if (options.shards == 0) throw ConfigError("simulate: shards must be at least 1");
+  if (!(options.host.cores >= 0) || std::isinf(options.host.cores)) {
+    throw ConfigError("simulate: host.cores must be finite and at least 0, got " + std::to_string(options.host.cores));
+  }
+  if (!(options.host.s_per_byte >= 0) || std::isinf(options.host.s_per_byte)) {
+    throw ConfigError("simulate: host.s_per_byte must be finite and at least 0, got " +
+                      std::to_string(options.host.s_per_byte));
+  }
+  if (options.host.s_per_byte > 0 && options.host.cores == 0) {
+    throw ConfigError("simulate: host.s_per_byte needs host.cores > 0 (communication takes compute only from shared cores)");
+  }
   const std::uint32_t K = options.shards;
   const ShardLayout layout(model.parameters().size(), K);  // ConfigError if K > the model's size
 
@@ -248,7 +295,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   const auto to_ns = [](double s) { return static_cast<Nanos>(std::llround(s * 1e9)); };
   const auto at = [](Nanos t) { return Clock::time_point(std::chrono::nanoseconds(t)); };
 
-  enum class Kind { step_done, arrive_server, arrive_worker, net_up, net_down, server_free, snapshot };
+  enum class Kind { step_done, arrive_server, arrive_worker, net_up, net_down, server_free, cpu, snapshot };
   struct Event {
     Nanos time;
     std::uint64_t seq;
@@ -295,6 +342,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     bool computing = false;
     bool blocked = false;
     Nanos blocked_since = 0;
+    Nanos step_started = 0;
     double compute_s = 0;
     double wait_s = 0;
     Nanos finished_at = 0;
@@ -303,6 +351,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     // The worker's side of the shards: splits its messages, reassembles the answers.
     std::unique_ptr<std::vector<std::pair<std::uint32_t, Message>>> outbox;
     std::unique_ptr<Sharded<detail::SimShardEndpoint>> shards;
+    // Replies::at_step_end: what arrived during the running step, with its shard.
+    std::vector<std::pair<std::uint32_t, Message>> held;
   };
   std::vector<WorkerState> workers(options.workers);
   for (PeerId w = 0; w < options.workers; ++w) {
@@ -337,6 +387,8 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     std::uint32_t shard;
     bool to_server;
     Message message;
+    int cpu_left = 0;      // HostCpu: the message's CPU jobs (sender, receiver) still running
+    Nanos arrival = -1;    // when the network has delivered it (-1: not yet)
   };
   std::map<std::uint64_t, InFlight> flying;
   std::uint64_t next_handle = 0;
@@ -350,6 +402,23 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   std::vector<std::mt19937_64> jitter_rng;
   for (PeerId w = 0; w <= options.workers; ++w) jitter_rng.emplace_back(options.network.seed ^ (w + 1));
 
+  // The shared host (HostCpu): one processor-shared resource whose amounts are
+  // core-nanoseconds, each job running on at most one core.
+  const bool shared_host = options.host.cores > 0;
+  SharedLink cpu(shared_host ? options.host.cores * 1e9 : 0, Sharing::fair);
+  std::uint64_t cpu_gen = 0;
+  constexpr std::uint64_t job_step = 0, job_server = 1, job_comm = 2;  // a job's id: type << 60 | index
+  const auto reschedule_cpu = [&](Nanos now) {
+    ++cpu_gen;
+    const Nanos t = cpu.next_finish();
+    if (t != std::numeric_limits<Nanos>::max()) schedule(std::max(t, now), Kind::cpu, cpu_gen);
+  };
+  const auto run_on_cpu = [&](std::uint64_t type, std::uint64_t index, double seconds, Nanos now) {
+    cpu.add(type << 60 | index, seconds * 1e9, 1e9, now);
+    reschedule_cpu(now);
+  };
+  const bool comm_costs_cpu = shared_host && options.host.s_per_byte > 0;
+
   const auto reschedule_net = [&](std::uint32_t k, bool to_server, Nanos now) {
     SharedLink& link = to_server ? up[k] : down[k];
     std::uint64_t& gen = to_server ? up_gen[k] : down_gen[k];
@@ -360,7 +429,14 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   const auto send = [&](PeerId worker, std::uint32_t k, bool to_server, Message&& m, Nanos now) {
     const std::uint64_t h = next_handle++;
     const double bytes = static_cast<double>(emulated_size(m));
-    flying.emplace(h, InFlight{worker, k, to_server, std::move(m)});
+    InFlight& f = flying.emplace(h, InFlight{worker, k, to_server, std::move(m)}).first->second;
+    if (comm_costs_cpu) {
+      // Its sender's and its receiver's CPU work, each a job of its own, running while
+      // the bytes cross (the kernel handles packets as they stream).
+      f.cpu_left = 2;
+      run_on_cpu(job_comm, h, bytes * options.host.s_per_byte, now);
+      run_on_cpu(job_comm, h, bytes * options.host.s_per_byte, now);
+    }
     st.peak_in_flight = std::max(st.peak_in_flight, flying.size());
     const double link_bw = options.network.link(worker).bandwidth_bytes_per_s;
     (to_server ? up[k] : down[k]).add(h, bytes, link_bw > 0 ? link_bw / K : link_bw, now);
@@ -378,7 +454,13 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         delay += static_cast<Nanos>(std::uniform_real_distribution<double>(0.0, 1.0)(rng) *
                                     static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(link.jitter).count()));
       }
-      schedule(now + delay, to_server ? Kind::arrive_server : Kind::arrive_worker, h);
+      // With communication's CPU modelled, a message is delivered once both ends' CPU work is done too.
+      InFlight& g = flying.at(h);
+      if (g.cpu_left == 0) {
+        schedule(now + delay, to_server ? Kind::arrive_server : Kind::arrive_worker, h);
+      } else {
+        g.arrival = now + delay;
+      }
     }
     reschedule_net(k, to_server, now);
   };
@@ -402,7 +484,12 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     ShardQueue& q = shard_queues[k];
     if (q.busy || q.head == q.queue.size()) return;
     q.busy = true;
-    schedule(now + server_cost(flying.at(q.queue[q.head]).message), Kind::server_free, 0, k);
+    const Nanos cost = server_cost(flying.at(q.queue[q.head]).message);
+    if (shared_host) {
+      run_on_cpu(job_server, k, static_cast<double>(cost) * 1e-9, now);
+    } else {
+      schedule(now + cost, Kind::server_free, 0, k);
+    }
   };
 
   const auto drain_worker = [&](PeerId w, Nanos now) {
@@ -450,8 +537,13 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     }
     ws.computing = true;
     const double cost = step_cost(w);
-    ws.compute_s += cost;
-    schedule(now + to_ns(cost), Kind::step_done, w);
+    if (shared_host) {
+      ws.step_started = now;  // compute_s counts the step's duration, as a real worker's clock does
+      run_on_cpu(job_step, w, cost, now);
+    } else {
+      ws.compute_s += cost;
+      schedule(now + to_ns(cost), Kind::step_done, w);
+    }
   };
 
   for (PeerId w = 0; w < options.workers; ++w) {
@@ -485,6 +577,54 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
   snapshot(0);
   schedule(to_ns(options.snapshot_interval_s), Kind::snapshot, 0);
 
+  // Worker w takes a message from shard k.
+  const auto take = [&](PeerId w, std::uint32_t k, Message&& m, Nanos now) {
+    auto& ws = workers[w];
+    // The adapter hands the core a whole answer once every shard has sent its part.
+    ws.shards->shard(k).inbox.push_back(std::move(m));
+    while (auto env = ws.shards->try_receive()) ws.core->on_message(std::move(env->message), at(now));
+    drain_worker(w, now);
+    if (ws.core->finished() && ws.finished_at == 0) ws.finished_at = now;
+  };
+  // A worker's step ends: its gradient is computed now (real math), then the core goes on.
+  const auto step_done = [&](PeerId w, Nanos now) {
+    auto& ws = workers[w];
+    auto& core = *ws.core;
+    const auto& batch = (*ws.batches)();
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    const auto t0 = RealClock::now();
+    if constexpr (psync::detail::GradientReturnsLoss<M>) {
+      loss = static_cast<double>(core.model().gradient(batch, core.gradient()));
+    } else {
+      core.model().gradient(batch, core.gradient());
+    }
+    st.gradient_s += real_since(t0);
+    ++st.steps;
+    if (shared_host) ws.compute_s += static_cast<double>(now - ws.step_started) * 1e-9;
+    core.end_step(psync::detail::samples_in(batch), loss, at(now));
+    ws.computing = false;
+    drain_worker(w, now);
+    // Replies::at_step_end: what arrived during the step is taken now, as Worker::run does.
+    for (auto& [k, m] : ws.held) take(w, k, std::move(m), now);
+    ws.held.clear();
+    advance_worker(w, now);
+  };
+  // Shard k's server has handled the message at the head of its queue.
+  const auto server_free = [&](std::uint32_t k, Nanos now) {
+    ShardQueue& q = shard_queues[k];
+    const std::uint64_t h = q.queue[q.head++];
+    auto node = flying.extract(h);
+    servers[k]->on_message(node.mapped().worker, std::move(node.mapped().message), at(now));
+    drain_server(k, now);
+    q.busy = false;
+    if (q.head == q.queue.size()) {
+      q.queue.clear();
+      q.head = 0;
+    }
+    start_server(k, now);
+  };
+  std::vector<std::uint64_t> cpu_done;
+
   Nanos now = 0;
   while (pending > 0 && !servers_done()) {
     const Event e = events.top();
@@ -493,26 +633,27 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     if (e.kind != Kind::snapshot) --pending;
     now = e.time;
     switch (e.kind) {
-      case Kind::step_done: {
-        const auto w = static_cast<PeerId>(e.a);
-        auto& ws = workers[w];
-        auto& core = *ws.core;
-        const auto& batch = (*ws.batches)();
-        double loss = std::numeric_limits<double>::quiet_NaN();
-        const auto t0 = RealClock::now();
-        if constexpr (psync::detail::GradientReturnsLoss<M>) {
-          loss = static_cast<double>(core.model().gradient(batch, core.gradient()));
-        } else {
-          core.model().gradient(batch, core.gradient());
-        }
-        st.gradient_s += real_since(t0);
-        ++st.steps;
-        core.end_step(psync::detail::samples_in(batch), loss, at(now));
-        ws.computing = false;
-        drain_worker(w, now);
-        advance_worker(w, now);
+      case Kind::step_done:
+        step_done(static_cast<PeerId>(e.a), now);
         break;
-      }
+      case Kind::cpu:
+        if (e.a == cpu_gen) {
+          cpu_done.clear();
+          cpu.finish_until(now, cpu_done);
+          for (const std::uint64_t id : cpu_done) {
+            const std::uint64_t index = id & ((std::uint64_t{1} << 60) - 1);
+            if (id >> 60 == job_step) step_done(static_cast<PeerId>(index), now);
+            if (id >> 60 == job_server) server_free(static_cast<std::uint32_t>(index), now);
+            if (id >> 60 == job_comm) {
+              InFlight& f = flying.at(index);
+              if (--f.cpu_left == 0 && f.arrival >= 0) {
+                schedule(std::max(f.arrival, now), f.to_server ? Kind::arrive_server : Kind::arrive_worker, index);
+              }
+            }
+          }
+          reschedule_cpu(now);
+        }
+        break;
       case Kind::net_up:
         if (e.a == up_gen[e.b]) delivered(e.b, true, now);
         break;
@@ -525,30 +666,18 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
         start_server(k, now);
         break;
       }
-      case Kind::server_free: {
-        const std::uint32_t k = e.b;
-        ShardQueue& q = shard_queues[k];
-        const std::uint64_t h = q.queue[q.head++];
-        auto node = flying.extract(h);
-        servers[k]->on_message(node.mapped().worker, std::move(node.mapped().message), at(now));
-        drain_server(k, now);
-        q.busy = false;
-        if (q.head == q.queue.size()) {
-          q.queue.clear();
-          q.head = 0;
-        }
-        start_server(k, now);
+      case Kind::server_free:
+        server_free(e.b, now);
         break;
-      }
       case Kind::arrive_worker: {
         auto node = flying.extract(e.a);
         const PeerId w = node.mapped().worker;
         auto& ws = workers[w];
-        // The adapter hands the core a whole answer once every shard has sent its part.
-        ws.shards->shard(node.mapped().shard).inbox.push_back(std::move(node.mapped().message));
-        while (auto env = ws.shards->try_receive()) ws.core->on_message(std::move(env->message), at(now));
-        drain_worker(w, now);
-        if (workers[w].core->finished() && workers[w].finished_at == 0) workers[w].finished_at = now;
+        if (ws.computing && options.replies == Replies::at_step_end) {
+          ws.held.emplace_back(node.mapped().shard, std::move(node.mapped().message));
+          break;
+        }
+        take(w, node.mapped().shard, std::move(node.mapped().message), now);
         advance_worker(w, now);
         break;
       }
