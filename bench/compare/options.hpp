@@ -95,6 +95,9 @@ struct Options {
   std::optional<double> step_cv;   // --step-cv: spread of a step's cost (default: calibrated, or 0.05 with --step-ms)
   bool quick = false;              // --quick: small budgets, no sequential@osp-samples
   std::optional<double> server_ns;  // --server-ns: server cost per float instead of calibrating
+  double host_cores = 0;            // --host-cores: the cluster shares this many cores (virtual time; 0: none shared)
+  double cpu_ns_per_byte = 0;       // --cpu-ns-per-byte: each end of a message costs this CPU per byte (needs --host-cores)
+  bool replies_at_step_end = false; // --replies step-end: computing workers take replies at step ends (psync's Worker)
   std::optional<double> gbps;       // --gbps: links and server NIC
   std::optional<double> latency_ms; // --latency-ms: one-way per link
   std::optional<double> straggler;  // --straggler: worker 0's slowdown (1: none)
@@ -170,6 +173,14 @@ inline void usage(std::ostream& o) {
        "  --straggler X         worker 0 is X times slower (1: no straggler; default: the scenario's)\n"
        "  --server-ns X         virtual time: the server spends X ns per float of a push\n"
        "                        (default: calibrated on this machine)\n"
+       "  --host-cores C        virtual time: every worker, the server and communication share\n"
+       "                        C cores (one test box, as scripts/netns_crosscheck.sh runs it;\n"
+       "                        default 0: each has cores of its own, a real cluster)\n"
+       "  --cpu-ns-per-byte X   with --host-cores: each byte of a message costs X ns of CPU at\n"
+       "                        its sender and again at its receiver (the kernel's TCP, copies)\n"
+       "  --replies WHEN        virtual time: when a computing OSP worker takes a reply:\n"
+       "                        on-arrival (default; a dedicated thread, the reference code) or\n"
+       "                        step-end (psync's Worker driver; --validate always uses it)\n"
        "  --lr-grid LIST        virtual time: try each base rate (e.g. 0.1,0.2,0.4); every policy\n"
        "                        keeps the rate with its earliest median time to target\n"
        "  --sweep-bandwidth LIST  virtual time: rerun at each Gbit/s value (e.g. 0.1,0.3,1,3,10);\n"
@@ -338,6 +349,16 @@ inline Options parse(int argc, char** argv) {
     } else if (a == "--straggler") {
       o.straggler = parse_double(a, value());
       if (*o.straggler < 1 || *o.straggler > 1000) bad("--straggler must be in [1, 1000]");
+    } else if (a == "--replies") {
+      const std::string v = value();
+      if (v != "on-arrival" && v != "step-end") bad("--replies must be on-arrival or step-end, got '" + v + "'");
+      o.replies_at_step_end = v == "step-end";
+    } else if (a == "--host-cores") {
+      o.host_cores = parse_double(a, value());
+      if (!(o.host_cores >= 0) || o.host_cores > 4096) bad("--host-cores must be in [0, 4096]");
+    } else if (a == "--cpu-ns-per-byte") {
+      o.cpu_ns_per_byte = parse_double(a, value());
+      if (!(o.cpu_ns_per_byte >= 0) || o.cpu_ns_per_byte > 1e6) bad("--cpu-ns-per-byte must be in [0, 1e6]");
     } else if (a == "--server-ns") {
       o.server_ns = parse_double(a, value());
       if (*o.server_ns < 0 || *o.server_ns > 1e6) bad("--server-ns must be in [0, 1e6]");
@@ -429,6 +450,8 @@ inline Options parse(int argc, char** argv) {
     }
   }
   if (!o.virtual_time && o.workers && *o.workers > 64) bad("--time real runs at most 64 workers");
+  if (o.cpu_ns_per_byte > 0 && o.host_cores == 0) bad("--cpu-ns-per-byte needs --host-cores (communication takes CPU from compute only on shared cores)");
+  if (!o.virtual_time && (o.host_cores > 0 || o.cpu_ns_per_byte > 0)) bad("--host-cores and --cpu-ns-per-byte model time: they need --time virtual");
   if (!o.virtual_time && (!o.lr_grid.empty() || !o.sweeps().empty()))
     bad("--lr-grid and the sweeps run in virtual time");
   if (!o.sweep_workers.empty() && o.workers) bad("--sweep-workers sets the worker count: drop --workers");

@@ -384,6 +384,9 @@ class Harness {
     double server_s_per_float = 0;
     bool step_given = false;
     bool cv_given = false;
+    // --host-cores C without --step-ms: the step was calibrated on this many threads at
+    // once (every shared core computing), not on one (0: single-threaded).
+    unsigned loaded_threads = 0;
     // The mean step: a lognormal with median step_s and coefficient of variation cv
     // has mean step_s * sqrt(1 + cv^2). Sequential SGD's virtual time is steps x this.
     double mean_step_s() const { return step_s * std::sqrt(1 + step_cv * step_cv); }
@@ -423,6 +426,31 @@ class Harness {
       c.step_s = *opt_.step_ms * 1e-3;
       c.step_cv = 0.05;
       c.step_given = true;
+    } else if (opt_.host_cores >= 2) {
+      // A shared host: a step costs more while the other cores compute too (shared
+      // caches and memory bandwidth), so calibrate it with every core busy, each thread
+      // on its own model and batches; the median of their medians and spreads.
+      const unsigned threads = static_cast<unsigned>(std::min(64.0, std::floor(opt_.host_cores)));
+      std::vector<psync::sim::StepCalibration> cals(threads);
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+          const auto mine = make_model<M>();
+          psync::data::BatchSampler sampler(data_.train, 64, 12345 + t);
+          cals[t] = psync::sim::calibrate_step_spread(mine, [&]() -> const psync::data::Batch& { return sampler.next(); },
+                                                      200, 20);
+        });
+      }
+      for (auto& th : pool) th.join();
+      const auto median_of = [&](auto field) {
+        std::vector<double> v;
+        for (const auto& cal : cals) v.push_back(field(cal));
+        std::sort(v.begin(), v.end());
+        return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+      };
+      c.step_s = median_of([](const psync::sim::StepCalibration& x) { return x.median_s; });
+      c.step_cv = median_of([](const psync::sim::StepCalibration& x) { return x.cv; });
+      c.loaded_threads = threads;
     } else {
       psync::data::BatchSampler sampler(data_.train, 64, 12345);
       const auto cal =
@@ -466,6 +494,9 @@ class Harness {
     o.network = s.network();
     o.network.seed = 7 + seed - 1;
     o.server_s_per_float = costs.server_s_per_float;
+    o.host.cores = opt_.host_cores;
+    o.host.s_per_byte = opt_.cpu_ns_per_byte * 1e-9;
+    o.replies = opt_.replies_at_step_end ? psync::sim::Replies::at_step_end : psync::sim::Replies::on_arrival;
     o.seed = seed;
     choose_optimizer(s, o);
     return o;

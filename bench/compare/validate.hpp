@@ -98,6 +98,8 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
     vo.workers = 2;
     // run_local seeds the network with NetworkSpec::seed; use the same.
     vo.network = s.network();
+    // run_local's workers are psync::Worker, which takes replies at step boundaries.
+    vo.replies = psync::sim::Replies::at_step_end;
     return vo;
   };
 
@@ -213,10 +215,16 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
   const std::string how =
       "Real: `run_local`, 2 worker threads and the server thread over the emulated network (" + fmt(s.gbps, 2) +
       " Gbit/s, " + fmt(s.latency_ms, 2) + " ms, worker 0 " + fmt(s.slow_worker, 1) +
-      "x slower), wall clock. Virtual: `psync::sim` with the step cost calibrated single-threaded. Same data, "
+      "x slower), wall clock. Virtual: `psync::sim` with the step cost calibrated " +
+      (costs.loaded_threads ? "with " + std::to_string(costs.loaded_threads) + " threads computing at once, on " +
+                                  fmt(o.host_cores, 0) + " cores shared by the workers and the server (--host-cores)"
+                            : std::string("single-threaded, each worker and the server on cores of their own")) +
+      ". Same data, "
       "seeds and evaluation (2,000 test samples every " + fmt(s.snapshot_s, 2) +
       " s; time to target is the first time the mean of the last 3 evaluations reached it). Calibrated step: " +
-      fmt(costs.step_s * 1e3, 3) + " ms, the median of `calibrate_step` before the runs (single-threaded), varying lognormally by " +
+      fmt(costs.step_s * 1e3, 3) + " ms, the median of `calibrate_step` before the runs (" +
+      (costs.loaded_threads ? std::to_string(costs.loaded_threads) + " threads at once" : std::string("single-threaded")) +
+      "), varying lognormally by " +
       fmt(100 * costs.step_cv, 1) + "% from step to step. Real "
       "step: the speed-1 worker's mean compute per step in the real run, where it shares 2 cores with the other "
       "worker, the server and the emulator; the virtual run at that step isolates the model of the network, the "

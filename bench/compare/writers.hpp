@@ -192,11 +192,17 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
       << (o.virtual_time ? o.seeds : 1u);
     if (o.virtual_time)
       f << ",\n  \"step_s\": " << json_number(costs.step_s) << ",\n  \"step_cost\": "
-        << json_string(costs.step_given ? "given (--step-ms)" : "calibrated (calibrate_step median)")
+        << json_string(costs.step_given       ? "given (--step-ms)"
+                       : costs.loaded_threads ? "calibrated (calibrate_step median, " + std::to_string(costs.loaded_threads) +
+                                                    " threads at once)"
+                                              : "calibrated (calibrate_step median)")
         << ",\n  \"step_cv\": " << json_number(costs.step_cv)
         << (costs.model == "cnn" ? ",\n  \"model\": \"cnn\"" : "")
         << (costs.mlp_step_s > 0 ? ",\n  \"mlp_step_s\": " + json_number(costs.mlp_step_s) : std::string())
-        << ",\n  \"server_s_per_float\": " << json_number(costs.server_s_per_float) << ",\n  \"quick\": "
+        << ",\n  \"server_s_per_float\": " << json_number(costs.server_s_per_float)
+        << ",\n  \"host_cores\": " << json_number(o.host_cores)
+        << ",\n  \"cpu_s_per_byte\": " << json_number(o.cpu_ns_per_byte * 1e-9)
+        << ",\n  \"replies\": " << json_string(o.replies_at_step_end ? "step-end" : "on-arrival") << ",\n  \"quick\": "
         << (o.quick ? "true" : "false");
     f << ",\n  \"goals\": [";
     for (std::size_t i = 0; i < gs.size(); ++i)
@@ -264,15 +270,26 @@ inline void write_outputs(const Scenario& s, const std::vector<Row>& rows, const
     f << "\nVirtual time (`psync::sim::simulate`): the real server and worker cores and the real gradients on the real "
          "data, one thread, with time modelled: a local step costs "
       << fmt(costs.step_s * 1e3, 3) << " ms ("
-      << (costs.step_given ? "given with --step-ms" : "the median measured on this machine by `calibrate_step`")
+      << (costs.step_given       ? std::string("given with --step-ms")
+          : costs.loaded_threads ? "the median measured on this machine by `calibrate_step` on " +
+                                       std::to_string(costs.loaded_threads) +
+                                       " threads at once, every shared core computing (--host-cores)"
+                                 : std::string("the median measured on this machine by `calibrate_step`"))
       << (costs.step_note().empty() ? "" : "; " + costs.step_note()) << "), varies lognormally from step to step by " << fmt(100 * costs.step_cv, 1) << "% ("
       << (costs.cv_given ? "given with --step-cv"
                          : costs.step_given ? "the default with --step-ms" : "measured with the step")
       << ", seeded) and is multiplied by the worker's slowdown; the server spends " << fmt(costs.server_s_per_float * 1e9, 3)
       << " ns per float of a push ("
       << (o.server_ns ? "given with --server-ns" : "measured: `model += update` plus a copy")
-      << "); links, latency and the fair-shared "
-         "server NIC are the scenario's. Sequential SGD's virtual time is steps x the mean step cost. Local steps to target: "
+      << "); links, latency and the fair-shared server NIC are the scenario's"
+      << (o.host_cores > 0 ? "; every worker, the server and communication share " + fmt(o.host_cores, 0) +
+                                 " cores (--host-cores), and each byte of a message costs " + fmt(o.cpu_ns_per_byte, 3) +
+                                 " ns of CPU at each end (--cpu-ns-per-byte)"
+                           : std::string())
+      << (o.replies_at_step_end ? "; a computing worker takes a reply at the end of its step, as psync's Worker does "
+                                  "(--replies step-end)"
+                                : std::string())
+      << ". Sequential SGD's virtual time is steps x the mean step cost. Local steps to target: "
          "the SGD steps folded into the global model when the target was met, and that count over sequential SGD's "
          "(sample efficiency). Final accuracy is the last model's on the full 10k test set; runs stop at different "
          "virtual times (run column), so compare time to target, not final accuracy. Real s: real seconds the "
