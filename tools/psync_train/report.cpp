@@ -15,12 +15,21 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 namespace psync_train {
 
 namespace {
 
 using psync::detail::json_number;
 using psync::detail::json_string;
+
+std::string cpu_json(const CpuTimes& t) {
+  const auto one = [](double s) { return s < 0 ? std::string("null") : json_number(s); };
+  return ",\n  \"run_cpu_user_s\": " + one(t.user_s) + ",\n  \"run_cpu_sys_s\": " + one(t.sys_s) +
+         ",\n  \"run_machine_busy_s\": " + one(t.machine_busy_s);
+}
 
 std::string float_text(float v) {
   char buf[32];
@@ -30,6 +39,25 @@ std::string float_text(float v) {
 
 
 }  // namespace
+
+CpuTimes cpu_times() {
+  CpuTimes t;
+  rusage u{};
+  if (getrusage(RUSAGE_SELF, &u) == 0) {
+    const auto s = [](const timeval& v) { return static_cast<double>(v.tv_sec) + 1e-6 * static_cast<double>(v.tv_usec); };
+    t.user_s = s(u.ru_utime);
+    t.sys_s = s(u.ru_stime);
+  }
+  // /proc/stat's first line: cpu user nice system idle iowait irq softirq steal ... (in clock ticks).
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
+  const long hz = sysconf(_SC_CLK_TCK);
+  if (stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq && cpu == "cpu" && hz > 0) {
+    t.machine_busy_s = static_cast<double>(user + nice + system + irq + softirq) / static_cast<double>(hz);
+  }
+  return t;
+}
 
 /// Writes `text` to `path` through a temporary file, so a reader never sees half of it.
 void write_file_atomically(const std::string& path, const std::string& text) {
@@ -113,7 +141,7 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
     << ",\n  \"series_ms\": " << c.series_every.count() << ",\n  \"series_samples\": " << c.series_samples
     << ",\n  \"target\": " << (c.target ? json_number(*c.target) : std::string("null"))
     << ",\n  \"time_to_target_s\": " << (c.target ? json_number(s.time_to_target_s) : std::string("null"))
-    << ",\n  \"series\": [";
+    << cpu_json(s.cpu) << ",\n  \"series\": [";
   for (std::size_t i = 0; i < s.series.size(); ++i) {
     const auto& p = s.series[i];
     o << (i ? "," : "") << "\n    {\"t\": " << json_number(p.seconds) << ", \"version\": " << p.version
@@ -136,7 +164,7 @@ void write_server_metrics(const Config& c, const ServerSummary& s, const psync::
 }
 
 void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, const psync::WorkerReport* r,
-                          const std::string& error, const FinalEvaluation* final_model) {
+                          const std::string& error, const FinalEvaluation* final_model, CpuTimes cpu) {
   if (c.metrics.empty()) return;
   std::ostringstream o;
   o << "{\n  " << config_json(c) << ",\n  \"id\": " << (id ? std::to_string(*id) : std::string("null"))
@@ -157,7 +185,8 @@ void write_worker_metrics(const Config& c, std::optional<std::uint32_t> id, cons
       << ",\n  \"clock_staleness\": " << summary_json(r->clock_staleness)
       << ",\n  \"steps_per_push\": " << summary_json(r->steps_per_push) << ",\n  \"max_unsent\": " << r->max_unsent
       << ",\n  \"rejoins\": " << r->rejoins << ",\n  \"pushes_lost\": " << r->pushes_lost
-      << ",\n  \"steps_discarded\": " << r->steps_discarded << ",\n  \"reconnect_s\": " << json_number(r->reconnect_s);
+      << ",\n  \"steps_discarded\": " << r->steps_discarded << ",\n  \"reconnect_s\": " << json_number(r->reconnect_s)
+      << cpu_json(cpu);
   }
   if (final_model) {
     o << ",\n  \"final_test_accuracy\": " << json_number(final_model->test_accuracy)

@@ -216,8 +216,10 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
 
   // Through a view of one type: Server::run is compiled once per policy and model, not per transport too.
   psync::AnyTransport endpoint(std::ref(transport));
+  const CpuTimes cpu_start = cpu_times();
   psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
+  const CpuTimes cpu = cpu_times().since(cpu_start);
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
   }
@@ -247,6 +249,7 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
   }
 
   ServerSummary summary;
+  summary.cpu = cpu;
   if (c.series_every.count() > 0) summary.series = evaluate_series(report, eval_model, test, c.series_samples);
   if (c.target) summary.time_to_target_s = psync::time_to_accuracy(summary.series, *c.target);
   if (c.target && !c.quiet) {
@@ -320,8 +323,10 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   psync::Server<psync::ParameterSlice, P, O> server(std::move(slice), so, policy, std::move(optimizer));
   const StopOnSignal stop_on_signal(server);
   psync::AnyTransport endpoint(std::ref(transport));  // one Server::run per policy, as in serve()
+  const CpuTimes cpu_start = cpu_times();
   const psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
+  const CpuTimes cpu = cpu_times().since(cpu_start);
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
   }
@@ -336,6 +341,7 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
                 static_cast<unsigned long long>(report.steps_applied), report.peers.size(), lost);
   std::cout << line << std::endl;
   ServerSummary summary;
+  summary.cpu = cpu;
   summary.listening = where;
   summary.interrupted = g_signal != 0;
   summary.final_test_accuracy = std::nan("");  // a slice has no accuracy: null in the JSON

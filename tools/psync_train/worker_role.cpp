@@ -102,6 +102,7 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
   if (c.id) say_connected(*c.id, "");
   const auto delay = c.step_delay;
   // run() asks for the first batch only after the join reply: the id is known by then.
+  const CpuTimes cpu_start = cpu_times();
   const psync::WorkerReport r = worker.run([&]() -> const psync::data::Batch& {
     if (!sampler) {
       const std::uint32_t id = worker.core().id();
@@ -113,6 +114,7 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
     if (delay.count() > 0) std::this_thread::sleep_for(delay);
     return sampler->next();
   });
+  const CpuTimes cpu = cpu_times().since(cpu_start);  // Worker::run's, not the final evaluation's
   const std::uint32_t id = worker.core().id();
   g_worker_id = id;
   if (!c.quiet) {
@@ -139,10 +141,10 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
                     id, e.test_accuracy, e.test_loss, static_cast<long long>(e.test_samples));
       std::cout << line << std::endl;
     }
-    write_worker_metrics(c, id, &r, "", &e);
+    write_worker_metrics(c, id, &r, "", &e, cpu);
     return exit_ok;
   }
-  write_worker_metrics(c, id, &r, "");
+  write_worker_metrics(c, id, &r, "", nullptr, cpu);
   return exit_ok;
 }
 
