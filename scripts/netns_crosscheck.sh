@@ -12,8 +12,10 @@
 # processes in the same namespaces, for --seconds per worker and --repeats seeds,
 # and the server's accuracy series gives the time to ACC; bench/compare_policies
 # simulates the same cluster (2 workers by default, same model, data, seeds, rates
-# and evaluation) in virtual time, at the calibrated step and at the step the
-# processes measured; the table goes to docs/results/netns-validation.md.
+# and evaluation) in virtual time: at the calibrated step with cores of its own per
+# process (a real cluster), on this machine's shared cores with communication's CPU
+# cost measured by a BSP calibration run (the warm-up), and at the step the processes
+# measured; the table goes to docs/results/netns-validation.md.
 #
 # Needs root. Creates only namespaces named psx-* (refuses to start if any exist),
 # nothing in the host namespace, no routes out: 10.77.0.0/24 exists only inside
@@ -61,6 +63,7 @@ json_dir=""
 run_timeout=300     # seconds, per process of a run
 validate=""         # --validate ACC: time to ACC, processes against virtual time
 seconds=30          # --validate: each worker trains this long (wall clock)
+cal_seconds=6       # --validate: the warm-up run (bsp) that measures communication's CPU trains this long
 compare_bin=""
 virtual_step=""     # --validate --virtual-step MS: compare_policies --step-ms MS for the calibrated column
 virtual_server_ns="" # --validate --virtual-server-ns NS: compare_policies --server-ns NS for every virtual run
@@ -383,7 +386,8 @@ virtual_run() {  # virtual_run DIR [compare_policies options] -> DIR/paper-like.
   shift
   local cmd=(timeout -k 5 3600 "$compare_bin" --scenario paper-like --time virtual --workers "$workers"
              --straggler 1 --latency-ms "$latency_ms" --gbps "$gbps" --lr "$lr" --seed "$seed"
-             --seeds "$repeats" --target "$validate" --budget "$seconds" --out "$dir" --quiet "$@")
+             --seeds "$repeats" --target "$validate" --budget "$seconds" --out "$dir" --quiet
+             --replies step-end "$@")  # psync-train's workers are psync::Worker: replies at step ends
   [ -z "$virtual_server_ns" ] || cmd+=(--server-ns "$virtual_server_ns")
   echo "${cmd[*]}" >> "$commands_file"
   "${cmd[@]}" > "$dir.log" 2>&1 || rc=$?
@@ -402,11 +406,44 @@ validate_runs() {
   log "validate: virtual time at the ${virtual_step:+given }${virtual_step:-calibrated} step ($policies, seeds $seed..$(( seed + repeats - 1 )))"
   virtual_run "$work/virtual-calibrated" --policies "$policies" "${vstep[@]+"${vstep[@]}"}"
   if [ "$reuse" -eq 0 ]; then
-    log "warm-up (not measured)"
-    cur_steps=10
+    # The warm-up doubles as the CPU calibration: BSP for a few seconds, not in the table.
+    log "warm-up and CPU calibration: bsp for $cal_seconds s (not in the table)"
+    wextra=(--seconds "$cal_seconds")
     run_kernel bsp warmup
   fi
   cur_steps="$steps"
+  # What a byte of communication costs the CPU at each end, from the calibration run:
+  # the machine's busy CPU while worker 0 trained (psync-train's run_machine_busy_s,
+  # from /proc/stat: every process, the kernel and its soft interrupts, which do the
+  # packet processing and which no process is charged for, each counted once), less
+  # its steps at the virtual step, over the bytes it moved (every push answered by a
+  # model of the same size), counted at both ends. The namespaces run nothing else,
+  # and the machine must be otherwise idle, as for every figure here. The virtual
+  # "shared host" run charges it on $(nproc) cores.
+  cpu_ns_per_byte="$("$py" - "$work" "$workers" "$work/virtual-calibrated/paper-like.json" <<'PY'
+import json, os, sys
+work, workers, cal = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+step_s = json.load(open(cal))["step_s"]
+ws = [json.load(open(os.path.join(work, f"kernel-warmup-w{i}.json"))) for i in range(workers)]
+if ws[0].get("run_machine_busy_s") is None:
+    print("")  # runs made before psync-train reported the machine's CPU
+    sys.exit()
+cpu = ws[0]["run_machine_busy_s"]
+steps = sum(w["steps_done"] for w in ws)
+moved = 2 * sum(w["pushed_bytes"] for w in ws)
+print(f"{1e9 * max(0.0, cpu - steps * step_s) / (2 * moved):.4f}" if moved else "")
+PY
+)"
+  if [ -n "$cpu_ns_per_byte" ]; then
+    log "validate: communication costs $cpu_ns_per_byte ns of CPU per byte at each end (calibration run); virtual time on $(nproc) shared cores"
+    # The same server cost as the own-cores run; the step is calibrated (unless given)
+    # with every shared core computing, as the workers' steps run here.
+    local host_costs=(--server-ns "$("$py" -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['server_s_per_float'] * 1e9))" "$work/virtual-calibrated/paper-like.json")")
+    virtual_run "$work/virtual-host" --policies "$policies" --host-cores "$(nproc)" --cpu-ns-per-byte "$cpu_ns_per_byte" \
+      "${host_costs[@]}" "${vstep[@]+"${vstep[@]}"}"
+  else
+    log "validate: the calibration run has no CPU times (made by an older psync-train): no shared-host column"
+  fi
   local p k tag step
   for p in "${policy_list[@]}"; do
     cur_lr="$("$py" - "$work/virtual-calibrated/paper-like.json" "$p" <<'PY'
