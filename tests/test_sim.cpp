@@ -416,6 +416,11 @@ struct WideSources {
   }
 };
 
+// What a push or a model reply of `n` floats costs on the (virtual) wire.
+double dense_message_bytes(Eigen::Index n) {
+  return static_cast<double>(psync::emulated_header_bytes + static_cast<std::size_t>(n) * sizeof(float));
+}
+
 template <class P>
 psync::RunReport run_wide(const psync::sim::SimOptions& o, Eigen::Index n, P policy = {}) {
   const auto none = [](const Quadratic&) { return psync::Evaluation{-1, -1}; };
@@ -525,7 +530,7 @@ TEST_CASE("A shared host: communication's CPU is taken from compute", "[sim][hos
   o.workers = 1;
   o.steps_per_worker = 100;
   o.compute.step_s = 1e-3;
-  const double message = static_cast<double>(psync::emulated_header_bytes + n * sizeof(float));
+  const double message = dense_message_bytes(n);
   const auto alone = run_wide<psync::Asp>(o, n);
   o.host.cores = 1;
   o.host.s_per_byte = 0.25e-3 / message;  // each end of each message: 0.25 ms
@@ -557,8 +562,7 @@ TEST_CASE("A shared host: communication's CPU is taken from compute", "[sim][hos
 TEST_CASE("A shared host: OSP's overlap costs compute when the cores are shared", "[sim][host]") {
   // Two OSP workers on two cores: alone they never wait, so every step is compute.
   // With communication charged to the same cores, their steps stretch; BSP's workers
-  // wait out each round trip anyway, so they lose far less (only the reply's receiving
-  // end, which runs beside the next step).
+  // wait out each round trip anyway, and here the messages' CPU fits in its latency.
   constexpr Eigen::Index n = 1000;
   psync::sim::SimOptions o;
   o.workers = 2;
@@ -566,7 +570,7 @@ TEST_CASE("A shared host: OSP's overlap costs compute when the cores are shared"
   o.compute.step_s = 1e-3;
   o.network.worker_link.latency = 2ms;
   o.host.cores = 2;
-  const double message = static_cast<double>(psync::emulated_header_bytes + n * sizeof(float));
+  const double message = dense_message_bytes(n);
   const auto osp_free = run_wide<psync::Osp<20>>(o, n);
   const auto bsp_free = run_wide<psync::Bsp>(o, n);
   o.host.s_per_byte = 0.5e-3 / message;
