@@ -442,14 +442,14 @@ class Harness {
         });
       }
       for (auto& th : pool) th.join();
-      const auto median_of = [&](auto field) {
-        std::vector<double> v;
-        for (const auto& cal : cals) v.push_back(field(cal));
-        std::sort(v.begin(), v.end());
-        return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-      };
-      c.step_s = median_of([](const psync::sim::StepCalibration& x) { return x.median_s; });
-      c.step_cv = median_of([](const psync::sim::StepCalibration& x) { return x.cv; });
+      std::vector<double> medians, cvs;
+      for (const auto& cal : cals) {
+        medians.push_back(cal.median_s);
+        cvs.push_back(cal.cv);
+      }
+      // (median_time's median: every value here is >= 0, so none counts as "never".)
+      c.step_s = psync::harness::median_time(std::move(medians));
+      c.step_cv = psync::harness::median_time(std::move(cvs));
       c.loaded_threads = threads;
     } else {
       psync::data::BatchSampler sampler(data_.train, 64, 12345);

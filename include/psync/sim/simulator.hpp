@@ -418,6 +418,10 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
     reschedule_cpu(now);
   };
   const bool comm_costs_cpu = shared_host && options.host.s_per_byte > 0;
+  // Message h reaches its receiver at time t.
+  const auto schedule_arrival = [&](std::uint64_t h, Nanos t) {
+    schedule(t, flying.at(h).to_server ? Kind::arrive_server : Kind::arrive_worker, h);
+  };
 
   const auto reschedule_net = [&](std::uint32_t k, bool to_server, Nanos now) {
     SharedLink& link = to_server ? up[k] : down[k];
@@ -457,7 +461,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
       // With communication's CPU modelled, a message is delivered once both ends' CPU work is done too.
       InFlight& g = flying.at(h);
       if (g.cpu_left == 0) {
-        schedule(now + delay, to_server ? Kind::arrive_server : Kind::arrive_worker, h);
+        schedule_arrival(h, now + delay);
       } else {
         g.arrival = now + delay;
       }
@@ -646,9 +650,7 @@ RunReport simulate(const M& model, BatchesFor&& batches_for, const SimOptions& o
             if (id >> 60 == job_server) server_free(static_cast<std::uint32_t>(index), now);
             if (id >> 60 == job_comm) {
               InFlight& f = flying.at(index);
-              if (--f.cpu_left == 0 && f.arrival >= 0) {
-                schedule(std::max(f.arrival, now), f.to_server ? Kind::arrive_server : Kind::arrive_worker, index);
-              }
+              if (--f.cpu_left == 0 && f.arrival >= 0) schedule_arrival(index, std::max(f.arrival, now));
             }
           }
           reschedule_cpu(now);
