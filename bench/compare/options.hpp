@@ -22,6 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -208,7 +209,9 @@ inline void usage(std::ostream& o) {
        "                        may be empty), the other policies once as references; writes\n"
        "                        SCENARIO-sweep-staleness.{csv,dat,md}\n"
        "  --validate            real threads (emulated network, wall clock) against virtual time at\n"
-       "                        2 workers: time to target per policy, and BSP's parameters\n"
+       "                        2 workers: time to target per policy, and BSP's parameters; models\n"
+       "                        this machine's cores (--host-cores, default nproc) and Emulated's\n"
+       "                        one-message-at-a-time NIC; 3 seeds unless --seeds is given\n"
        "  --trace DIR           also write one Chrome trace JSON per policy (short separate run)\n"
        "  --out DIR             where results go (default docs/results)\n"
        "  --quiet               no progress on stderr\n"
@@ -253,6 +256,7 @@ inline std::vector<double> parse_list(const std::string& flag, const std::string
 
 inline Options parse(int argc, char** argv) {
   Options o;
+  bool seeds_given = false, host_cores_given = false;
   for (int i = 0; i < argc; ++i) {
     if (i) o.command_line += ' ';
     o.command_line += argv[i];
@@ -292,6 +296,7 @@ inline Options parse(int argc, char** argv) {
       o.seed = parse_unsigned(a, value());
     } else if (a == "--seeds") {
       o.seeds = parse_unsigned(a, value());
+      seeds_given = true;
       if (o.seeds < 1 || o.seeds > 20) bad("--seeds must be in [1, 20]");
     } else if (a == "--accuracy-steps") {
       o.accuracy_steps = parse_unsigned(a, value());
@@ -356,6 +361,7 @@ inline Options parse(int argc, char** argv) {
       o.replies_at_step_end = v == "step-end";
     } else if (a == "--host-cores") {
       o.host_cores = parse_double(a, value());
+      host_cores_given = true;
       if (!(o.host_cores >= 0) || o.host_cores > 4096) bad("--host-cores must be in [0, 4096]");
     } else if (a == "--cpu-ns-per-byte") {
       o.cpu_ns_per_byte = parse_double(a, value());
@@ -460,6 +466,12 @@ inline Options parse(int argc, char** argv) {
   if ((!o.virtual_time || o.validate) && o.shards && *o.shards > 1)
     bad("--shards runs in virtual time (real-time runs and --validate use one server)");
   if (o.validate && o.workers) bad("--validate runs 2 workers: drop --workers");
+  if (o.validate) {
+    // The real threads share this machine's cores; model them unless told otherwise.
+    if (!host_cores_given) o.host_cores = std::max(1u, std::thread::hardware_concurrency());
+    // One seed's time to target under an asynchronous policy is mostly noise.
+    if (!seeds_given) o.seeds = 3;
+  }
   if (!o.sweep_codec.empty() && o.codec) bad("--sweep-codec sets the codec: drop --codec");
   if ((o.codec && *o.codec != "none") || !o.sweep_codec.empty()) {
     if (!o.virtual_time || o.validate) bad("--codec and --sweep-codec run in virtual time");

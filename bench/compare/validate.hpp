@@ -3,10 +3,13 @@
 //
 // At 2 workers (2 worker threads fit on 2 cores) each policy runs twice on the
 // same data, seeds, network and straggler: once as real threads over the emulated
-// network (run_local, wall clock) and once in psync::sim with the step cost
-// calibrated single-threaded. Both evaluate the same snapshots the same way (2,000
-// test samples, every 0.25 s), so the two times to target differ only by how well
-// virtual time models the real run. The goal is within 15%.
+// network (run_local, wall clock) and in psync::sim with the step cost calibrated
+// before the runs. Both evaluate the same snapshots the same way (2,000 test
+// samples, every 0.25 s), so the two times to target differ only by how well
+// virtual time models the real run. The goal is within 15%, judged on the virtual
+// run that models what the real one runs on: `Emulated` sends one message at a
+// time through the server NIC (Sharing::fifo), so the verdict's column does too;
+// the kernel's fair share (psync::sim's default) is a column beside it.
 //
 // BSP's round barrier fixes the order of everything, and with 2 workers the round's
 // sum a + b is the same float whichever push arrives first: real and virtual BSP
@@ -37,10 +40,11 @@ namespace compare {
 
 // One policy at one seed: the real time to target and its virtual counterparts.
 struct ValidationRun {
-  double real_tta = -1, virtual_tta = -1;
+  double real_tta = -1;
+  double virtual_tta = -1;   // calibrated step, FIFO server NIC as `Emulated` (the verdict)
+  double fair_tta = -1;      // calibrated step, the NIC shared fairly as the kernel does
   double real_step_ms = 0;   // mean real compute per step of the real run's speed-1 workers
-  double measured_tta = -1;  // virtual time with the real run's own step cost
-  double fifo_tta = -1;      // ... and a FIFO server NIC, as the Emulated transport models it
+  double measured_tta = -1;  // FIFO NIC at the real run's own step cost
 };
 
 // One policy over the seeds: medians (a seed that never reached the target counts as
@@ -49,7 +53,7 @@ struct ValidationRow {
   std::string policy;
   float lr = 0;
   std::vector<ValidationRun> runs;
-  double real_tta = -1, virtual_tta = -1, measured_tta = -1, fifo_tta = -1;
+  double real_tta = -1, virtual_tta = -1, fair_tta = -1, measured_tta = -1;
   double real_step_ms = 0;  // median over the seeds
   void summarise() {
     const auto med = [&](double ValidationRun::*f) {
@@ -59,8 +63,8 @@ struct ValidationRow {
     };
     real_tta = med(&ValidationRun::real_tta);
     virtual_tta = med(&ValidationRun::virtual_tta);
+    fair_tta = med(&ValidationRun::fair_tta);
     measured_tta = med(&ValidationRun::measured_tta);
-    fifo_tta = med(&ValidationRun::fifo_tta);
     real_step_ms = med(&ValidationRun::real_step_ms);
   }
   double error() const { return relative(virtual_tta); }
@@ -166,50 +170,52 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
           return psync::harness::run_until_target(h.model(), policy, seed_sources, vo, evaluate, run);
         }).time_to_accuracy(target);
       };
-      v.virtual_tta = virtual_tta(virtual_options(p, sd));
+      auto vo = virtual_options(p, sd);
+      v.fair_tta = virtual_tta(vo);
+      // Emulated's server NIC sends one message at a time: model that.
+      vo.sharing = psync::sim::Sharing::fifo;
+      v.virtual_tta = virtual_tta(vo);
       // The same run at the step cost the real run measured: what is left is the
       // model of the network, the server and the policies.
-      auto mo = virtual_options(p, sd);
       // (The real step is a mean; the simulator's step_s is the median of its lognormal.)
-      if (v.real_step_ms > 0) mo.compute.step_s = v.real_step_ms * 1e-3 / std::sqrt(1 + mo.compute.step_cv * mo.compute.step_cv);
-      v.measured_tta = virtual_tta(mo);
-      mo.sharing = psync::sim::Sharing::fifo;
-      v.fifo_tta = virtual_tta(mo);
+      if (v.real_step_ms > 0) vo.compute.step_s = v.real_step_ms * 1e-3 / std::sqrt(1 + vo.compute.step_cv * vo.compute.step_cv);
+      v.measured_tta = virtual_tta(vo);
       r.runs.push_back(v);
     }
     r.summarise();
     rows.push_back(r);
   }
-  std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", "policy", "lr", "real t(s)", "virtual t(s)",
-              "error", "step ms", "at real step", "error", "+FIFO NIC", "error", "verdict");
+  std::printf("%-10s %7s %10s %12s %8s %12s %8s %8s %12s %8s %8s\n", "policy", "lr", "real t(s)", "virtual t(s)",
+              "error", "fair NIC", "error", "step ms", "at real step", "error", "verdict");
   md += "Medians over " + std::to_string(seeds) + " seed(s), " + std::to_string(seed) + ".." +
         std::to_string(seed + seeds - 1) + " (a seed that never reached the target counts as infinitely late); "
         "every seed's figures are in the second table.\n\n";
-  md += "| policy | lr | real time to " + fmt(target, 2) + " (s) | virtual, calibrated step (s) | error | real step (ms) | "
-        "virtual, real step (s) | error | virtual, real step, FIFO NIC (s) | error | verdict (calibrated, within 15%) |\n"
+  md += "| policy | lr | real time to " + fmt(target, 2) + " (s) | virtual, calibrated step (s) | error | "
+        "virtual, calibrated step, fair NIC (s) | error | real step (ms) | virtual, real step (s) | error | "
+        "verdict (calibrated, within 15%) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n";
   const auto pct_str = [](double e) { return std::isnan(e) ? std::string("-") : (e >= 0 ? "+" : "") + fmt(100 * e, 1) + "%"; };
   for (const auto& r : rows) {
     const double e = r.error();
     const std::string verdict = std::isnan(e) ? "n/a (target not reached)" : (std::abs(e) <= 0.15 ? "pass" : "miss");
     if (verdict != "pass") ok = false;
-    std::printf("%-10s %7s %10s %12s %8s %8s %12s %8s %12s %8s %8s\n", r.policy.c_str(), fmt(r.lr, 4).c_str(),
+    std::printf("%-10s %7s %10s %12s %8s %12s %8s %8s %12s %8s %8s\n", r.policy.c_str(), fmt(r.lr, 4).c_str(),
                 tta_str(r.real_tta).c_str(), tta_str(r.virtual_tta).c_str(), pct_str(e).c_str(),
-                fmt(r.real_step_ms, 3).c_str(), tta_str(r.measured_tta).c_str(), pct_str(r.measured_error()).c_str(),
-                tta_str(r.fifo_tta).c_str(), pct_str(r.relative(r.fifo_tta)).c_str(), verdict.c_str());
+                tta_str(r.fair_tta).c_str(), pct_str(r.relative(r.fair_tta)).c_str(), fmt(r.real_step_ms, 3).c_str(),
+                tta_str(r.measured_tta).c_str(), pct_str(r.measured_error()).c_str(), verdict.c_str());
     md += "| " + r.policy + " | " + fmt(r.lr, 4) + " | " + tta_str(r.real_tta) + " | " + tta_str(r.virtual_tta) + " | " +
-          pct_str(e) + " | " + fmt(r.real_step_ms, 3) + " | " + tta_str(r.measured_tta) + " | " +
-          pct_str(r.measured_error()) + " | " + tta_str(r.fifo_tta) + " | " + pct_str(r.relative(r.fifo_tta)) + " | " +
+          pct_str(e) + " | " + tta_str(r.fair_tta) + " | " + pct_str(r.relative(r.fair_tta)) + " | " +
+          fmt(r.real_step_ms, 3) + " | " + tta_str(r.measured_tta) + " | " + pct_str(r.measured_error()) + " | " +
           verdict + " |\n";
   }
-  md += "\n| policy | seed | real (s) | virtual, calibrated (s) | real step (ms) | virtual, real step (s) | "
-        "+FIFO NIC (s) |\n|---|---|---|---|---|---|---|\n";
+  md += "\n| policy | seed | real (s) | virtual, calibrated (s) | fair NIC (s) | real step (ms) | virtual, real step (s) |\n"
+        "|---|---|---|---|---|---|---|\n";
   for (const auto& r : rows) {
     for (std::size_t k = 0; k < r.runs.size(); ++k) {
       const auto& v = r.runs[k];
       md += "| " + r.policy + " | " + std::to_string(seed + k) + " | " + tta_str(v.real_tta) + " | " +
-            tta_str(v.virtual_tta) + " | " + fmt(v.real_step_ms, 3) + " | " + tta_str(v.measured_tta) + " | " +
-            tta_str(v.fifo_tta) + " |\n";
+            tta_str(v.virtual_tta) + " | " + tta_str(v.fair_tta) + " | " + fmt(v.real_step_ms, 3) + " | " +
+            tta_str(v.measured_tta) + " |\n";
     }
   }
   const std::string how =
@@ -228,9 +234,9 @@ inline bool validate(Harness& h, const Scenario& base, const Options& o, const P
       fmt(100 * costs.step_cv, 1) + "% from step to step. Real "
       "step: the speed-1 worker's mean compute per step in the real run, where it shares 2 cores with the other "
       "worker, the server and the emulator; the virtual run at that step isolates the model of the network, the "
-      "server and the policies from the calibration; the FIFO column also shares the server NIC as `Emulated` "
-      "does (one message at a time) instead of fairly as the kernel does (psync::sim's default), so it compares "
-      "like with like.";
+      "server and the policies from the calibration. The server NIC is modelled as `Emulated` runs it, one message "
+      "at a time in the order they were sent (--validate's model, like with like), except in the fair-NIC column, "
+      "which shares it fairly between concurrent messages as the kernel does (psync::sim's default).";
   std::printf("%s\n", how.c_str());
   md += "\n" + how + "\n\nBuild: `" + std::string(PSYNC_BUILD_FLAGS) + "`. Date: " + now_utc() + ".\nCommand: `" +
         o.command_line + "`.\n";
