@@ -21,7 +21,6 @@ void write_file_atomically(const std::string& path, const std::string& text);
 /// Fails early (usage error) if the metrics file cannot be created, before any training.
 void check_metrics_writable(const std::string& path);
 
-/// What the server's report holds beyond `psync::ServerReport`.
 /// CPU seconds of this process (getrusage): in user space and in the kernel (its
 /// share of TCP's work shows there); and of the whole machine (/proc/stat: every
 /// process, the kernel and its interrupts, each counted once). Negative: not measured.
@@ -44,6 +43,7 @@ struct CpuTimes {
 /// This process's CPU times now.
 CpuTimes cpu_times();
 
+/// What the server's report holds beyond `psync::ServerReport`.
 struct ServerSummary {
   std::string listening;  // host:port
   bool interrupted = false;
