@@ -26,9 +26,12 @@
 #        [--model mlp:256,128] [--data fashion-mnist] [--steps 200] [--batch 64]
 #        [--lr 0.1] [--seed 1] [--rate BYTES_PER_S] [--delay-ms 1] [--burst BYTES]
 #        [--repeats N] [--build] [--train-bin PATH] [--ref-bin PATH]
-#        [--out FILE] [--json-dir DIR] [--run-timeout S]
+#        [--out FILE] [--json-dir DIR] [--run-timeout S] [--trace]
 #        [--validate ACC [--seconds S] [--compare-bin PATH] [--virtual-step MS]
 #                        [--virtual-server-ns NS] [--reuse]]
+#
+# --trace has every process write its timeline (psync-train --trace) beside its
+# metrics, as kernel-TAG-{server,wN}.trace.json in --json-dir.
 #
 # --validate --reuse --json-dir DIR reruns only the virtual side against the process
 # runs a previous --validate kept in DIR (same options), e.g. after a change to the
@@ -69,10 +72,11 @@ virtual_step=""     # --validate --virtual-step MS: compare_policies --step-ms M
 virtual_server_ns="" # --validate --virtual-server-ns NS: compare_policies --server-ns NS for every virtual run
 reuse=0             # --validate --reuse: the process runs are already in --json-dir
 init_seed=42        # --validate: compare_policies' initial model
+trace=0             # --trace: psync-train --trace for every process run
 prefix="psx"
 subnet="10.77.0"
 
-usage() { sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "netns_crosscheck: $*" >&2; exit 1; }
 
 given=" $* "
@@ -102,6 +106,7 @@ while [ $# -gt 0 ]; do
     --virtual-step) virtual_step="$2"; shift 2 ;;
     --virtual-server-ns) virtual_server_ns="$2"; shift 2 ;;
     --reuse) reuse=1; shift ;;
+    --trace) trace=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
   esac
@@ -158,7 +163,7 @@ py=/usr/bin/python3
 build_dir="$repo/build-netns"
 if [ "$build" -eq 1 ]; then
   cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" --target psync-train bench.netns_reference bench.compare_policies -j "$(nproc)"
+  cmake --build "$build_dir" --target psync-train bench.netns_reference bench.compare_policies bench.replay_rounds -j "$(nproc)"
 fi
 [ -n "$compare_bin" ] || compare_bin="$build_dir/bench/compare_policies"
 if [ -n "$validate" ]; then
@@ -335,6 +340,7 @@ run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
   local scmd=(timeout -k 5 "$run_timeout" "$train_bin" --role server --server "${subnet}.1:$port"
               --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
               --metrics "$work/kernel-$tag-server.json" "${extra[@]+"${extra[@]}"}")
+  [ "$trace" -eq 0 ] || scmd+=(--trace "$work/kernel-$tag-server.trace.json")
   echo "ip netns exec $srv ${scmd[*]}" >> "$commands_file"
   ip netns exec "$srv" "${scmd[@]}" > "$slog" 2>&1 &
   spid=$!
@@ -351,6 +357,7 @@ run_kernel() {  # run_kernel POLICY TAG -> $work/kernel-TAG-{server,w*}.json
     local wcmd=(timeout -k 5 "$run_timeout" "$train_bin" --role worker --server "$addr" --id "$w"
                 --policy "$policy" "${common[@]}" --timeout-ms "$timeout_ms" --quiet
                 --metrics "$work/kernel-$tag-w$w.json" "${wextra[@]+"${wextra[@]}"}")
+    [ "$trace" -eq 0 ] || wcmd+=(--trace "$work/kernel-$tag-w$w.trace.json")
     echo "ip netns exec ${prefix}-w$w ${wcmd[*]}" >> "$commands_file"
     ip netns exec "${prefix}-w$w" "${wcmd[@]}" > "$work/kernel-$tag-w$w.log" 2>&1 &
     pid=$!

@@ -7,6 +7,7 @@
 #include "synthetic_task.hpp"
 #include "tls_test_certs.hpp"
 
+#include <psync/harness/replay.hpp>
 #include <psync/models.hpp>
 #include <psync/psync.hpp>
 
@@ -29,6 +30,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -480,6 +482,187 @@ TEST_CASE("Workers with --codec push encoded updates the server decodes, and the
                 "--codec: unknown codec 'zip'"},
                {{"--role", "worker", "--server", "127.0.0.1:7000", "--id", "0", "--codec", "topk:2"}, "--codec"},
            });
+}
+
+TEST_CASE("--trace writes each process's timeline: a span per step, per round trip, per push applied",
+          "[processes][trace]") {
+  // Two OSP workers over TCP, each and the server with --trace: every worker's file
+  // holds one compute span per step and one push+pull span per push (its metrics
+  // count both), the server's one apply span per push it applied; every track is
+  // named. A trace that missed or doubled an event fails a count.
+  TempDir dir;
+  const std::vector<std::string> common{"--workers", "2", "--policy", "osp:4", "--data", "synthetic", "--steps", "120",
+                                        "--lr", "0.2", "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  const auto path = [&](const std::string& name) { return (dir.path / name).string(); };
+  ServerProcess server(dir, with({"--metrics", path("server.json"), "--trace", path("server.trace.json")}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    const std::string name = "traced-" + std::to_string(w);
+    workers.push_back(
+        start_worker(dir, server, w, with({"--metrics", path(name + ".json"), "--trace", path(name + ".trace.json")})));
+  }
+  INFO("server stderr:\n" << server.process->err());
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    const std::string metrics = read_file(dir.path / ("traced-" + std::to_string(w) + ".json"));
+    const std::string trace = read_file(dir.path / ("traced-" + std::to_string(w) + ".trace.json"));
+    INFO(metrics);
+    REQUIRE(trace.rfind("{\"traceEvents\":[", 0) == 0);
+    CHECK(count(trace, "\"name\":\"compute\"") == 120);
+    CHECK(json_number(metrics, "pushes") > 0);
+    CHECK(static_cast<double>(count(trace, "\"name\":\"push+pull\"")) == json_number(metrics, "pushes"));
+    CHECK(count(trace, "\"name\":\"worker " + std::to_string(w) + " compute\"") == 1);
+    CHECK(count(trace, "\"name\":\"worker " + std::to_string(w) + " comm\"") == 1);
+  }
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  const std::string trace = read_file(dir.path / "server.trace.json");
+  INFO(report);
+  CHECK(json_number(report, "steps_applied") == 240);
+  CHECK(static_cast<double>(count(trace, "\"name\":\"apply\"")) == json_number(report, "updates_applied"));
+  CHECK(count(trace, "\"name\":\"server\"") == 1);
+
+  expect_usage_errors(dir, {
+                               {{"--role", "server", "--server", "127.0.0.1:0", "--trace", ""}, "--trace is empty"},
+                               {{"--role", "server", "--server", "127.0.0.1:0", "--trace", path("no-such-dir/t.json")},
+                                "--trace '" + path("no-such-dir/t.json") + "': cannot create"},
+                           });
+}
+
+// The steps each worker had completed when it took each reply, read off its
+// --trace file: a "push+pull" span ends at the boundary where the reply was taken,
+// after the "compute" spans that ended before it (scripts/replay_rounds.py does the
+// same for the bench tool).
+std::vector<std::uint64_t> reply_boundaries(const std::string& trace) {
+  std::vector<double> step_ends;
+  std::vector<double> trip_ends;
+  std::istringstream in(trace);
+  for (std::string line; std::getline(in, line);) {
+    const bool step = line.rfind("{\"name\":\"compute\",", 0) == 0;
+    const bool trip = line.rfind("{\"name\":\"push+pull\",", 0) == 0;
+    if (!step && !trip) continue;
+    double ts = 0;
+    double dur = 0;
+    const auto at = line.find("\"ts\":");
+    REQUIRE(at != std::string::npos);
+    REQUIRE(std::sscanf(line.c_str() + at, "\"ts\":%lf,\"dur\":%lf", &ts, &dur) == 2);
+    (step ? step_ends : trip_ends).push_back(ts + dur);
+  }
+  std::sort(step_ends.begin(), step_ends.end());
+  std::sort(trip_ends.begin(), trip_ends.end());
+  std::vector<std::uint64_t> b;
+  for (const double t : trip_ends) {
+    b.push_back(static_cast<std::uint64_t>(std::upper_bound(step_ends.begin(), step_ends.end(), t) - step_ends.begin()));
+  }
+  return b;
+}
+
+TEST_CASE("A traced OSP run over TCP, replayed through the cores in its order of events, gives its series exactly",
+          "[processes][trace][replay]") {
+  // Three processes over loopback TCP, timed by this host; the trajectory depends
+  // only on which step boundary took which reply. psync::harness::replay_rounds
+  // drives the cores through that order on one thread, with psync-train's data,
+  // shards, batch order and initial model: every point of the server's series
+  // (steps applied, accuracy) and the final model's test loss must come out the
+  // same. Swapping the two workers' orders must change the final model (the check
+  // can fail).
+  TempDir dir;
+  constexpr std::uint64_t seed = 3;
+  const std::vector<std::string> common{"--workers", "2",     "--policy", "osp:6",
+                                        "--data",    "synthetic", "--steps", "3000",
+                                        "--lr",      "0.001", "--seed",   std::to_string(seed),
+                                        "--timeout-ms", "10000"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return more;
+  };
+  const auto path = [&](const std::string& name) { return (dir.path / name).string(); };
+  ServerProcess server(dir, with({"--metrics", path("server.json"), "--series-ms", "2", "--series-samples", "1000"}));
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.push_back(start_worker(dir, server, w, with({"--trace", path("w" + std::to_string(w) + ".trace.json")})));
+  }
+  INFO("server stderr:\n" << server.process->err());
+  psync::harness::ReplyBoundaries boundaries;
+  for (int w = 0; w < 2; ++w) {
+    INFO("worker " << w << " stderr:\n" << workers[w]->err());
+    REQUIRE(workers[w]->wait(30s, "worker " + std::to_string(w)) == 0);
+    boundaries.push_back(reply_boundaries(read_file(dir.path / ("w" + std::to_string(w) + ".trace.json"))));
+    REQUIRE(boundaries.back().size() > 10);
+  }
+  REQUIRE(server.process->wait(20s, "server") == 0);
+  const std::string report = read_file(dir.path / "server.json");
+  std::map<std::uint64_t, double> series;  // steps applied -> accuracy
+  {
+    std::istringstream in(report);
+    for (std::string line; std::getline(in, line);) {
+      const auto at = line.find("{\"t\": ");
+      if (at == std::string::npos) continue;
+      double t = 0;
+      double accuracy = 0;
+      unsigned long long version = 0;
+      unsigned long long steps = 0;
+      REQUIRE(std::sscanf(line.c_str() + at, "{\"t\": %lf, \"version\": %llu, \"steps\": %llu, \"accuracy\": %lf", &t,
+                          &version, &steps, &accuracy) == 4);
+      series[steps] = accuracy;
+    }
+  }
+  INFO(report);
+  REQUIRE(series.size() >= 5);
+
+  // psync-train's synthetic task: the first 5000 samples train, the last 1000 test.
+  const auto& all = psync_test::synthetic();
+  const auto train = all.subset(0, 5000);
+  const psync::data::Batch test = psync::data::whole(all.subset(5000, 1000));
+  const auto shards = psync::data::shard(train, 2, seed);
+  const auto sources = [&](psync::PeerId w) {
+    return [smp = psync::data::BatchSampler(shards[w], 64, seed * 7919 + w + 1)]() mutable
+               -> const psync::data::Batch& { return smp.next(); };
+  };
+  psync::models::SoftmaxRegression model(20, 4);
+  model.initialize(seed);
+  // The series' accuracies at their steps applied, and the last model.
+  struct Replayed {
+    std::map<std::uint64_t, double> series;
+    psync::models::SoftmaxRegression last;
+  };
+  const auto replay = [&](const psync::harness::ReplyBoundaries& order) {
+    Replayed out{{}, model};
+    psync::harness::replay_rounds(
+        model, sources, 0.001F, psync::Osp<6>{}, order,
+        [&](const psync::harness::ReplayedRound& r, const psync::models::SoftmaxRegression& m) {
+          out.last.parameters() = m.parameters();
+          if (series.contains(r.steps_applied)) out.series[r.steps_applied] = out.last.accuracy(test);
+        },
+        psync::optim::parse_optimizer("sgd"));
+    return out;
+  };
+  // The traces hold the last round trip too (the push of the last steps), so the
+  // replay ends on the server's final model: its test loss (9 digits in the report)
+  // tells a different trajectory apart where the saturated accuracy cannot.
+  const Replayed same = replay(boundaries);
+  INFO("replayed rounds: worker 0 " << boundaries[0].size() << ", worker 1 " << boundaries[1].size() << "; last steps applied "
+                                    << (same.series.empty() ? 0 : same.series.rbegin()->first));
+  CHECK(boundaries[0].back() == 3000);
+  CHECK(boundaries[1].back() == 3000);
+  CHECK(same.series.size() == series.size());
+  for (const auto& [steps, accuracy] : series) {
+    INFO("steps applied " << steps);
+    REQUIRE(same.series.contains(steps));
+    CHECK(same.series.at(steps) == Approx(accuracy).margin(1e-9));
+  }
+  CHECK(same.last.loss(test) == Approx(json_number(report, "final_test_loss")).epsilon(1e-7));
+  CHECK(same.last.accuracy(test) == Approx(json_number(report, "final_test_accuracy")).margin(1e-9));
+  // The workers' orders swapped: each still feasible, but the pushes hold other steps
+  // (the host's timing makes the two orders differ).
+  REQUIRE(boundaries[0] != boundaries[1]);
+  const Replayed other = replay(psync::harness::ReplyBoundaries{boundaries[1], boundaries[0]});
+  CHECK(other.last.loss(test) != Approx(json_number(report, "final_test_loss")).epsilon(1e-7));
 }
 
 TEST_CASE("Workers with --optimizer and --schedule run them, and say so; bad text is a usage error",

@@ -88,6 +88,10 @@ usage: psync-train --role server --server HOST:PORT --workers N [options]
                             constant)                           PSYNC_SERVER_SCHEDULE
   --seed N                  shards, batch order, initial model (default 1) PSYNC_SEED
   --metrics FILE            write this process's report as JSON       PSYNC_METRICS
+  --trace FILE              write this process's timeline as Chrome trace-event
+                            JSON (worker: each step, wait and push round trip;
+                            server: each push applied; opens in ui.perfetto.dev)
+                                                                       PSYNC_TRACE
   --timeout-ms N            deadline of every wait (default 30000)     PSYNC_TIMEOUT_MS
   --step-delay-ms N         sleep N ms before each step (emulates slow compute) PSYNC_STEP_DELAY_MS
   --quiet                   no progress lines or event log             PSYNC_QUIET=1
@@ -346,7 +350,8 @@ constexpr OptionSpec option_specs[] = {
     {"--codec", "PSYNC_CODEC", true},
     {"--optimizer", "PSYNC_OPTIMIZER", true}, {"--schedule", "PSYNC_SCHEDULE", true},
     {"--server-optimizer", "PSYNC_SERVER_OPTIMIZER", true}, {"--server-schedule", "PSYNC_SERVER_SCHEDULE", true},
-    {"--metrics", "PSYNC_METRICS", true},   {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
+    {"--metrics", "PSYNC_METRICS", true},   {"--trace", "PSYNC_TRACE", true},
+    {"--timeout-ms", "PSYNC_TIMEOUT_MS", true},
     {"--step-delay-ms", "PSYNC_STEP_DELAY_MS", true}, {"--quiet", "PSYNC_QUIET", false},
     {"--secret-file", "PSYNC_SECRET_FILE", true},
     {"--tls-cert", "PSYNC_TLS_CERT", true},         {"--tls-key", "PSYNC_TLS_KEY", true},
@@ -485,6 +490,10 @@ void parse_common(const Get& get, bool is_server, Config& c) {
   if (const auto* v = get("--metrics")) {
     if (v->value.empty()) throw UsageError(v->source + " is empty");
     c.metrics = v->value;
+  }
+  if (const auto* v = get("--trace")) {
+    if (v->value.empty()) throw UsageError(v->source + " is empty");
+    c.trace = v->value;
   }
   if (const auto* v = get("--timeout-ms")) {
     c.timeout = std::chrono::milliseconds(parse_integer<std::int64_t>(v->source, v->value, 1, 24LL * 3600 * 1000));

@@ -79,6 +79,7 @@ struct Config {
   Eigen::Index batch = 64;
   std::uint64_t seed = 1;
   std::string metrics;
+  std::string trace;  // --trace FILE: the run's timeline (Chrome trace-event JSON)
   std::chrono::milliseconds timeout{30000};
   std::chrono::milliseconds step_delay{0};
   bool quiet = false;

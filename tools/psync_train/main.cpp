@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
       print_help(std::cout);
       return exit_ok;
     }
-    check_metrics_writable(config->metrics);
+    check_writable("--metrics", config->metrics);
+    check_writable("--trace", config->trace);
 #ifdef PSYNC_TRAIN_WITH_MPI
     if (config->transport == "mpi") mpi_start(argc, argv, *config);
 #endif

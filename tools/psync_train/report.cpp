@@ -73,12 +73,13 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   if (ec) throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
 }
 
-/// Fails early (usage error) if the metrics file cannot be created, before any training.
-void check_metrics_writable(const std::string& path) {
+/// Fails early (usage error naming `flag`) if the output file `path` (--metrics, --trace)
+/// cannot be created, before any training.
+void check_writable(const char* flag, const std::string& path) {
   if (path.empty()) return;
   const std::string tmp = path + ".tmp";
   std::ofstream probe(tmp, std::ios::trunc);
-  if (!probe) throw UsageError("--metrics '" + path + "': cannot create '" + tmp + "': " + std::strerror(errno));
+  if (!probe) throw UsageError(std::string(flag) + " '" + path + "': cannot create '" + tmp + "': " + std::strerror(errno));
   probe.close();
   std::filesystem::remove(tmp);
 }

@@ -18,8 +18,9 @@ namespace psync_train {
 /// Writes `text` to `path` through a temporary file, so a reader never sees half of it.
 void write_file_atomically(const std::string& path, const std::string& text);
 
-/// Fails early (usage error) if the metrics file cannot be created, before any training.
-void check_metrics_writable(const std::string& path);
+/// Fails early (usage error naming `flag`) if the output file `path` (--metrics, --trace)
+/// cannot be created, before any training.
+void check_writable(const char* flag, const std::string& path);
 
 /// CPU seconds of this process (getrusage): in user space and in the kernel (its
 /// share of TCP's work shows there); and of the whole machine (/proc/stat: every

@@ -10,6 +10,7 @@
 
 #include <psync/core/server.hpp>
 #include <psync/core/sharding.hpp>
+#include <psync/core/trace.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/optim/any.hpp>
 #include <psync/optim/parse.hpp>
@@ -31,6 +32,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -179,6 +181,8 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
   }
 
   psync::ServerOptions so = server_options<O>(c);
+  std::optional<psync::Trace> trace;
+  if (!c.trace.empty()) so.trace = &trace.emplace();
   so.checkpoint_dir = c.checkpoint;
   so.checkpoint_every = c.checkpoint_every;
   so.checkpoint_keep = c.checkpoint_keep;
@@ -220,6 +224,10 @@ int serve(const Config& c, M model, P policy, O optimizer, const psync::data::Da
   psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
   const CpuTimes cpu = cpu_times().since(cpu_start);
+  if (trace) {
+    trace->name_track(psync::server_track, "server");
+    trace->write_json(c.trace);
+  }
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
   }
@@ -309,6 +317,8 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
               << std::endl;
   }
   psync::ServerOptions so = server_options<O>(c);
+  std::optional<psync::Trace> trace;
+  if (!c.trace.empty()) so.trace = &trace.emplace();
   if (!c.quiet) {
     so.on_progress = [&](const psync::ServerProgress& p) {
       char line[200];
@@ -327,6 +337,10 @@ int serve_shard(const Config& c, Eigen::Ref<const Eigen::VectorXf> full, P polic
   const psync::ServerReport report = server.run(endpoint);
   transport.close();  // flushes the last replies (bounded)
   const CpuTimes cpu = cpu_times().since(cpu_start);
+  if (trace) {
+    trace->name_track(psync::server_track, "server shard " + shard);
+    trace->write_json(c.trace);
+  }
   if constexpr (requires { transport.failures(); }) {
     for (const std::string& f : transport.failures()) std::cerr << program << ": " << f << std::endl;
   }

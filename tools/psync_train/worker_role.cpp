@@ -8,6 +8,7 @@
 #include "report.hpp"
 #include "task.hpp"
 
+#include <psync/core/trace.hpp>
 #include <psync/core/worker.hpp>
 #include <psync/data/dataset.hpp>
 #include <psync/optim/parse.hpp>
@@ -87,6 +88,8 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
   wo.reply_timeout = 2 * c.timeout;
   wo.reconnect_timeout = c.reconnect;  // each attempt below is short; Worker backs off between them
   if (!c.schedule.empty()) wo.learning_rate_schedule = psync::optim::parse_schedule(c.schedule, c.lr);
+  std::optional<psync::Trace> trace;
+  if (!c.trace.empty()) wo.trace = &trace.emplace();
   psync::Worker<M, T, P, O> worker(std::move(model), std::move(transport), wo, policy, std::move(rule));
   // A reconnection keeps the id: an assigned one is what the worker rejoins under.
   if (c.reconnect.count() > 0) {
@@ -115,6 +118,12 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
     return sampler->next();
   });
   const CpuTimes cpu = cpu_times().since(cpu_start);  // Worker::run's, not the final evaluation's
+  if (trace) {  // the tracks local_cluster names, under this worker's id
+    const std::uint32_t id = worker.core().id();
+    trace->name_track(psync::worker_track(id), "worker " + std::to_string(id) + " compute");
+    trace->name_track(psync::worker_track(id) + 1, "worker " + std::to_string(id) + " comm");
+    trace->write_json(c.trace);
+  }
   const std::uint32_t id = worker.core().id();
   g_worker_id = id;
   if (!c.quiet) {
