@@ -124,9 +124,9 @@ int replay(const Args& a, P policy) {
   psync::models::Mlp model({784, 256, 128, 10});
   model.initialize(a.init_seed);
   psync::models::Mlp eval = model;
-  // Worker w's batches as psync-train draws them (seed * 7919 + w + 1).
+  // Worker w's batches as psync-train draws them (data::worker_seed).
   const auto sources = [&](psync::PeerId w) {
-    return [smp = psync::data::BatchSampler(shards[w], a.batch, a.seed * 7919 + w + 1)]() mutable
+    return [smp = psync::data::BatchSampler(shards[w], a.batch, psync::data::worker_seed(a.seed, w))]() mutable
                -> const psync::data::Batch& { return smp.next(); };
   };
   std::printf("# round steps_applied accuracy (first 2000 test samples)\n");

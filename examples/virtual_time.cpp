@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   const auto shards = psync::data::shard(train, static_cast<int>(workers), seed);
   // Worker w's batches: a fresh sampler each run, so every policy sees the same data.
   const auto batches_for = [&](psync::PeerId w) {
-    return [sampler = psync::data::BatchSampler(shards[w], 32, seed * 7919 + w + 1)]() mutable
+    return [sampler = psync::data::BatchSampler(shards[w], 32, psync::data::worker_seed(seed, w))]() mutable
                -> const psync::data::Batch& { return sampler.next(); };
   };
   const auto evaluate = [&](const psync::models::SoftmaxRegression& m) {

@@ -621,7 +621,7 @@ TEST_CASE("A traced OSP run over TCP, replayed through the cores in its order of
   const psync::data::Batch test = psync::data::whole(all.subset(5000, 1000));
   const auto shards = psync::data::shard(train, 2, seed);
   const auto sources = [&](psync::PeerId w) {
-    return [smp = psync::data::BatchSampler(shards[w], 64, seed * 7919 + w + 1)]() mutable
+    return [smp = psync::data::BatchSampler(shards[w], 64, psync::data::worker_seed(seed, w))]() mutable
                -> const psync::data::Batch& { return smp.next(); };
   };
   psync::models::SoftmaxRegression model(20, 4);

@@ -274,7 +274,7 @@ TEST_CASE("BSP: a real threaded run and a virtual run reach the same parameters"
   // The batch sources run_local documents for its dataset overload.
   const auto shards = psync::data::shard(data, 2, seed);
   const auto sources = [&](psync::PeerId w) {
-    return [smp = psync::data::BatchSampler(shards[w], 32, seed * 7919 + w + 1)]() mutable
+    return [smp = psync::data::BatchSampler(shards[w], 32, psync::data::worker_seed(seed, w))]() mutable
                -> const psync::data::Batch& { return smp.next(); };
   };
   psync::sim::SimOptions o;

@@ -36,7 +36,7 @@ TEST_CASE("BSP with N workers equals sequential SGD on the concatenated batches 
   // gradients of every worker on the same global model, averaged.
   const auto shards = psync::data::shard(data, 3, o.seed);
   std::vector<psync::data::BatchSampler> samplers;
-  for (std::size_t w = 0; w < 3; ++w) samplers.emplace_back(shards[w], o.batch_size, o.seed * 7919 + w + 1);
+  for (std::size_t w = 0; w < 3; ++w) samplers.emplace_back(shards[w], o.batch_size, psync::data::worker_seed(o.seed, w));
   psync::models::SoftmaxRegression m = prototype;
   Eigen::VectorXf g(m.dimension()), sum(m.dimension());
   for (std::uint64_t step = 0; step < o.steps_per_worker; ++step) {

@@ -172,11 +172,11 @@ inline void write_capped_trace(const psync::Trace& t, const fs::path& path, std:
 }
 
 // Worker w's batch source over shards[w], seeded as psync::run_local and psync-train
-// seed it (seed * 7919 + w + 1): every call makes a fresh sampler, so two runs over the
+// seed it (data::worker_seed): every call makes a fresh sampler, so two runs over the
 // same shards see worker w's batches in the same order. `shards` must outlive the sources.
 inline auto shard_sources(const std::vector<psync::data::Dataset>& shards, Eigen::Index batch, std::uint64_t seed) {
   return [&shards, batch, seed](psync::PeerId w) {
-    return [smp = psync::data::BatchSampler(shards[w], batch, seed * 7919 + w + 1)]() mutable
+    return [smp = psync::data::BatchSampler(shards[w], batch, psync::data::worker_seed(seed, w))]() mutable
                -> const psync::data::Batch& { return smp.next(); };
   };
 }

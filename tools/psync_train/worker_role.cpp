@@ -67,7 +67,7 @@ int train_worker(const Config& c, M model, P policy, O rule, psync::data::Datase
       mine = std::move(shards[id]);
       train = psync::data::Dataset{};  // only this worker's shard stays in memory
     }
-    sampler.emplace(mine, c.batch, c.seed * 7919 + id + 1);
+    sampler.emplace(mine, c.batch, psync::data::worker_seed(c.seed, id));
   };
   if (c.id) take_shard(*c.id);
 

@@ -180,6 +180,12 @@ inline void shape_batch(const Dataset& d, Eigen::Index count, Batch& b) {
 
 }  // namespace detail
 
+/// @brief The seed of worker `w`'s batch order in a cluster seeded `seed`:
+/// `seed * 7919 + w + 1`. `run_local`, psync-train, the simulation benchmarks and
+/// `harness::replay_rounds`' callers draw worker w's `BatchSampler` over its `shard`
+/// with it, so the same seed gives the same batches in each of them.
+constexpr std::uint64_t worker_seed(std::uint64_t seed, std::uint64_t w) noexcept { return seed * 7919 + w + 1; }
+
 /// @brief Splits `d` into `parts` disjoint shards that together hold every sample once.
 ///
 /// Samples are dealt after a shuffle seeded by `seed`, so each shard is a uniform

@@ -282,7 +282,7 @@ RunReport run_local(const M& model, BatchesFor&& batches_for, const LocalOptions
 ///
 /// Each worker gets a disjoint shard of `train` and its own batch order, both
 /// derived from `options.seed` (shards: `data::shard(train, workers, seed)`;
-/// worker w's sampler seed: `seed * 7919 + w + 1`), so two runs with the same seed
+/// worker w's sampler seed: `data::worker_seed(seed, w)`), so two runs with the same seed
 /// see the same data.
 template <Model M, SyncPolicy P>
   requires std::same_as<typename M::Batch, data::Batch>
@@ -296,7 +296,7 @@ RunReport run_local(const M& model, const data::Dataset& train, const data::Data
   std::vector<data::BatchSampler> samplers;
   samplers.reserve(shards.size());
   for (std::size_t w = 0; w < shards.size(); ++w) {
-    samplers.emplace_back(shards[w], options.batch_size, options.seed * 7919 + w + 1);
+    samplers.emplace_back(shards[w], options.batch_size, data::worker_seed(options.seed, w));
   }
   const data::Batch train_eval = data::whole(train, options.eval_train_samples);
   std::optional<data::Batch> test_batch;
