@@ -28,13 +28,10 @@
 #include <psync/optim/parse.hpp>
 #include <psync/policies/parse.hpp>
 
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <limits>
-#include <memory>
 #include <set>
 #include <sstream>
 #include <stdexcept>

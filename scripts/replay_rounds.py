@@ -72,13 +72,12 @@ def per_round(b):
     return [b[0]] + [b[i] - b[i - 1] for i in range(1, len(b))]
 
 
-def write(rows):
-    for r in rows:
-        print(" ".join(str(x) for x in r))
-
-
 def rows_to_text(rows):
     return "".join(" ".join(str(x) for x in r) + "\n" for r in rows)
+
+
+def write(rows):
+    sys.stdout.write(rows_to_text(rows))
 
 
 def even(rows):
